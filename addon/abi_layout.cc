@@ -1,0 +1,184 @@
+// Kernel struct layouts are checked twice: here at compile time against the vendored 6.12
+// header, and in test/addon/abi-layout.test.ts against the TypeScript encoders in src/abi.
+#include "abi_layout.h"
+
+#include <linux/io_uring.h>
+
+#include <cstddef>
+
+#include "uapi/linux/ublk_cmd.h"
+
+namespace ublkd {
+
+static_assert(sizeof(io_uring_sqe) == 64, "base SQE; SQE128 doubles it");
+static_assert(offsetof(io_uring_sqe, cmd) == 48, "uring_cmd payload starts at byte 48");
+static_assert(offsetof(io_uring_sqe, user_data) == 32);
+static_assert(sizeof(io_uring_cqe) == 16);
+
+static_assert(sizeof(ublksrv_ctrl_cmd) == 32);
+static_assert(offsetof(ublksrv_ctrl_cmd, dev_id) == 0);
+static_assert(offsetof(ublksrv_ctrl_cmd, queue_id) == 4);
+static_assert(offsetof(ublksrv_ctrl_cmd, len) == 6);
+static_assert(offsetof(ublksrv_ctrl_cmd, addr) == 8);
+static_assert(offsetof(ublksrv_ctrl_cmd, data) == 16);
+static_assert(offsetof(ublksrv_ctrl_cmd, dev_path_len) == 24);
+
+static_assert(sizeof(ublksrv_ctrl_dev_info) == 64);
+static_assert(offsetof(ublksrv_ctrl_dev_info, max_io_buf_bytes) == 8);
+static_assert(offsetof(ublksrv_ctrl_dev_info, dev_id) == 12);
+static_assert(offsetof(ublksrv_ctrl_dev_info, ublksrv_pid) == 16);
+static_assert(offsetof(ublksrv_ctrl_dev_info, flags) == 24);
+static_assert(offsetof(ublksrv_ctrl_dev_info, owner_uid) == 40);
+
+static_assert(sizeof(ublk_params) == 112);
+static_assert(offsetof(ublk_params, basic) == 8);
+static_assert(offsetof(ublk_params, discard) == 40);
+static_assert(offsetof(ublk_params, devt) == 60);
+static_assert(offsetof(ublk_params, zoned) == 76);
+static_assert(sizeof(ublk_param_basic) == 32);
+static_assert(offsetof(ublk_param_basic, max_sectors) == 8);
+static_assert(offsetof(ublk_param_basic, dev_sectors) == 16);
+
+static_assert(sizeof(ublksrv_io_desc) == 24);
+static_assert(offsetof(ublksrv_io_desc, start_sector) == 8);
+static_assert(offsetof(ublksrv_io_desc, addr) == 16);
+static_assert(sizeof(ublksrv_io_cmd) == 16);
+static_assert(offsetof(ublksrv_io_cmd, result) == 4);
+static_assert(offsetof(ublksrv_io_cmd, addr) == 8);
+
+namespace {
+
+void Put(Napi::Object target, const char* name, double value) {
+  target.Set(name, Napi::Number::New(target.Env(), value));
+}
+
+}  // namespace
+
+#define PUT_SIZE(obj, type) Put(obj, "sizeof", sizeof(type))
+#define PUT_OFFSET(obj, type, field) Put(obj, #field, offsetof(type, field))
+#define PUT_CONST(obj, name) Put(obj, #name, static_cast<double>(name))
+
+Napi::Object AbiLayout(Napi::Env env) {
+  Napi::Object layout = Napi::Object::New(env);
+
+  Napi::Object ctrl_cmd = Napi::Object::New(env);
+  PUT_SIZE(ctrl_cmd, ublksrv_ctrl_cmd);
+  PUT_OFFSET(ctrl_cmd, ublksrv_ctrl_cmd, dev_id);
+  PUT_OFFSET(ctrl_cmd, ublksrv_ctrl_cmd, queue_id);
+  PUT_OFFSET(ctrl_cmd, ublksrv_ctrl_cmd, len);
+  PUT_OFFSET(ctrl_cmd, ublksrv_ctrl_cmd, addr);
+  PUT_OFFSET(ctrl_cmd, ublksrv_ctrl_cmd, data);
+  layout.Set("ublksrv_ctrl_cmd", ctrl_cmd);
+
+  Napi::Object dev_info = Napi::Object::New(env);
+  PUT_SIZE(dev_info, ublksrv_ctrl_dev_info);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, nr_hw_queues);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, queue_depth);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, state);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, max_io_buf_bytes);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, dev_id);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, ublksrv_pid);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, flags);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, ublksrv_flags);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, owner_uid);
+  PUT_OFFSET(dev_info, ublksrv_ctrl_dev_info, owner_gid);
+  layout.Set("ublksrv_ctrl_dev_info", dev_info);
+
+  Napi::Object params = Napi::Object::New(env);
+  PUT_SIZE(params, ublk_params);
+  PUT_OFFSET(params, ublk_params, len);
+  PUT_OFFSET(params, ublk_params, types);
+  PUT_OFFSET(params, ublk_params, basic);
+  PUT_OFFSET(params, ublk_params, discard);
+  PUT_OFFSET(params, ublk_params, devt);
+  layout.Set("ublk_params", params);
+
+  Napi::Object basic = Napi::Object::New(env);
+  PUT_SIZE(basic, ublk_param_basic);
+  PUT_OFFSET(basic, ublk_param_basic, attrs);
+  PUT_OFFSET(basic, ublk_param_basic, logical_bs_shift);
+  PUT_OFFSET(basic, ublk_param_basic, physical_bs_shift);
+  PUT_OFFSET(basic, ublk_param_basic, io_opt_shift);
+  PUT_OFFSET(basic, ublk_param_basic, io_min_shift);
+  PUT_OFFSET(basic, ublk_param_basic, max_sectors);
+  PUT_OFFSET(basic, ublk_param_basic, chunk_sectors);
+  PUT_OFFSET(basic, ublk_param_basic, dev_sectors);
+  PUT_OFFSET(basic, ublk_param_basic, virt_boundary_mask);
+  layout.Set("ublk_param_basic", basic);
+
+  Napi::Object discard = Napi::Object::New(env);
+  PUT_SIZE(discard, ublk_param_discard);
+  PUT_OFFSET(discard, ublk_param_discard, discard_alignment);
+  PUT_OFFSET(discard, ublk_param_discard, discard_granularity);
+  PUT_OFFSET(discard, ublk_param_discard, max_discard_sectors);
+  PUT_OFFSET(discard, ublk_param_discard, max_write_zeroes_sectors);
+  PUT_OFFSET(discard, ublk_param_discard, max_discard_segments);
+  layout.Set("ublk_param_discard", discard);
+
+  Napi::Object devt = Napi::Object::New(env);
+  PUT_SIZE(devt, ublk_param_devt);
+  PUT_OFFSET(devt, ublk_param_devt, char_major);
+  PUT_OFFSET(devt, ublk_param_devt, char_minor);
+  PUT_OFFSET(devt, ublk_param_devt, disk_major);
+  PUT_OFFSET(devt, ublk_param_devt, disk_minor);
+  layout.Set("ublk_param_devt", devt);
+
+  Napi::Object io_desc = Napi::Object::New(env);
+  PUT_SIZE(io_desc, ublksrv_io_desc);
+  PUT_OFFSET(io_desc, ublksrv_io_desc, op_flags);
+  PUT_OFFSET(io_desc, ublksrv_io_desc, nr_sectors);
+  PUT_OFFSET(io_desc, ublksrv_io_desc, start_sector);
+  PUT_OFFSET(io_desc, ublksrv_io_desc, addr);
+  layout.Set("ublksrv_io_desc", io_desc);
+
+  Napi::Object io_cmd = Napi::Object::New(env);
+  PUT_SIZE(io_cmd, ublksrv_io_cmd);
+  PUT_OFFSET(io_cmd, ublksrv_io_cmd, q_id);
+  PUT_OFFSET(io_cmd, ublksrv_io_cmd, tag);
+  PUT_OFFSET(io_cmd, ublksrv_io_cmd, result);
+  PUT_OFFSET(io_cmd, ublksrv_io_cmd, addr);
+  layout.Set("ublksrv_io_cmd", io_cmd);
+
+  Napi::Object sqe = Napi::Object::New(env);
+  PUT_SIZE(sqe, io_uring_sqe);
+  PUT_OFFSET(sqe, io_uring_sqe, opcode);
+  PUT_OFFSET(sqe, io_uring_sqe, flags);
+  PUT_OFFSET(sqe, io_uring_sqe, fd);
+  PUT_OFFSET(sqe, io_uring_sqe, off);
+  PUT_OFFSET(sqe, io_uring_sqe, addr);
+  PUT_OFFSET(sqe, io_uring_sqe, len);
+  PUT_OFFSET(sqe, io_uring_sqe, rw_flags);
+  PUT_OFFSET(sqe, io_uring_sqe, user_data);
+  PUT_OFFSET(sqe, io_uring_sqe, cmd);
+  layout.Set("io_uring_sqe", sqe);
+
+  Napi::Object constants = Napi::Object::New(env);
+  PUT_CONST(constants, UBLK_U_CMD_GET_QUEUE_AFFINITY);
+  PUT_CONST(constants, UBLK_U_CMD_GET_DEV_INFO);
+  PUT_CONST(constants, UBLK_U_CMD_ADD_DEV);
+  PUT_CONST(constants, UBLK_U_CMD_DEL_DEV);
+  PUT_CONST(constants, UBLK_U_CMD_START_DEV);
+  PUT_CONST(constants, UBLK_U_CMD_STOP_DEV);
+  PUT_CONST(constants, UBLK_U_CMD_SET_PARAMS);
+  PUT_CONST(constants, UBLK_U_CMD_GET_PARAMS);
+  PUT_CONST(constants, UBLK_U_CMD_START_USER_RECOVERY);
+  PUT_CONST(constants, UBLK_U_CMD_END_USER_RECOVERY);
+  PUT_CONST(constants, UBLK_U_CMD_GET_FEATURES);
+  PUT_CONST(constants, UBLK_U_IO_FETCH_REQ);
+  PUT_CONST(constants, UBLK_U_IO_COMMIT_AND_FETCH_REQ);
+  PUT_CONST(constants, UBLK_U_IO_NEED_GET_DATA);
+  PUT_CONST(constants, UBLK_IO_RES_ABORT);
+  PUT_CONST(constants, UBLKSRV_CMD_BUF_OFFSET);
+  PUT_CONST(constants, UBLK_MAX_QUEUE_DEPTH);
+  PUT_CONST(constants, IORING_OP_URING_CMD);
+  PUT_CONST(constants, IORING_OP_READ);
+  PUT_CONST(constants, IORING_OP_NOP);
+  PUT_CONST(constants, IORING_SETUP_SQE128);
+  PUT_CONST(constants, IORING_SETUP_SUBMIT_ALL);
+  PUT_CONST(constants, IORING_SETUP_COOP_TASKRUN);
+  PUT_CONST(constants, IORING_SETUP_SINGLE_ISSUER);
+  layout.Set("constants", constants);
+  return layout;
+}
+
+}  // namespace ublkd

@@ -1,0 +1,43 @@
+// The export table: the only place that names what JS can call.
+#include <unistd.h>
+
+#include "abi_layout.h"
+#include "native.h"
+#include "ring.h"
+#include "sys.h"
+
+namespace ublkd {
+
+Native::Native(Napi::Env env, Napi::Object exports) {
+  DefineAddon(exports,
+              {
+                  InstanceValue("Ring", Ring::Define(env), napi_enumerable),
+                  InstanceValue("abiLayout", AbiLayout(env), napi_enumerable),
+                  InstanceValue("pageSize", Napi::Number::New(env, sysconf(_SC_PAGESIZE)),
+                                napi_enumerable),
+              });
+  exports.Set("allocBuffer", Napi::Function::New<AllocBuffer>(env, "allocBuffer"));
+  exports.Set("bufferAddress", Napi::Function::New<BufferAddress>(env, "bufferAddress"));
+  exports.Set("mmapReadOnly", Napi::Function::New<MmapReadOnly>(env, "mmapReadOnly"));
+  exports.Set("munmap", Napi::Function::New<Munmap>(env, "munmap"));
+  exports.Set("pinThread", Napi::Function::New<PinThread>(env, "pinThread"));
+  exports.Set("threadAffinity", Napi::Function::New<ThreadAffinity>(env, "threadAffinity"));
+  exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
+  exports.Set("eventFd", Napi::Function::New<EventFd>(env, "eventFd"));
+  exports.Set("eventFdWrite", Napi::Function::New<EventFdWrite>(env, "eventFdWrite"));
+}
+
+// Runs when this environment (main thread or a worker) is torn down.
+Native::~Native() {
+  std::unordered_set<Ring*> open_rings;
+  open_rings.swap(rings_);
+  for (Ring* ring : open_rings) {
+    ring->native_ = nullptr;
+    ring->Release();
+  }
+}
+
+}  // namespace ublkd
+
+using ublkd::Native;
+NODE_API_ADDON(Native)

@@ -1,0 +1,161 @@
+#include "sys.h"
+
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include "errors.h"
+
+namespace ublkd {
+
+namespace {
+
+// A mapping exposed as an external ArrayBuffer. munmap() unmaps and detaches the buffer so JS
+// sees a zero-length buffer instead of touching unmapped memory; the finalizer frees the record
+// (and unmaps if JS never did).
+struct Mapping {
+  void* address;
+  size_t bytes;
+  bool mapped;
+};
+
+void FinalizeMapping(Napi::Env /*env*/, void* /*data*/, Mapping* mapping) {
+  if (mapping->mapped) munmap(mapping->address, mapping->bytes);
+  delete mapping;
+}
+
+Napi::Value ExposeMapping(Napi::Env env, void* address, size_t bytes) {
+  auto* mapping = new Mapping{address, bytes, true};
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, address, bytes, FinalizeMapping, mapping);
+  // munmap() finds the record again through this non-enumerable, read-only property.
+  buffer.DefineProperty(Napi::PropertyDescriptor::Value(
+      "__ublkdMapping", Napi::External<Mapping>::New(env, mapping), napi_default));
+  return buffer;
+}
+
+}  // namespace
+
+// allocBuffer(bytes): page-aligned, zeroed anonymous memory for I/O buffers; its address is
+// stable for its lifetime, so the kernel may be handed it (FETCH_REQ addr).
+Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) return ThrowType(env, "allocBuffer(bytes)");
+  int64_t bytes = info[0].As<Napi::Number>().Int64Value();
+  if (bytes <= 0) return ThrowType(env, "allocBuffer: bytes must be > 0");
+  void* address = mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (address == MAP_FAILED) return ThrowErrno(env, "mmap(anonymous)", errno);
+  return ExposeMapping(env, address, static_cast<size_t>(bytes));
+}
+
+// bufferAddress(arrayBuffer, offset): the user-space address of byte `offset`, as a bigint.
+Napi::Value BufferAddress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer() || !info[1].IsNumber()) {
+    return ThrowType(env, "bufferAddress(arrayBuffer, offset)");
+  }
+  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
+  int64_t offset = info[1].As<Napi::Number>().Int64Value();
+  if (offset < 0 || static_cast<size_t>(offset) > buffer.ByteLength()) {
+    return ThrowType(env, "bufferAddress: offset outside the buffer");
+  }
+  auto address = reinterpret_cast<uintptr_t>(buffer.Data()) + static_cast<uintptr_t>(offset);
+  return Napi::BigInt::New(env, static_cast<uint64_t>(address));
+}
+
+// mmapReadOnly(fd, offset, bytes): a shared read-only mapping (the ublk io descriptor array).
+Napi::Value MmapReadOnly(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    return ThrowType(env, "mmapReadOnly(fd, offset, bytes)");
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int64_t offset = info[1].As<Napi::Number>().Int64Value();
+  int64_t bytes = info[2].As<Napi::Number>().Int64Value();
+  if (offset < 0 || bytes <= 0) return ThrowType(env, "mmapReadOnly: bad offset or length");
+  void* address = mmap(nullptr, static_cast<size_t>(bytes), PROT_READ, MAP_SHARED | MAP_POPULATE,
+                       fd, static_cast<off_t>(offset));
+  if (address == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
+  return ExposeMapping(env, address, static_cast<size_t>(bytes));
+}
+
+// munmap(arrayBuffer): unmap a buffer from allocBuffer/mmapReadOnly now and detach it.
+Napi::Value Munmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) return ThrowType(env, "munmap(arrayBuffer)");
+  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
+  Napi::Value record = buffer.Get("__ublkdMapping");
+  if (!record.IsExternal()) return ThrowType(env, "munmap: not a buffer mapped by this addon");
+  Mapping* mapping = record.As<Napi::External<Mapping>>().Data();
+  if (mapping->mapped) {
+    if (munmap(mapping->address, mapping->bytes) != 0) return ThrowErrno(env, "munmap", errno);
+    mapping->mapped = false;
+    buffer.Detach();
+  }
+  return env.Undefined();
+}
+
+// pinThread(cpus): restrict the calling thread (not the process) to the given CPUs.
+Napi::Value PinThread(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) return ThrowType(env, "pinThread(cpus: number[])");
+  Napi::Array cpus = info[0].As<Napi::Array>();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (uint32_t i = 0; i < cpus.Length(); i++) {
+    Napi::Value cpu = cpus.Get(i);
+    if (!cpu.IsNumber()) return ThrowType(env, "pinThread: cpus must be numbers");
+    int32_t index = cpu.As<Napi::Number>().Int32Value();
+    if (index < 0 || index >= CPU_SETSIZE) return ThrowType(env, "pinThread: cpu out of range");
+    CPU_SET(index, &set);
+  }
+  if (sched_setaffinity(0, sizeof(set), &set) != 0) {
+    return ThrowErrno(env, "sched_setaffinity", errno);
+  }
+  return env.Undefined();
+}
+
+// threadAffinity(): the CPUs the calling thread may run on.
+Napi::Value ThreadAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+    return ThrowErrno(env, "sched_getaffinity", errno);
+  }
+  Napi::Array cpus = Napi::Array::New(env);
+  uint32_t count = 0;
+  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+    if (CPU_ISSET(cpu, &set)) cpus.Set(count++, Napi::Number::New(env, cpu));
+  }
+  return cpus;
+}
+
+Napi::Value GetTid(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
+}
+
+// eventFd(): a non-blocking eventfd, closed with fs.closeSync. Used to wake a queue thread
+// blocked in io_uring_enter: the thread keeps a read of it in flight on its ring.
+Napi::Value EventFd(const Napi::CallbackInfo& info) {
+  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return ThrowErrno(info.Env(), "eventfd", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// eventFdWrite(fd): add 1 to the eventfd counter.
+Napi::Value EventFdWrite(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) return ThrowType(env, "eventFdWrite(fd)");
+  uint64_t one = 1;
+  if (write(info[0].As<Napi::Number>().Int32Value(), &one, sizeof(one)) != sizeof(one)) {
+    return ThrowErrno(env, "write(eventfd)", errno);
+  }
+  return env.Undefined();
+}
+
+}  // namespace ublkd

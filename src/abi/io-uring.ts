@@ -1,0 +1,61 @@
+// io_uring SQE encoding for 128-byte SQEs (IORING_SETUP_SQE128), written as 32-bit words into a
+// ring's staging buffer. The layout (struct io_uring_sqe) is checked against the C header in
+// test/addon/abi-layout.test.ts.
+//
+//   word  0: opcode u8 | flags u8 | ioprio u16        word  1: fd s32
+//   words 2-3: off / cmd_op (cmd_op = word 2)          words 4-5: addr
+//   word  6: len                                       word  7: rw_flags / uring_cmd_flags
+//   words 8-9: user_data (lo, hi)                      words 10-11: buf_index, personality, file_index
+//   words 12-31: the uring_cmd payload (80 bytes) for IORING_OP_URING_CMD
+
+export const IORING_OP_NOP = 0
+export const IORING_OP_READ = 22
+export const IORING_OP_WRITE = 23
+export const IORING_OP_URING_CMD = 46
+
+export const IORING_SETUP_SUBMIT_ALL = 1 << 7
+export const IORING_SETUP_COOP_TASKRUN = 1 << 8
+export const IORING_SETUP_SINGLE_ISSUER = 1 << 12
+export const IORING_SETUP_SQE128 = 1 << 10
+
+export const kSqeWords = 32
+export const kCqeWords = 4
+export const kSqeCmdWord = 12
+
+/** Zero SQE `slot` and set the fields every opcode has. */
+export function encodeSqeHeader(
+  sqes: Uint32Array, slot: number, opcode: number, fd: number, userDataLo: number, userDataHi: number,
+): number {
+  const base = slot * kSqeWords
+  sqes.fill(0, base, base + kSqeWords)
+  sqes[base] = opcode
+  sqes[base + 1] = fd
+  sqes[base + 8] = userDataLo
+  sqes[base + 9] = userDataHi
+  return base
+}
+
+/** IORING_OP_URING_CMD header; the caller writes the payload at words 12.. of the returned base. */
+export function encodeUringCmd(
+  sqes: Uint32Array, slot: number, fd: number, cmdOp: number, userDataLo: number, userDataHi: number,
+): number {
+  const base = encodeSqeHeader(sqes, slot, IORING_OP_URING_CMD, fd, userDataLo, userDataHi)
+  sqes[base + 2] = cmdOp
+  return base
+}
+
+/**
+ * IORING_OP_READ / IORING_OP_WRITE of `len` bytes at a user address (given as two 32-bit halves,
+ * so the hot path never touches bigints) from/to file offset `offset`.
+ */
+export function encodeReadWrite(
+  sqes: Uint32Array, slot: number, opcode: number, fd: number, addressLo: number, addressHi: number,
+  len: number, offset: number, userDataLo: number, userDataHi: number,
+): void {
+  const base = encodeSqeHeader(sqes, slot, opcode, fd, userDataLo, userDataHi)
+  sqes[base + 2] = offset % 0x1_0000_0000
+  sqes[base + 3] = Math.floor(offset / 0x1_0000_0000)
+  sqes[base + 4] = addressLo
+  sqes[base + 5] = addressHi
+  sqes[base + 6] = len
+}

@@ -1,0 +1,44 @@
+// The only shapes that cross between the main thread and a queue worker. Everything here must
+// survive structured cloning (SharedArrayBuffers are shared, MessagePorts transferred).
+import type { MessagePort } from 'node:worker_threads'
+
+import type { LogLevel } from './log.js'
+
+/** What the main thread hands a queue worker (one piscina task per hardware queue). */
+export interface QueueTaskInput {
+  devId: number
+  queueId: number
+  depth: number
+  maxIoBufBytes: number
+  /** /dev/ublkcN, opened once by the main thread; fds are process-wide. */
+  charFd: number
+  /** CPUs from UBLK_CMD_GET_QUEUE_AFFINITY for this queue. */
+  cpus: number[]
+  targetName: string
+  targetSpec: unknown
+  /** Per-device stats buffer; this queue writes its own slice (src/common/stats-layout.ts). */
+  stats: SharedArrayBuffer
+  /** Writing this eventfd makes the queue loop exit at once (forced stop). */
+  stopEventFd: number
+  logLevel: LogLevel
+  /** Carries QueueEvent messages to the main thread. */
+  port: MessagePort
+}
+
+/** Sent by a queue worker once every tag has a FETCH_REQ outstanding. */
+export interface QueueReady {
+  type: 'ready'
+  queueId: number
+  tid: number
+}
+
+export type QueueEvent = QueueReady
+
+/** The value a queue task resolves with when its loop ends. */
+export interface QueueExit {
+  queueId: number
+  tid: number
+  /** 'aborted': the kernel aborted every tag (STOP_DEV); 'stopped': the stop eventfd fired. */
+  reason: 'aborted' | 'stopped'
+  requestsServed: number
+}

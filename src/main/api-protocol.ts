@@ -1,0 +1,21 @@
+// The control API on the daemon's unix socket: one JSON request line per connection, one JSON
+// reply line back. Root-only by the socket's mode (0600) inside a 0700 state dir.
+import type { DeviceSummary } from './device.js'
+
+export type ApiRequest =
+  | { op: 'add'; device: Record<string, unknown> }
+  | { op: 'del'; id?: number; all?: boolean }
+  | { op: 'list' }
+  | { op: 'ping' }
+
+export interface ApiErrorBody {
+  code: string
+  message: string
+}
+
+export type ApiReply =
+  | { ok: true; devices?: DeviceSummary[]; device?: DeviceSummary; deleted?: number[]; pid?: number }
+  | { ok: false; error: ApiErrorBody }
+
+/** Requests larger than this are refused (a device request is a few hundred bytes). */
+export const kMaxRequestBytes = 64 * 1024

@@ -1,0 +1,284 @@
+#!/usr/bin/env node
+// ublkd command line: argv -> one command. Exit codes: 0 success, 1 failure, 2 bad usage.
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+
+import { ublkFeatureNames } from '../abi/ublk-cmd.js'
+import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
+import { isLogLevel, resolveLogLevel } from '../common/log.js'
+import { formatSize } from '../common/size.js'
+import { allTargets } from '../targets/registry.js'
+import { callDaemon, isNoDaemon } from './api-client.js'
+import type { ApiReply, ApiRequest } from './api-protocol.js'
+import { UblkControl } from './control.js'
+import { runDaemon } from './daemon.js'
+import type { DeviceSummary } from './device.js'
+import { deviceDefaults } from './device-request.js'
+import { daemonLogPath, kDefaultStateDir, socketPath, stateDirFrom } from './paths.js'
+
+const kRequestTimeoutMs = 120_000
+// Under emulation a cold daemon start takes seconds; give it room.
+const kDaemonStartTimeoutMs = 60_000
+
+const mainHelp = `Usage: ublkd <command> [options]
+
+Serve Linux ublk block devices (/dev/ublkbN) from a userspace daemon.
+
+Commands:
+  add        create a device (starts a daemon in the background if none runs)
+  del        delete a device, or all of them
+  list       list the devices of the running daemon
+  features   show the ublk features of the running kernel
+  daemon     run the daemon in the foreground
+
+Common options:
+  --state-dir DIR   daemon socket and log directory (default ${kDefaultStateDir}, env UBLKD_STATE_DIR)
+  -h, --help        help for a command: ublkd <command> --help
+`
+
+function addHelp(): string {
+  const targets = allTargets().map((target) =>
+    `  ${target.name.padEnd(8)} ${target.summary}\n${target.optionHelp.map((line) => `             ${line}`).join('\n')}`)
+  return `Usage: ublkd add -t TARGET [options]
+
+Create a device and print it. The device is served until 'ublkd del' or daemon shutdown.
+
+Options:
+  -t, --target NAME             target type (below)
+  -q, --queues N                hardware queues, one pinned worker thread each (default ${deviceDefaults.queues})
+  -d, --depth N                 queue depth, 1..4096 (default ${deviceDefaults.depth})
+  -n, --number ID               device id, giving /dev/ublkbID (default: the kernel picks)
+      --logical-block-size N    512, 1024, 2048 or 4096 (default ${deviceDefaults.logicalBlockSize})
+      --json                    print the device as JSON
+      --state-dir DIR           see 'ublkd --help'
+
+Targets:
+${targets.join('\n')}
+`
+}
+
+const delHelp = `Usage: ublkd del -n ID | --all
+
+Stop and delete a device: in-flight I/O completes, new I/O fails, /dev/ublkbID goes away.
+
+Options:
+  -n, --number ID   the device to delete
+  -a, --all         delete every device of the daemon
+      --state-dir DIR
+`
+
+const listHelp = `Usage: ublkd list [--json]
+
+List the devices of the running daemon (nothing when no daemon runs).
+
+Options:
+  --json            one JSON array of devices
+  --state-dir DIR
+`
+
+const featuresHelp = `Usage: ublkd features [--json]
+
+Ask the kernel (UBLK_U_CMD_GET_FEATURES) which ublk features it supports.
+`
+
+const daemonHelp = `Usage: ublkd daemon [--log-level LEVEL] [--state-dir DIR]
+
+Run the daemon in the foreground. It hosts every device, listens for commands on
+<state-dir>/ublkd.sock (root only) and logs JSON lines to stdout. SIGTERM or SIGINT stops
+and deletes every device, then exits 0.
+
+Options:
+  --log-level LEVEL   fatal, error, warn, info, debug, trace (default info, env LOG_LEVEL)
+  --state-dir DIR
+`
+
+type Options = NonNullable<ParseArgsConfig['options']>
+
+const commonOptions: Options = {
+  help: { type: 'boolean', short: 'h' },
+  'state-dir': { type: 'string' },
+}
+
+function parse(args: string[], options: Options): { values: Record<string, string | boolean | undefined> } {
+  try {
+    const { values, positionals } = parseArgs({ args, options: { ...commonOptions, ...options }, allowPositionals: true, strict: true })
+    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`)
+    return { values: values as Record<string, string | boolean | undefined> }
+  } catch (error) {
+    if (error instanceof UsageError) throw error
+    throw new UsageError(messageOf(error).replace(/\. To specify a positional argument.*$/s, ''))
+  }
+}
+
+function stringValue(values: Record<string, string | boolean | undefined>, name: string): string | undefined {
+  const value = values[name]
+  return typeof value === 'string' ? value : undefined
+}
+
+function print(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`)
+}
+
+function describeDevice(device: DeviceSummary): string {
+  return `${device.blockDevice}: ${device.target} ${formatSize(device.sizeBytes)}, ` +
+    `${device.queues} queue${device.queues === 1 ? '' : 's'} x ${device.depth}, ${device.state} (daemon pid ${device.daemonPid})`
+}
+
+function unwrap(reply: ApiReply): Extract<ApiReply, { ok: true }> {
+  if (!reply.ok) {
+    const error = new UblkdError(reply.error.code as UblkdError['code'], reply.error.message)
+    throw error
+  }
+  return reply
+}
+
+/** Start `ublkd daemon` detached, logging to <state-dir>/daemon.log, and wait for its socket. */
+async function startDaemon(stateDir: string): Promise<void> {
+  fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 })
+  const logFd = fs.openSync(daemonLogPath(stateDir), 'a', 0o600)
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), 'daemon', '--state-dir', stateDir], {
+    detached: true,
+    stdio: ['ignore', logFd, logFd],
+  })
+  fs.closeSync(logFd)
+  let exitCode: number | null = null
+  child.on('exit', (code) => { exitCode = code ?? 1 })
+  child.unref()
+  const deadline = Date.now() + kDaemonStartTimeoutMs
+  for (;;) {
+    try {
+      await callDaemon(socketPath(stateDir), { op: 'ping' }, 5000)
+      return
+    } catch (error) {
+      if (!isNoDaemon(error)) throw error
+    }
+    if (exitCode !== null) {
+      throw new UblkdError('UBLKD_ERR_DAEMON', `the daemon exited with ${exitCode}; see ${daemonLogPath(stateDir)}`)
+    }
+    if (Date.now() > deadline) throw new UblkdError('UBLKD_ERR_TIMEOUT', 'the daemon did not start in time')
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
+async function commandAdd(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    target: { type: 'string', short: 't' },
+    size: { type: 'string', short: 's' },
+    queues: { type: 'string', short: 'q' },
+    depth: { type: 'string', short: 'd' },
+    number: { type: 'string', short: 'n' },
+    'logical-block-size': { type: 'string' },
+    json: { type: 'boolean' },
+  })
+  if (values['help']) return print(addHelp())
+  const device: Record<string, unknown> = {
+    target: stringValue(values, 'target'),
+    size: stringValue(values, 'size'),
+    queues: stringValue(values, 'queues'),
+    depth: stringValue(values, 'depth'),
+    id: stringValue(values, 'number'),
+    logicalBlockSize: stringValue(values, 'logical-block-size'),
+  }
+  if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory (see ublkd add --help)')
+  for (const key of Object.keys(device)) if (device[key] === undefined) delete device[key]
+  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  const request: ApiRequest = { op: 'add', device }
+  let reply: ApiReply
+  try {
+    reply = await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
+  } catch (error) {
+    if (!isNoDaemon(error)) throw error
+    await startDaemon(stateDir)
+    reply = await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
+  }
+  const added = unwrap(reply).device!
+  print(values['json'] ? JSON.stringify(added, null, 2) : describeDevice(added))
+}
+
+async function commandDel(args: string[]): Promise<void> {
+  const { values } = parse(args, { number: { type: 'string', short: 'n' }, all: { type: 'boolean', short: 'a' } })
+  if (values['help']) return print(delHelp)
+  const number = stringValue(values, 'number')
+  if ((number === undefined) === !values['all']) throw new UsageError('del needs exactly one of -n ID or --all')
+  let request: ApiRequest = { op: 'del', all: true }
+  if (number !== undefined) {
+    if (!/^\d+$/.test(number)) throw new UsageError(`-n must be a device id, got '${number}'`)
+    request = { op: 'del', id: Number(number) }
+  }
+  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  let reply: ApiReply
+  try {
+    reply = await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
+  } catch (error) {
+    if (!isNoDaemon(error)) throw error
+    if (values['all']) return
+    throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no daemon runs (state dir ${stateDir}), so no device ${number}`)
+  }
+  for (const id of unwrap(reply).deleted ?? []) print(`deleted /dev/ublkb${id}`)
+}
+
+async function commandList(args: string[]): Promise<void> {
+  const { values } = parse(args, { json: { type: 'boolean' } })
+  if (values['help']) return print(listHelp)
+  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  let devices: DeviceSummary[] = []
+  try {
+    devices = unwrap(await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)).devices ?? []
+  } catch (error) {
+    if (!isNoDaemon(error)) throw error
+  }
+  if (values['json']) return print(JSON.stringify(devices, null, 2))
+  if (devices.length === 0) return print('no devices')
+  const rows = devices.map((d) => [String(d.id), d.blockDevice, d.target, formatSize(d.sizeBytes),
+    String(d.queues), String(d.depth), d.state, String(d.daemonPid)])
+  const header = ['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID']
+  const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => row[i]!.length)))
+  for (const row of [header, ...rows]) print(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd())
+}
+
+async function commandFeatures(args: string[]): Promise<void> {
+  const { values } = parse(args, { json: { type: 'boolean' } })
+  if (values['help']) return print(featuresHelp)
+  const control = UblkControl.open()
+  try {
+    const mask = await control.getFeatures()
+    const names = ublkFeatureNames.filter(([, bit]) => (mask & bit) !== 0n).map(([name]) => name)
+    if (values['json']) return print(JSON.stringify({ mask: `0x${mask.toString(16)}`, features: names }))
+    print(`features 0x${mask.toString(16)}`)
+    for (const name of names) print(`  ${name}`)
+  } finally {
+    control.close()
+  }
+}
+
+async function commandDaemon(args: string[]): Promise<void> {
+  const { values } = parse(args, { 'log-level': { type: 'string' } })
+  if (values['help']) return print(daemonHelp)
+  const level = stringValue(values, 'log-level')
+  if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level '${level}' is not a pino level`)
+  await runDaemon({ stateDir: stateDirFrom(stringValue(values, 'state-dir')), logLevel: resolveLogLevel(level) })
+}
+
+const commands: Record<string, (args: string[]) => Promise<void>> = {
+  add: commandAdd,
+  del: commandDel,
+  list: commandList,
+  features: commandFeatures,
+  daemon: commandDaemon,
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [name, ...args] = argv
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') return print(mainHelp)
+  const command = commands[name]
+  if (!command) throw new UsageError(`unknown command '${name}' (see ublkd --help)`)
+  await command(args)
+}
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  const code = isUblkdError(error) ? error.code : 'UBLKD_ERR_DAEMON'
+  process.stderr.write(`ublkd: ${messageOf(error)} [${code}]\n`)
+  process.exitCode = error instanceof UsageError || code === 'UBLKD_ERR_USAGE' ? 2 : 1
+})

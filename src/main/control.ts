@@ -1,0 +1,179 @@
+// UblkControl: the device-control channel, an io_uring of its own on /dev/ublk-control.
+//
+// Commands are asynchronous: each is one IORING_OP_URING_CMD whose completion wakes the event
+// loop through the ring's eventfd, so a command the kernel holds for long (START_DEV waits for
+// every queue to fetch, DEL_DEV for the device to be released) never blocks the daemon.
+import fs from 'node:fs'
+
+import { IORING_SETUP_SQE128, encodeUringCmd, kCqeWords, kSqeCmdWord } from '../abi/io-uring.js'
+import {
+  decodeCpuMask, decodeDevInfo, decodeParams, encodeCtrlCmd, encodeDevInfo, encodeParams,
+  ublkParams, ublksrvCtrlDevInfo, type DevInfo, type Params,
+} from '../abi/structs.js'
+import {
+  UBLK_QUEUE_ID_NONE, UBLK_U_CMD_ADD_DEV, UBLK_U_CMD_DEL_DEV, UBLK_U_CMD_GET_DEV_INFO,
+  UBLK_U_CMD_GET_FEATURES, UBLK_U_CMD_GET_PARAMS, UBLK_U_CMD_GET_QUEUE_AFFINITY,
+  UBLK_U_CMD_SET_PARAMS, UBLK_U_CMD_START_DEV, UBLK_U_CMD_STOP_DEV,
+} from '../abi/ublk-cmd.js'
+import { KernelError, UblkdError } from '../common/errors.js'
+import { native, type NativeRing } from '../native/addon.js'
+
+export const kControlPath = '/dev/ublk-control'
+
+// 1024 CPUs' worth of bitmap: a multiple of 8 bytes that covers any nr_cpu_ids we will meet.
+const kAffinityMaskBytes = 128
+
+interface PendingCommand {
+  name: string
+  buffer: ArrayBuffer | null
+  resolve(result: number): void
+  reject(error: Error): void
+}
+
+interface CommandArgs {
+  devId: number
+  queueId?: number
+  data0?: bigint
+  buffer?: ArrayBuffer
+  len?: number
+}
+
+export class UblkControl {
+  private readonly pending = new Map<number, PendingCommand>()
+  private nextUserData = 1
+  private readonly sqes: Uint32Array
+  private readonly sqeView: DataView
+  private readonly cqes: Uint32Array
+  private readonly cqeResults: Int32Array
+
+  private constructor(private readonly fd: number, private readonly ring: NativeRing) {
+    this.sqes = new Uint32Array(ring.sqes)
+    this.sqeView = new DataView(ring.sqes)
+    this.cqes = new Uint32Array(ring.cqes)
+    this.cqeResults = new Int32Array(ring.cqes)
+    ring.watchCompletions(() => this.reap(0))
+  }
+
+  /** Open /dev/ublk-control; a clear error when the driver is not loaded. */
+  static open(path = kControlPath): UblkControl {
+    let fd: number
+    try {
+      fd = fs.openSync(path, fs.constants.O_RDWR)
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code
+      if (code === 'ENOENT' || code === 'ENODEV' || code === 'ENXIO') {
+        throw new UblkdError('UBLKD_ERR_NO_DRIVER',
+          `${path} does not exist: load the ublk driver first (modprobe ublk_drv)`)
+      }
+      throw new UblkdError('UBLKD_ERR_NO_DRIVER', `cannot open ${path}: ${(error as Error).message}`)
+    }
+    try {
+      return new UblkControl(fd, new native.Ring(32, 64, IORING_SETUP_SQE128))
+    } catch (error) {
+      fs.closeSync(fd)
+      throw error
+    }
+  }
+
+  close(): void {
+    this.ring.close()
+    fs.closeSync(this.fd)
+    for (const [, command] of this.pending) {
+      command.reject(new UblkdError('UBLKD_ERR_DAEMON', `${command.name} abandoned: control closed`))
+    }
+    this.pending.clear()
+  }
+
+  async addDev(info: DevInfo): Promise<DevInfo> {
+    const buffer = native.allocBuffer(native.pageSize)
+    encodeDevInfo(new DataView(buffer, 0, ublksrvCtrlDevInfo.bytes), info)
+    await this.command('ADD_DEV', UBLK_U_CMD_ADD_DEV, {
+      devId: info.devId, buffer, len: ublksrvCtrlDevInfo.bytes,
+    })
+    return decodeDevInfo(new DataView(buffer, 0, ublksrvCtrlDevInfo.bytes))
+  }
+
+  async delDev(devId: number): Promise<void> {
+    await this.command('DEL_DEV', UBLK_U_CMD_DEL_DEV, { devId })
+  }
+
+  async setParams(devId: number, params: Params): Promise<void> {
+    const buffer = native.allocBuffer(native.pageSize)
+    encodeParams(new DataView(buffer, 0, ublkParams.bytes), params, params.types)
+    await this.command('SET_PARAMS', UBLK_U_CMD_SET_PARAMS, { devId, buffer, len: ublkParams.bytes })
+  }
+
+  async getParams(devId: number): Promise<Params> {
+    const buffer = native.allocBuffer(native.pageSize)
+    const view = new DataView(buffer, 0, ublkParams.bytes)
+    view.setUint32(ublkParams.len, ublkParams.bytes, true)
+    await this.command('GET_PARAMS', UBLK_U_CMD_GET_PARAMS, { devId, buffer, len: ublkParams.bytes })
+    return decodeParams(view)
+  }
+
+  /** Resolves once the kernel has added the disk, which it does only after every tag of every
+   *  queue has a FETCH_REQ outstanding. */
+  async startDev(devId: number, serverPid: number): Promise<void> {
+    await this.command('START_DEV', UBLK_U_CMD_START_DEV, { devId, data0: BigInt(serverPid) })
+  }
+
+  async stopDev(devId: number): Promise<void> {
+    await this.command('STOP_DEV', UBLK_U_CMD_STOP_DEV, { devId })
+  }
+
+  async getDevInfo(devId: number): Promise<DevInfo> {
+    const buffer = native.allocBuffer(native.pageSize)
+    await this.command('GET_DEV_INFO', UBLK_U_CMD_GET_DEV_INFO, {
+      devId, buffer, len: ublksrvCtrlDevInfo.bytes,
+    })
+    return decodeDevInfo(new DataView(buffer, 0, ublksrvCtrlDevInfo.bytes))
+  }
+
+  async getQueueAffinity(devId: number, queueId: number): Promise<number[]> {
+    const buffer = native.allocBuffer(native.pageSize)
+    await this.command('GET_QUEUE_AFFINITY', UBLK_U_CMD_GET_QUEUE_AFFINITY, {
+      devId, data0: BigInt(queueId), buffer, len: kAffinityMaskBytes,
+    })
+    return decodeCpuMask(new Uint8Array(buffer, 0, kAffinityMaskBytes))
+  }
+
+  async getFeatures(): Promise<bigint> {
+    const buffer = native.allocBuffer(native.pageSize)
+    await this.command('GET_FEATURES', UBLK_U_CMD_GET_FEATURES, { devId: 0, buffer, len: 8 })
+    return new DataView(buffer).getBigUint64(0, true)
+  }
+
+  private command(name: string, cmdOp: number, args: CommandArgs): Promise<number> {
+    if (this.ring.closed) {
+      return Promise.reject(new UblkdError('UBLKD_ERR_DAEMON', `${name}: control channel is closed`))
+    }
+    const userData = this.nextUserData
+    this.nextUserData = (this.nextUserData % 0x7fffffff) + 1
+    const base = encodeUringCmd(this.sqes, 0, this.fd, cmdOp, userData, 0)
+    encodeCtrlCmd(this.sqeView, (base + kSqeCmdWord) * 4, {
+      devId: args.devId,
+      queueId: args.queueId ?? UBLK_QUEUE_ID_NONE,
+      len: args.len ?? 0,
+      addr: args.buffer ? native.bufferAddress(args.buffer, 0) : 0n,
+      data0: args.data0 ?? 0n,
+    })
+    return new Promise<number>((resolve, reject) => {
+      this.pending.set(userData, { name, buffer: args.buffer ?? null, resolve, reject })
+      this.reap(1)
+    })
+  }
+
+  /** Submit `staged` SQEs and settle every command whose CQE has arrived. */
+  private reap(staged: number): void {
+    const count = this.ring.enter(staged, 0, 0)
+    for (let i = 0; i < count; i++) {
+      const userData = this.cqes[i * kCqeWords]!
+      const res = this.cqeResults[i * kCqeWords + 2]!
+      const command = this.pending.get(userData)
+      if (!command) continue
+      this.pending.delete(userData)
+      if (res < 0) command.reject(new KernelError(command.name, res))
+      else command.resolve(res)
+    }
+  }
+}

@@ -1,0 +1,62 @@
+// A validated request to create a device: the common options every target shares.
+import { UBLK_MAX_QUEUE_DEPTH, UBLK_MAX_UBLKS } from '../abi/ublk-cmd.js'
+import { UsageError } from '../common/errors.js'
+import type { RawTargetOptions } from '../targets/target.js'
+
+export interface DeviceRequest {
+  target: string
+  targetOptions: RawTargetOptions
+  id?: number
+  queues: number
+  depth: number
+  logicalBlockSize: number
+  maxIoBufBytes: number
+}
+
+/** Defaults as ublksrv's: one queue of depth 128, 512-byte blocks, 512 KiB per I/O. */
+export const deviceDefaults = {
+  queues: 1,
+  depth: 128,
+  logicalBlockSize: 512,
+  maxIoBufBytes: 512 * 1024,
+} as const
+
+const kLogicalBlockSizes = [512, 1024, 2048, 4096]
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize']
+
+function integerField(raw: Record<string, unknown>, name: string, flag: string, min: number, max: number): number | undefined {
+  const value = raw[name]
+  if (value === undefined) return undefined
+  const number = typeof value === 'string' && /^\s*-?\d+\s*$/.test(value) ? Number(value) : value
+  if (typeof number !== 'number' || !Number.isInteger(number)) {
+    throw new UsageError(`${flag} must be an integer, got '${String(value)}'`)
+  }
+  if (number < min || number > max) throw new UsageError(`${flag} must be between ${min} and ${max}, got ${number}`)
+  return number
+}
+
+/**
+ * Validate the common fields of an add request (from the CLI or the API). Target options are
+ * everything else and are validated by the target itself.
+ */
+export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest {
+  const target = raw['target']
+  const targetOptions = Object.fromEntries(
+    Object.entries(raw).filter(([key]) => !kCommonFields.includes(key)))
+  if (typeof target !== 'string' || target.length === 0) throw new UsageError('a target is required (-t null|memory)')
+  const logical = integerField(raw, 'logicalBlockSize', '--logical-block-size', 512, 4096) ?? deviceDefaults.logicalBlockSize
+  if (!kLogicalBlockSizes.includes(logical)) {
+    throw new UsageError(`--logical-block-size must be one of ${kLogicalBlockSizes.join(', ')}`)
+  }
+  const request: DeviceRequest = {
+    target,
+    targetOptions,
+    queues: integerField(raw, 'queues', '--queues', 1, 4096) ?? deviceDefaults.queues,
+    depth: integerField(raw, 'depth', '--depth', 1, UBLK_MAX_QUEUE_DEPTH) ?? deviceDefaults.depth,
+    logicalBlockSize: logical,
+    maxIoBufBytes: deviceDefaults.maxIoBufBytes,
+  }
+  const devId = integerField(raw, 'id', '--number', 0, UBLK_MAX_UBLKS - 1)
+  if (devId !== undefined) request.id = devId
+  return request
+}

@@ -1,0 +1,128 @@
+// The queue workers of one device: a piscina pool with exactly one thread per hardware queue and
+// one long task per queue that settles only when the queue stops.
+import fs from 'node:fs'
+import { MessageChannel } from 'node:worker_threads'
+
+import { Piscina } from 'piscina'
+
+import { UblkdError } from '../common/errors.js'
+import type { LogLevel } from '../common/log.js'
+import type { QueueEvent, QueueExit, QueueTaskInput } from '../common/messages.js'
+import { native } from '../native/addon.js'
+
+const queueWorkerUrl = new URL('../queue-worker/entry.js', import.meta.url).href
+
+export interface QueuePoolSpec {
+  devId: number
+  depth: number
+  maxIoBufBytes: number
+  charFd: number
+  affinity: number[][]
+  targetName: string
+  targetSpec: unknown
+  stats: SharedArrayBuffer
+  logLevel: LogLevel
+}
+
+export interface QueueTask {
+  queueId: number
+  cpus: number[]
+  stopEventFd: number
+  /** Thread id (gettid) once the queue reported ready. */
+  tid: number | null
+  /** Settles when the queue's loop ends or its worker dies. */
+  done: Promise<QueueExit>
+  settled: boolean
+}
+
+export class QueuePool {
+  readonly tasks: QueueTask[] = []
+  private readonly pool: Piscina
+  private readonly ready: Promise<void>
+
+  constructor(spec: QueuePoolSpec) {
+    const queues = spec.affinity.length
+    this.pool = new Piscina({
+      filename: queueWorkerUrl,
+      minThreads: queues,
+      maxThreads: queues,
+      idleTimeout: Infinity,
+      concurrentTasksPerWorker: 1,
+      // The queue loop blocks its thread; piscina must not park idle workers in Atomics.wait.
+      atomics: 'disabled',
+    })
+    const readyPromises: Promise<void>[] = []
+    for (let queueId = 0; queueId < queues; queueId++) {
+      const { port1, port2 } = new MessageChannel()
+      const stopEventFd = native.eventFd()
+      const input: QueueTaskInput = {
+        devId: spec.devId,
+        queueId,
+        depth: spec.depth,
+        maxIoBufBytes: spec.maxIoBufBytes,
+        charFd: spec.charFd,
+        cpus: spec.affinity[queueId]!,
+        targetName: spec.targetName,
+        targetSpec: spec.targetSpec,
+        stats: spec.stats,
+        stopEventFd,
+        logLevel: spec.logLevel,
+        port: port2,
+      }
+      const task: QueueTask = {
+        queueId, cpus: input.cpus, stopEventFd, tid: null, settled: false,
+        done: this.pool.run(input, { transferList: [port2] }) as Promise<QueueExit>,
+      }
+      task.done.then(() => { task.settled = true }, () => { task.settled = true })
+      readyPromises.push(new Promise<void>((resolve, reject) => {
+        port1.on('message', (event: QueueEvent) => {
+          if (event.type === 'ready') {
+            task.tid = event.tid
+            resolve()
+          }
+        })
+        task.done.then(
+          (exit) => reject(new UblkdError('UBLKD_ERR_QUEUE',
+            `queue ${queueId} ended (${exit.reason}) before it was ready`)),
+          (error: Error) => reject(new UblkdError('UBLKD_ERR_QUEUE',
+            `queue ${queueId} failed to start: ${error.message}`, { cause: error })),
+        ).finally(() => port1.close())
+      }))
+      this.tasks.push(task)
+    }
+    this.ready = Promise.all(readyPromises).then(() => undefined)
+    // Rejections are consumed by whoever awaits `ready` or `done`; never let one go unhandled.
+    this.ready.catch(() => {})
+  }
+
+  /** Resolves when every queue has armed all its tags; rejects if any queue fails first. */
+  whenReady(): Promise<void> {
+    return this.ready
+  }
+
+  /** Rejects as soon as any queue task ends, for racing against other waits. */
+  firstExit(): Promise<never> {
+    return Promise.race(this.tasks.map((task) => task.done.then(
+      (exit) => { throw new UblkdError('UBLKD_ERR_QUEUE', `queue ${task.queueId} ended (${exit.reason})`) },
+      (error: Error) => { throw new UblkdError('UBLKD_ERR_QUEUE', `queue ${task.queueId} died: ${error.message}`, { cause: error }) },
+    )))
+  }
+
+  /** Wait for every queue to end by itself (after STOP_DEV) for up to `graceMs`, then force the
+   *  rest through their stop eventfds, then tear the pool down. */
+  async shutdown(graceMs: number): Promise<void> {
+    const all = Promise.allSettled(this.tasks.map((task) => task.done))
+    let timer: NodeJS.Timeout | undefined
+    const timedOut = await Promise.race([
+      all.then(() => false),
+      new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(true), graceMs) }),
+    ])
+    clearTimeout(timer)
+    if (timedOut) {
+      for (const task of this.tasks) if (!task.settled) native.eventFdWrite(task.stopEventFd)
+      await all
+    }
+    await this.pool.destroy()
+    for (const task of this.tasks) fs.closeSync(task.stopEventFd)
+  }
+}

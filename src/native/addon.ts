@@ -1,0 +1,40 @@
+// The typed face of the native addon (addon/): nothing else loads the .node file.
+import { createRequire } from 'node:module'
+
+/** One io_uring with 128-byte SQEs. See addon/ring.h for the contract. */
+export interface NativeRing {
+  /** Staging area: `sqEntries` SQEs of 128 bytes, encoded by src/abi/io-uring.ts. */
+  readonly sqes: ArrayBuffer
+  /** Reaped CQEs in kernel layout (16 bytes each): user_data u64, res s32, flags u32. */
+  readonly cqes: ArrayBuffer
+  readonly sqEntries: number
+  readonly cqEntries: number
+  readonly fd: number
+  readonly closed: boolean
+  /** Submit `staged` SQEs from `sqes`, wait for `minComplete` CQEs (or `timeoutNs`), reap into `cqes`. */
+  enter(staged: number, minComplete: number, timeoutNs: number): number
+  /** Call `callback` from the event loop whenever CQEs were posted (eventfd + uv_poll). */
+  watchCompletions(callback: () => void): void
+  close(): void
+}
+
+type Layout = Record<string, number>
+
+export interface NativeAddon {
+  Ring: new (entries: number, cqEntries: number, setupFlags: number) => NativeRing
+  abiLayout: Record<string, Layout> & { constants: Layout }
+  pageSize: number
+  allocBuffer(bytes: number): ArrayBuffer
+  bufferAddress(buffer: ArrayBuffer, offset: number): bigint
+  mmapReadOnly(fd: number, offset: number, bytes: number): ArrayBuffer
+  munmap(buffer: ArrayBuffer): void
+  pinThread(cpus: readonly number[]): void
+  threadAffinity(): number[]
+  gettid(): number
+  eventFd(): number
+  eventFdWrite(fd: number): void
+}
+
+const require = createRequire(import.meta.url)
+
+export const native = require('../../build/Release/ublkd_native.node') as NativeAddon

@@ -1,0 +1,90 @@
+// The piscina task of one hardware queue: runs on its own worker thread for the life of the
+// queue. Pins itself to the queue's CPUs, builds its own io_uring, maps its descriptors,
+// allocates its I/O buffers, arms every tag, reports ready, then serves until the device stops.
+import { IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SQE128, IORING_SETUP_SUBMIT_ALL } from '../abi/io-uring.js'
+import { UBLK_MAX_QUEUE_DEPTH } from '../abi/ublk-cmd.js'
+import { createLogger } from '../common/log.js'
+import type { QueueExit, QueueReady, QueueTaskInput } from '../common/messages.js'
+import { QueueStatsWriter, queueStatsView } from '../common/stats-layout.js'
+import { native } from '../native/addon.js'
+import { findTarget } from '../targets/registry.js'
+import { ioDescMapBytes, ioDescMapOffset } from './io-desc.js'
+import { QueueLoop } from './queue-loop.js'
+
+function nextPowerOfTwo(n: number): number {
+  return 2 ** Math.ceil(Math.log2(n))
+}
+
+export default async function queueTask(input: QueueTaskInput): Promise<QueueExit> {
+  const log = createLogger(input.logLevel, { role: 'queue', devId: input.devId, queueId: input.queueId })
+  native.pinThread(input.cpus)
+  const tid = native.gettid()
+  const pageSize = native.pageSize
+  const target = findTarget(input.targetName)
+
+  // Every tag has at most one command in flight plus the stop read; targets that stage their
+  // own SQEs get as many again. The CQ is twice the SQ so it never overflows.
+  const sqEntries = nextPowerOfTwo(2 * input.depth + 2)
+  const ring = new native.Ring(sqEntries, 2 * sqEntries,
+    IORING_SETUP_SQE128 | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN)
+  const mappings: ArrayBuffer[] = []
+  try {
+    const descBuffer = native.mmapReadOnly(input.charFd,
+      ioDescMapOffset(input.queueId, pageSize, UBLK_MAX_QUEUE_DEPTH), ioDescMapBytes(input.depth, pageSize))
+    mappings.push(descBuffer)
+    const ioBuffer = native.allocBuffer(input.depth * input.maxIoBufBytes)
+    mappings.push(ioBuffer)
+    const stopBuffer = native.allocBuffer(pageSize)
+    mappings.push(stopBuffer)
+
+    const baseAddress = native.bufferAddress(ioBuffer, 0)
+    const tagBuffers: Buffer[] = []
+    const tagAddressLo = new Uint32Array(input.depth)
+    const tagAddressHi = new Uint32Array(input.depth)
+    for (let tag = 0; tag < input.depth; tag++) {
+      tagBuffers.push(Buffer.from(ioBuffer, tag * input.maxIoBufBytes, input.maxIoBufBytes))
+      const address = baseAddress + BigInt(tag * input.maxIoBufBytes)
+      tagAddressLo[tag] = Number(address & 0xffffffffn)
+      tagAddressHi[tag] = Number(address >> 32n)
+    }
+    const stopAddress = native.bufferAddress(stopBuffer, 0)
+
+    const loop: QueueLoop = new QueueLoop({
+      queueId: input.queueId,
+      depth: input.depth,
+      charFd: input.charFd,
+      ring,
+      descs: new Uint32Array(descBuffer),
+      tagBuffers,
+      tagAddressLo,
+      tagAddressHi,
+      stopEventFd: input.stopEventFd,
+      stopReadAddressLo: Number(stopAddress & 0xffffffffn),
+      stopReadAddressHi: Number(stopAddress >> 32n),
+      stats: new QueueStatsWriter(queueStatsView(input.stats, input.queueId)),
+    })
+    const handler = target.openQueue(input.targetSpec, {
+      queueId: input.queueId,
+      depth: input.depth,
+      maxIoBufBytes: input.maxIoBufBytes,
+      complete: (tag, result) => loop.complete(tag, result),
+    })
+    try {
+      loop.arm(handler)
+      const ready: QueueReady = { type: 'ready', queueId: input.queueId, tid }
+      input.port.postMessage(ready)
+      log.debug({ tid, cpus: input.cpus, sqEntries }, 'queue armed')
+      const reason = loop.run()
+      log.debug({ reason, requestsServed: loop.requestsServed }, 'queue loop ended')
+      return { queueId: input.queueId, tid, reason, requestsServed: loop.requestsServed }
+    } finally {
+      handler.close()
+    }
+  } finally {
+    // Closing the ring cancels whatever ublk commands are still outstanding; the char fd itself
+    // belongs to the main thread.
+    ring.close()
+    for (const mapping of mappings) native.munmap(mapping)
+    input.port.close()
+  }
+}

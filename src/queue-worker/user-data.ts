@@ -1,0 +1,9 @@
+// user_data of the queue ring's SQEs, as two 32-bit halves (no bigints on the hot path):
+//
+//   hi word: kind of command     lo word: what it is about
+//   kUserDataUblk   (0)          tag of a FETCH_REQ / COMMIT_AND_FETCH_REQ
+//   kUserDataStop   (1)          0: the read of the stop eventfd
+//   kUserDataTarget (2)          a cookie chosen by the target for its own SQEs
+export const kUserDataUblk = 0
+export const kUserDataStop = 1
+export const kUserDataTarget = 2

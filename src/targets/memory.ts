@@ -1,0 +1,117 @@
+// memory: a RAM disk. The data lives in SharedArrayBuffers allocated by the main thread and
+// shared by every queue worker. Pages are only backed once written (the kernel maps anonymous
+// memory lazily), so the disk is sparse and never-written ranges read as zeros. DISCARD and
+// WRITE_ZEROES zero the range; FLUSH has nothing to do.
+import {
+  UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
+} from '../abi/ublk-cmd.js'
+import { rejectUnknownOptions, sizeOption } from './options.js'
+import { requestBytes, type IoRequest, type QueueHandler, type Target } from './target.js'
+
+interface MemoryOptions {
+  sizeBytes: number
+}
+
+interface MemorySpec {
+  chunks: SharedArrayBuffer[]
+  chunkBytes: number
+}
+
+// One SharedArrayBuffer may hold at most 4 GiB on Node 20; 1 GiB chunks keep the tail small.
+const kChunkBytes = 2 ** 30
+const kEinval = -22
+
+class MemoryQueue implements QueueHandler {
+  private readonly chunks: Buffer[]
+
+  constructor(private readonly spec: MemorySpec) {
+    this.chunks = spec.chunks.map((chunk) => Buffer.from(chunk))
+  }
+
+  handleIo(request: IoRequest): number {
+    const bytes = requestBytes(request)
+    const offset = request.startSector * 512
+    switch (request.op) {
+      case UBLK_IO_OP_READ:
+        this.copy(offset, bytes, request.buffer, false)
+        return bytes
+      case UBLK_IO_OP_WRITE:
+        this.copy(offset, bytes, request.buffer, true)
+        return bytes
+      case UBLK_IO_OP_FLUSH:
+        return 0
+      case UBLK_IO_OP_DISCARD:
+      case UBLK_IO_OP_WRITE_ZEROES:
+        this.zero(offset, bytes)
+        return 0
+      default:
+        return kEinval
+    }
+  }
+
+  /** Copy between the tag buffer and the disk, across chunk boundaries; Buffer.copy takes
+   *  ranges, so no view is allocated per request. */
+  private copy(offset: number, bytes: number, buffer: Buffer, toDisk: boolean): void {
+    const chunkBytes = this.spec.chunkBytes
+    let done = 0
+    while (done < bytes) {
+      const at = offset + done
+      const chunk = this.chunks[Math.floor(at / chunkBytes)]!
+      const within = at % chunkBytes
+      const length = Math.min(bytes - done, chunkBytes - within)
+      if (toDisk) buffer.copy(chunk, within, done, done + length)
+      else chunk.copy(buffer, done, within, within + length)
+      done += length
+    }
+  }
+
+  private zero(offset: number, bytes: number): void {
+    const chunkBytes = this.spec.chunkBytes
+    let done = 0
+    while (done < bytes) {
+      const at = offset + done
+      const within = at % chunkBytes
+      const length = Math.min(bytes - done, chunkBytes - within)
+      this.chunks[Math.floor(at / chunkBytes)]!.fill(0, within, within + length)
+      done += length
+    }
+  }
+
+  close(): void {}
+}
+
+export const memoryTarget: Target<MemoryOptions, MemorySpec> = {
+  name: 'memory',
+  summary: 'a RAM disk of --size bytes (sparse; lost when the device is deleted)',
+  optionHelp: ['--size SIZE      device size (required), e.g. 1G'],
+  parseOptions(raw, logicalBlockSize) {
+    rejectUnknownOptions(raw, ['size'], 'memory')
+    return { sizeBytes: sizeOption(raw, logicalBlockSize) }
+  },
+  setup(options, logicalBlockSize) {
+    const chunks: SharedArrayBuffer[] = []
+    for (let left = options.sizeBytes; left > 0; left -= kChunkBytes) {
+      chunks.push(new SharedArrayBuffer(Math.min(left, kChunkBytes)))
+    }
+    return {
+      geometry: {
+        sizeBytes: options.sizeBytes,
+        logicalBlockSize,
+        physicalBlockSize: logicalBlockSize,
+        readOnly: false,
+        volatileCache: false,
+        discard: {
+          granularityBytes: logicalBlockSize,
+          maxDiscardSectors: 0xffffffff >>> 1,
+          maxWriteZeroesSectors: 0xffffffff >>> 1,
+        },
+      },
+      spec: { chunks, chunkBytes: kChunkBytes },
+      describe: {},
+    }
+  },
+  undo() {},
+  openQueue(spec) {
+    return new MemoryQueue(spec)
+  },
+}

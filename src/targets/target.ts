@@ -1,0 +1,90 @@
+// The target interface: what a backend implements to serve a ublk device.
+//
+// A target is one file in src/targets/ and one entry in registry.ts. Its hooks run on two
+// threads:
+//   main thread   parseOptions() validates the user's options; setup() computes the device
+//                 geometry and a structured-cloneable spec (opening files, allocating shared
+//                 memory) and undo() releases what setup() took.
+//   queue worker  openQueue() builds the per-queue handler from the spec; handleIo() serves one
+//                 request; close() releases the queue's resources.
+// Nothing outside registry.ts switches on a target name.
+
+/** Options as the user gave them (CLI flags or API fields), before validation. */
+export type RawTargetOptions = Record<string, unknown>
+
+export interface DiscardGeometry {
+  granularityBytes: number
+  maxDiscardSectors: number
+  maxWriteZeroesSectors: number
+}
+
+/** What the device looks like to the block layer (becomes struct ublk_params). */
+export interface DeviceGeometry {
+  sizeBytes: number
+  logicalBlockSize: number
+  physicalBlockSize: number
+  readOnly: boolean
+  /** The target has a volatile cache: the block layer sends FLUSH. */
+  volatileCache: boolean
+  discard?: DiscardGeometry
+}
+
+export interface TargetSetup<Spec> {
+  geometry: DeviceGeometry
+  spec: Spec
+  /** Shown by `ublkd list` (e.g. the backing file). */
+  describe: Record<string, string | number | boolean>
+}
+
+/** One request, reused for every I/O of a queue (no allocation per I/O). */
+export interface IoRequest {
+  tag: number
+  /** UBLK_IO_OP_* */
+  op: number
+  /** UBLK_IO_F_* */
+  flags: number
+  /** 512-byte sectors, whatever the logical block size. */
+  startSector: number
+  nrSectors: number
+  /**
+   * The tag's I/O buffer (max_io_buf_bytes long): write data arrives here, read data goes here.
+   * A Buffer so targets can copy ranges with buffer.copy() without allocating views.
+   */
+  buffer: Buffer
+}
+
+/** Returned by handleIo() when the result comes later through QueueContext.complete(). */
+export const kIoPending = 1 << 30
+
+export interface QueueContext {
+  queueId: number
+  depth: number
+  maxIoBufBytes: number
+  /** Report the result of a request handleIo() left pending. */
+  complete(tag: number, result: number): void
+}
+
+export interface QueueHandler {
+  /**
+   * Serve one request: return bytes done (READ/WRITE), 0 (FLUSH/DISCARD/WRITE_ZEROES), a
+   * negative errno, or kIoPending.
+   */
+  handleIo(request: IoRequest): number
+  close(): void
+}
+
+export interface Target<Options = unknown, Spec = unknown> {
+  name: string
+  summary: string
+  /** Lines for `ublkd add --help`. */
+  optionHelp: readonly string[]
+  parseOptions(raw: RawTargetOptions, logicalBlockSize: number): Options
+  setup(options: Options, logicalBlockSize: number): TargetSetup<Spec>
+  undo(spec: Spec): void
+  openQueue(spec: Spec, queue: QueueContext): QueueHandler
+}
+
+/** Bytes a READ/WRITE moves. */
+export function requestBytes(request: IoRequest): number {
+  return request.nrSectors * 512
+}

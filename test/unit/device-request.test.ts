@@ -1,0 +1,48 @@
+import t from 'tap'
+
+import { deviceDefaults, parseDeviceRequest } from '../../src/main/device-request.js'
+import { findTarget } from '../../src/targets/registry.js'
+
+t.test('defaults follow ublksrv: 1 queue, depth 128, 512-byte blocks', async (t) => {
+  const request = parseDeviceRequest({ target: 'null' })
+  t.equal(request.queues, 1)
+  t.equal(request.depth, 128)
+  t.equal(request.logicalBlockSize, 512)
+  t.equal(request.maxIoBufBytes, deviceDefaults.maxIoBufBytes)
+  t.equal(request.id, undefined)
+})
+
+t.test('strings from the CLI and numbers from the API are both accepted', async (t) => {
+  const request = parseDeviceRequest({ target: 'memory', queues: '2', depth: 64, id: '5', size: '1G' })
+  t.equal(request.queues, 2)
+  t.equal(request.depth, 64)
+  t.equal(request.id, 5)
+  t.same(request.targetOptions, { size: '1G' })
+})
+
+t.test('bad common fields are usage errors with the flag named', async (t) => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{}, /target is required/],
+    [{ target: 'null', depth: 0 }, /--depth must be between 1 and 4096/],
+    [{ target: 'null', depth: 4097 }, /--depth/],
+    [{ target: 'null', queues: 0 }, /--queues/],
+    [{ target: 'null', queues: 'two' }, /--queues must be an integer/],
+    [{ target: 'null', id: -1 }, /--number/],
+    [{ target: 'null', logicalBlockSize: 1000 }, /--logical-block-size must be one of/],
+    [{ target: 'null', depth: 1.5 }, /--depth must be an integer/],
+  ]
+  for (const [raw, message] of cases) {
+    t.throws(() => parseDeviceRequest(raw), { code: 'UBLKD_ERR_USAGE', message }, JSON.stringify(raw))
+  }
+})
+
+t.test('targets validate their own options', async (t) => {
+  t.throws(() => findTarget('nope'), { message: /unknown target 'nope' \(known: null, memory\)/ })
+  const memory = findTarget('memory')
+  t.throws(() => memory.parseOptions({}, 512), { message: /--size is required/ })
+  t.throws(() => memory.parseOptions({ size: '0' }, 512), { message: /greater than 0/ })
+  t.throws(() => memory.parseOptions({ size: '1000' }, 512), { message: /not a multiple of the logical block size 512/ })
+  t.throws(() => memory.parseOptions({ size: '4K', file: 'x' }, 512), { message: /does not take --file/ })
+  t.same(memory.parseOptions({ size: '1M' }, 512), { sizeBytes: 2 ** 20 })
+  t.same(findTarget('null').parseOptions({}, 4096), { sizeBytes: 250 * 2 ** 30 })
+})
