@@ -1,0 +1,64 @@
+// Helpers for driving ublkd inside the test VM (see vm.ts): the CLI as a user runs it, and the
+// facts tests assert on (devices in /dev, sysfs attributes, thread affinity).
+import type { DeviceSummary } from '../../src/main/device.js'
+import { repoRoot, type ExecResult, type Vm } from './vm.js'
+
+export const ublkdCli = `node ${repoRoot}/dist/main/cli.js`
+
+export function ublkd(vm: Vm, args: string, timeoutMs = 120_000): Promise<ExecResult> {
+  return vm.exec(`${ublkdCli} ${args}`, { timeoutMs })
+}
+
+/** `ublkd add ... --json`, failing loudly with the CLI's stderr when it does not succeed. */
+export async function addDevice(vm: Vm, args: string): Promise<DeviceSummary> {
+  const result = await ublkd(vm, `add ${args} --json`)
+  if (result.code !== 0) {
+    throw new Error(`ublkd add ${args} exited ${result.code}: ${result.stderr}${result.stdout}`)
+  }
+  return JSON.parse(result.stdout) as DeviceSummary
+}
+
+export async function listDevices(vm: Vm): Promise<DeviceSummary[]> {
+  return JSON.parse(await vm.run(`${ublkdCli} list --json`)) as DeviceSummary[]
+}
+
+/** Every ublk char and block device node present in the VM. */
+export async function ublkNodes(vm: Vm): Promise<string[]> {
+  const out = await vm.run('ls -1 /dev | grep -E "^ublk[bc][0-9]+$" || true')
+  return out.split('\n').filter((line) => line.length > 0)
+}
+
+/** Wait until `cmd` exits 0 (polling inside the VM), or fail after `timeoutMs`. */
+export async function waitInVm(vm: Vm, cmd: string, timeoutMs: number): Promise<void> {
+  const seconds = Math.ceil(timeoutMs / 100)
+  const result = await vm.exec(`for i in $(seq ${seconds}); do (${cmd}) >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1`,
+    { timeoutMs: timeoutMs + 30_000 })
+  if (result.code !== 0) throw new Error(`timed out waiting for: ${cmd}`)
+}
+
+/** Run fio with JSON output; returns the parsed report and the raw result. */
+export async function fio(vm: Vm, args: string, timeoutMs = 300_000): Promise<{ result: ExecResult; report: FioReport | null }> {
+  const result = await vm.exec(`fio --output-format=json ${args}`, { timeoutMs })
+  const start = result.stdout.indexOf('{')
+  let report: FioReport | null = null
+  if (start >= 0) {
+    try {
+      report = JSON.parse(result.stdout.slice(start)) as FioReport
+    } catch {
+      report = null
+    }
+  }
+  return { result, report }
+}
+
+export interface FioJobSide {
+  io_bytes: number
+  iops: number
+  total_ios: number
+  lat_ns?: { mean: number }
+  clat_ns?: { mean: number; percentile?: Record<string, number> }
+}
+
+export interface FioReport {
+  jobs: { jobname: string; error: number; read: FioJobSide; write: FioJobSide }[]
+}

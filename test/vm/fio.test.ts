@@ -1,0 +1,61 @@
+// Real clients on real devices: fio write+verify on memory, fio reads on null, and deleting a
+// device while fio runs on it.
+import t from 'tap'
+
+import { addDevice, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { bootVm } from '../lib/vm.js'
+
+const vm = await bootVm()
+t.teardown(() => vm.shutdown())
+
+t.test('memory, 2 queues: fio random write with crc32c verify passes', async (t) => {
+  const device = await addDevice(vm, '-t memory --size 256M -q 2')
+  const { result, report } = await fio(vm, `--name=verify --filename=${device.blockDevice} --ioengine=io_uring ` +
+    '--direct=1 --rw=randwrite --bs=4k --iodepth=16 --numjobs=2 --size=16M --offset_increment=64M ' +
+    '--verify=crc32c --verify_fatal=1 --do_verify=1')
+  t.equal(result.code, 0, result.stderr)
+  t.ok(report, 'fio printed a JSON report')
+  for (const job of report?.jobs ?? []) {
+    t.equal(job.error, 0, `job ${job.jobname} has no error`)
+    t.equal(job.write.io_bytes, 16 * 2 ** 20, 'every byte written')
+    t.equal(job.read.io_bytes, 16 * 2 ** 20, 'every byte read back and verified')
+  }
+  t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
+})
+
+t.test('memory: mixed block sizes verify too', async (t) => {
+  const device = await addDevice(vm, '-t memory --size 64M')
+  const { result } = await fio(vm, `--name=mixed --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bsrange=512-256k --iodepth=8 --size=32M --verify=crc32c --verify_fatal=1')
+  t.equal(result.code, 0, result.stderr)
+  t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
+})
+
+t.test('null: fio random read completes with the requested I/O count', async (t) => {
+  const device = await addDevice(vm, '-t null --size 1G')
+  const { result, report } = await fio(vm, `--name=read --filename=${device.blockDevice} --ioengine=io_uring ` +
+    '--direct=1 --rw=randread --bs=4k --iodepth=32 --number_ios=20000 --size=1G')
+  t.equal(result.code, 0, result.stderr)
+  t.equal(report?.jobs[0]?.error, 0)
+  t.equal(report?.jobs[0]?.read.total_ios, 20000)
+  t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
+})
+
+t.test('del while fio runs: fio sees errors, the daemon survives, the device is gone', async (t) => {
+  const device = await addDevice(vm, '-t memory --size 128M')
+  const running = fio(vm, `--name=busy --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=16 --time_based --runtime=120 --size=128M')
+  // Let fio get going before the device goes away under it.
+  await waitInVm(vm, 'pgrep -x fio', 30_000)
+  await new Promise((resolve) => setTimeout(resolve, 2000))
+  const del = await ublkd(vm, `del -n ${device.id}`)
+  t.equal(del.code, 0, del.stderr)
+  const { result } = await running
+  t.not(result.code, 0, 'fio failed instead of hanging for its 120 s')
+  t.ok(result.ms < 100_000, `fio ended ${result.ms} ms after start, well before its runtime`)
+  t.same(await ublkNodes(vm), [], 'no device node left')
+  t.same(await listDevices(vm), [], 'the daemon still answers')
+  const again = await addDevice(vm, '-t null --size 1G')
+  t.equal(again.state, 'LIVE', 'and still serves new devices')
+  t.equal((await ublkd(vm, `del -n ${again.id}`)).code, 0)
+})

@@ -1,0 +1,90 @@
+// add / list / del against the real ublk driver, with 2 queues whose worker threads must be
+// pinned to the CPUs the kernel reports for each queue.
+import t from 'tap'
+
+import { addDevice, listDevices, ublkd, ublkNodes } from '../lib/ublkd-in-vm.js'
+import { bootVm } from '../lib/vm.js'
+
+/** '0-2, 5' or '0,1' -> [0, 1, 2, 5] */
+function parseCpuList(text: string): number[] {
+  const cpus: number[] = []
+  for (const part of text.split(',').map((p) => p.trim()).filter((p) => p.length > 0)) {
+    const [first, last] = part.split('-').map(Number)
+    for (let cpu = first!; cpu <= (last ?? first!); cpu++) cpus.push(cpu)
+  }
+  return cpus
+}
+
+const vm = await bootVm()
+t.teardown(() => vm.shutdown())
+
+t.test('ublkd features lists the kernel features', async (t) => {
+  const result = await ublkd(vm, 'features --json')
+  t.equal(result.code, 0, result.stderr)
+  const features = JSON.parse(result.stdout) as { features: string[] }
+  t.ok(features.features.includes('UBLK_F_CMD_IOCTL_ENCODE'))
+  t.ok(features.features.includes('UBLK_F_USER_RECOVERY'))
+})
+
+t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right geometry', async (t) => {
+  const device = await addDevice(vm, '-t memory --size 256M -q 2')
+  t.equal(device.state, 'LIVE')
+  t.equal(device.target, 'memory')
+  t.equal(device.sizeBytes, 256 * 2 ** 20)
+  t.equal(device.queues, 2)
+  t.equal(device.depth, 128)
+  t.equal(device.blockDevice, `/dev/ublkb${device.id}`)
+  t.equal(device.charDevice, `/dev/ublkc${device.id}`)
+  t.equal(typeof device.daemonPid, 'number')
+  const name = `ublkb${device.id}`
+  t.equal((await vm.run(`cat /sys/block/${name}/size`)).trim(), String((256 * 2 ** 20) / 512))
+  t.equal((await vm.run(`cat /sys/block/${name}/queue/logical_block_size`)).trim(), '512')
+  t.equal((await vm.run(`test -b ${device.blockDevice} && echo block`)).trim(), 'block')
+
+  t.test('each queue thread is pinned to its queue affinity', async (t) => {
+    t.equal(device.queueTids.length, 2)
+    for (let queue = 0; queue < 2; queue++) {
+      const kernelCpus = parseCpuList(await vm.run(`cat /sys/block/${name}/mq/${queue}/cpu_list`))
+      const tid = device.queueTids[queue]
+      const status = await vm.run(`cat /proc/${device.daemonPid}/task/${tid}/status`)
+      const allowed = parseCpuList(/Cpus_allowed_list:\s*(\S+)/.exec(status)?.[1] ?? '')
+      t.ok(kernelCpus.length > 0, `queue ${queue} has CPUs`)
+      t.same(allowed, kernelCpus, `queue ${queue} thread (tid ${tid}) is pinned to its CPUs`)
+      t.same(device.queueAffinity[queue], kernelCpus, 'GET_QUEUE_AFFINITY agrees with blk-mq')
+    }
+  })
+
+  t.test('list shows it', async (t) => {
+    const devices = await listDevices(vm)
+    t.same(devices.map((d) => [d.id, d.state]), [[device.id, 'LIVE']])
+    const table = await ublkd(vm, 'list')
+    t.match(table.stdout, new RegExp(`${device.id}\\s+/dev/ublkb${device.id}\\s+memory\\s+256 MiB\\s+2\\s+128\\s+LIVE`))
+  })
+
+  t.test('dd writes and reads back through the device', async (t) => {
+    await vm.run(`head -c 1048576 /dev/urandom > /tmp/pattern && dd if=/tmp/pattern of=${device.blockDevice} bs=64k oflag=direct status=none`)
+    const back = await vm.run(`dd if=${device.blockDevice} bs=64k count=16 iflag=direct status=none | md5sum`)
+    const want = await vm.run('md5sum < /tmp/pattern')
+    t.equal(back.split(' ')[0], want.split(' ')[0])
+  })
+
+  t.test('del removes the device and leaves no node behind', async (t) => {
+    const del = await ublkd(vm, `del -n ${device.id}`)
+    t.equal(del.code, 0, del.stderr)
+    t.match(del.stdout, `deleted /dev/ublkb${device.id}`)
+    t.same(await ublkNodes(vm), [])
+    t.same(await listDevices(vm), [])
+  })
+})
+
+t.test('add null with an explicit id, then del --all', async (t) => {
+  const device = await addDevice(vm, '-t null -n 7 --size 1T -d 64')
+  t.equal(device.id, 7)
+  t.equal(device.depth, 64)
+  t.equal(device.sizeBytes, 2 ** 40)
+  const zeros = await vm.run('dd if=/dev/ublkb7 bs=4k count=1 iflag=direct status=none | od -An -tx1 | sort -u')
+  t.equal(zeros.trim(), '00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00')
+  const del = await ublkd(vm, 'del --all')
+  t.equal(del.code, 0, del.stderr)
+  t.same(await ublkNodes(vm), [])
+})
