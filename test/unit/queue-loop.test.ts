@@ -1,0 +1,132 @@
+// The queue loop against a fake ring (pure logic): what it stages for the kernel in answer to
+// the CQEs it is handed. The real driver is exercised by test/vm.
+import t from 'tap'
+
+import { kCqeWords, kSqeCmdWord, kSqeWords } from '../../src/abi/io-uring.js'
+import {
+  UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_RES_ABORT, UBLK_U_IO_COMMIT_AND_FETCH_REQ,
+  UBLK_U_IO_FETCH_REQ,
+} from '../../src/abi/ublk-cmd.js'
+import { QueueStatsWriter, allocQueueStats, queueStatsView, readQueueStats, statIndex } from '../../src/common/stats-layout.js'
+import type { NativeRing } from '../../src/native/addon.js'
+import { QueueLoop } from '../../src/queue-worker/queue-loop.js'
+import { kUserDataStop, kUserDataUblk } from '../../src/queue-worker/user-data.js'
+import type { IoRequest, QueueHandler } from '../../src/targets/target.js'
+
+interface Staged { cmdOp: number; tag: number; queue: number; result: number; userData: [number, number] }
+
+/** A ring that records what is submitted and replays scripted CQE batches. */
+class FakeRing implements NativeRing {
+  readonly sqes = new ArrayBuffer(64 * 128)
+  readonly cqes = new ArrayBuffer(128 * 16)
+  readonly sqEntries = 64
+  readonly cqEntries = 128
+  readonly fd = 99
+  closed = false
+  submitted: Staged[][] = []
+  batches: [lo: number, hi: number, res: number][][] = []
+
+  enter(staged: number): number {
+    const words = new Uint32Array(this.sqes)
+    const turn: Staged[] = []
+    for (let slot = 0; slot < staged; slot++) {
+      const base = slot * kSqeWords
+      turn.push({
+        cmdOp: words[base + 2]!, tag: words[base + kSqeCmdWord]! >>> 16, queue: words[base + kSqeCmdWord]! & 0xffff,
+        result: new Int32Array(this.sqes)[base + kSqeCmdWord + 1]!, userData: [words[base + 8]!, words[base + 9]!],
+      })
+    }
+    this.submitted.push(turn)
+    const batch = this.batches.shift() ?? []
+    const cqes = new Int32Array(this.cqes)
+    batch.forEach(([lo, hi, res], i) => {
+      cqes[i * kCqeWords] = lo
+      cqes[i * kCqeWords + 1] = hi
+      cqes[i * kCqeWords + 2] = res
+    })
+    return batch.length
+  }
+
+  watchCompletions(): void {}
+  close(): void { this.closed = true }
+}
+
+function setup(depth: number, handle: (request: IoRequest) => number) {
+  const ring = new FakeRing()
+  const descs = new Uint32Array(depth * 6)
+  const stats = allocQueueStats(1)
+  const seen: { tag: number; op: number; startSector: number; nrSectors: number }[] = []
+  const handler: QueueHandler = {
+    handleIo(request) {
+      seen.push({ tag: request.tag, op: request.op, startSector: request.startSector, nrSectors: request.nrSectors })
+      return handle(request)
+    },
+    close() {},
+  }
+  const loop = new QueueLoop({
+    queueId: 1, depth, charFd: 42, ring, descs,
+    tagBuffers: Array.from({ length: depth }, () => Buffer.alloc(4096)),
+    tagAddressLo: Uint32Array.from({ length: depth }, (_, tag) => 0x1000 * (tag + 1)),
+    tagAddressHi: new Uint32Array(depth).fill(0x7f),
+    stopEventFd: 5, stopReadAddressLo: 0, stopReadAddressHi: 0,
+    stats: new QueueStatsWriter(queueStatsView(stats, 0)),
+  })
+  loop.arm(handler)
+  return { ring, descs, loop, seen, stats }
+}
+
+t.test('arm fetches every tag with its buffer address, plus the stop read', async (t) => {
+  const { ring } = setup(4, () => 0)
+  const first = ring.submitted[0]!
+  t.equal(first.length, 5)
+  t.same(first.slice(0, 4).map((s) => [s.cmdOp, s.tag, s.queue]), [0, 1, 2, 3].map((tag) => [UBLK_U_IO_FETCH_REQ, tag, 1]))
+  t.same(first[4]!.userData, [0, kUserDataStop])
+  const words = new Uint32Array(ring.sqes)
+  t.equal(words[2 * kSqeWords + kSqeCmdWord + 2], 0x3000, 'tag 2 buffer address, low word')
+  t.equal(words[2 * kSqeWords + kSqeCmdWord + 3], 0x7f, 'high word')
+})
+
+t.test('requests are served from their descriptors and committed in one turn', async (t) => {
+  const { ring, descs, loop, seen, stats } = setup(4, (request) => request.nrSectors * 512)
+  descs.set([UBLK_IO_OP_READ, 8, 0x10, 1, 0, 0], 1 * 6) // start sector 2^32 + 16
+  descs.set([UBLK_IO_OP_WRITE | (1 << 13), 16, 64, 0, 0, 0], 3 * 6)
+  ring.batches.push([[1, kUserDataUblk, 0], [3, kUserDataUblk, 0]])
+  ring.batches.push([0, 1, 2, 3].map((tag) => [tag, kUserDataUblk, UBLK_IO_RES_ABORT]))
+  t.equal(loop.run(), 'aborted', 'ends when every tag was aborted')
+  t.same(seen, [
+    { tag: 1, op: UBLK_IO_OP_READ, startSector: 2 ** 32 + 16, nrSectors: 8 },
+    { tag: 3, op: UBLK_IO_OP_WRITE, startSector: 64, nrSectors: 16 },
+  ])
+  const commits = ring.submitted[2]!
+  t.same(commits.map((s) => [s.cmdOp, s.tag, s.result]), [
+    [UBLK_U_IO_COMMIT_AND_FETCH_REQ, 1, 4096],
+    [UBLK_U_IO_COMMIT_AND_FETCH_REQ, 3, 8192],
+  ])
+  const values = readQueueStats(queueStatsView(stats, 0))
+  t.equal(values[statIndex('read_ops')], 1)
+  t.equal(values[statIndex('read_bytes')], 4096)
+  t.equal(values[statIndex('write_bytes')], 8192)
+  t.equal(values[statIndex('inflight')], 0)
+  t.equal(values[statIndex('loop_turns')], 2)
+})
+
+t.test('negative results are committed and counted as errors', async (t) => {
+  const { ring, descs, loop, stats } = setup(2, () => -5)
+  descs.set([UBLK_IO_OP_WRITE, 8, 0, 0, 0, 0], 0)
+  ring.batches.push([[0, kUserDataUblk, 0]], [[0, kUserDataUblk, UBLK_IO_RES_ABORT], [1, kUserDataUblk, UBLK_IO_RES_ABORT]])
+  loop.run()
+  t.equal(ring.submitted[2]![0]!.result, -5)
+  t.equal(readQueueStats(queueStatsView(stats, 0))[statIndex('write_errors')], 1)
+})
+
+t.test('the stop eventfd ends the loop at once', async (t) => {
+  const { ring, loop } = setup(2, () => 0)
+  ring.batches.push([[0, kUserDataStop, 8]])
+  t.equal(loop.run(), 'stopped')
+})
+
+t.test('an unexpected error on a ublk command is a bug, not a silent retry', async (t) => {
+  const { ring, loop } = setup(2, () => 0)
+  ring.batches.push([[0, kUserDataUblk, -22]])
+  t.throws(() => loop.run(), /tag 0: ublk command failed with -22/)
+})
