@@ -108,7 +108,8 @@ function parse(args: string[], options: Options): { values: Record<string, strin
     return { values: values as Record<string, string | boolean | undefined> }
   } catch (error) {
     if (error instanceof UsageError) throw error
-    throw new UsageError(messageOf(error).replace(/\. To specify a positional argument.*$/s, ''))
+    // node:util's messages span lines; the CLI prints one.
+    throw new UsageError(messageOf(error).replace(/\. To specify a positional argument.*$/s, '').replace(/\s*\n\s*/g, ' '))
   }
 }
 

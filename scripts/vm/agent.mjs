@@ -1,0 +1,99 @@
+// The in-VM agent: runs the host's commands and sends back their results, over a virtio-serial
+// port, as JSON lines.
+//   request  {id, cmd, env?, timeoutMs?, stdin?}    runs `/bin/sh -c cmd` in /tmp; many at once
+//   reply    {id, code, signal, stdout, stderr, ms}  when the command's process exits
+// The first line sent is {ready: true, kernel}. Replies go out when the shell exits, not when
+// its pipes close, so a daemon it started in the background does not hold the reply back.
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+
+const portPath = process.argv[2]
+const portFd = fs.openSync(portPath, 'r+')
+const kOutputGraceMs = 50
+
+function send(message) {
+  const line = Buffer.from(`${JSON.stringify(message)}\n`)
+  let written = 0
+  while (written < line.length) written += fs.writeSync(portFd, line, written)
+}
+
+function run(request) {
+  const started = Date.now()
+  const child = spawn('/bin/sh', ['-c', request.cmd], {
+    cwd: '/tmp',
+    env: { ...process.env, ...(request.env ?? {}) },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  })
+  const stdout = []
+  const stderr = []
+  child.stdout.on('data', (chunk) => stdout.push(chunk))
+  child.stderr.on('data', (chunk) => stderr.push(chunk))
+  child.stdin.on('error', () => {})
+  child.stdin.end(request.stdin ?? '')
+  let timedOut = false
+  const timer = request.timeoutMs
+    ? setTimeout(() => {
+      timedOut = true
+      try { process.kill(-child.pid, 'SIGKILL') } catch {}
+    }, request.timeoutMs)
+    : null
+  let replied = false
+  const reply = (code, signal) => {
+    if (replied) return
+    replied = true
+    if (timer) clearTimeout(timer)
+    setTimeout(() => {
+      child.stdout.destroy()
+      child.stderr.destroy()
+      send({
+        id: request.id,
+        code: timedOut ? null : code,
+        signal: timedOut ? 'TIMEOUT' : signal,
+        stdout: Buffer.concat(stdout).toString(),
+        stderr: Buffer.concat(stderr).toString(),
+        ms: Date.now() - started,
+      })
+    }, kOutputGraceMs)
+  }
+  child.on('exit', reply)
+  child.on('error', (error) => {
+    stderr.push(Buffer.from(String(error)))
+    reply(127, null)
+  })
+}
+
+let pending = ''
+function onData(chunk) {
+  pending += chunk
+  let newline
+  while ((newline = pending.indexOf('\n')) >= 0) {
+    const line = pending.slice(0, newline)
+    pending = pending.slice(newline + 1)
+    if (line.trim().length === 0) continue
+    let request
+    try {
+      request = JSON.parse(line)
+    } catch {
+      continue
+    }
+    if (request.cmd === undefined) continue
+    run(request)
+  }
+}
+
+// A virtio port reads as end-of-file while the host side is not connected: read again later.
+function listen() {
+  const input = fs.createReadStream(null, { fd: portFd, autoClose: false, highWaterMark: 65536 })
+  input.setEncoding('utf8')
+  input.on('data', onData)
+  input.on('end', () => setTimeout(listen, 100))
+  input.on('error', (error) => {
+    process.stderr.write(`agent: ${error}\n`)
+    process.exit(1)
+  })
+}
+listen()
+
+send({ ready: true, kernel: os.release() })

@@ -1,0 +1,212 @@
+// Boots Debian's Linux 6.12 under QEMU (software emulation) with the host's root as the VM's
+// read-only root over 9p, and runs commands in it through the in-VM agent
+// (scripts/vm/agent.mjs) over a virtio-serial port. One boot serves many commands, also
+// concurrently. Assets come from scripts/vm/prepare.sh.
+import { spawn, type ChildProcess } from 'node:child_process'
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+/** The repository root: the nearest directory above this file holding package.json. */
+export const repoRoot: string = (() => {
+  let dir = path.dirname(fileURLToPath(import.meta.url))
+  while (!fs.existsSync(path.join(dir, 'package.json'))) {
+    const parent = path.dirname(dir)
+    if (parent === dir) throw new Error('repository root not found')
+    dir = parent
+  }
+  return dir
+})()
+
+export interface VmOptions {
+  cpus?: number
+  memMiB?: number
+  /** A host directory mounted read-write at the same path inside the VM. */
+  shareDir?: string
+  bootTimeoutMs?: number
+}
+
+export interface ExecOptions {
+  timeoutMs?: number
+  env?: Record<string, string>
+  stdin?: string
+}
+
+export interface ExecResult {
+  code: number | null
+  signal: string | null
+  stdout: string
+  stderr: string
+  ms: number
+}
+
+export interface Vm {
+  /** Run `/bin/sh -c cmd` in the VM (cwd /tmp); never throws for a non-zero exit. */
+  exec(cmd: string, opts?: ExecOptions): Promise<ExecResult>
+  /** Like exec, but throws unless the command exits 0; returns its stdout. */
+  run(cmd: string, opts?: ExecOptions): Promise<string>
+  /** The serial console so far (kernel messages), for diagnostics. */
+  consoleLog(): string
+  shutdown(): Promise<void>
+}
+
+const cacheDir = process.env['UBLKD_VM_CACHE'] ?? path.join(repoRoot, '.cache', 'vm')
+const kDefaultExecTimeoutMs = 300_000
+
+const running = new Set<ChildProcess>()
+process.on('exit', () => {
+  for (const qemu of running) qemu.kill('SIGKILL')
+})
+
+function tail(text: string, lines: number): string {
+  return text.split('\n').slice(-lines).join('\n')
+}
+
+export async function bootVm(options: VmOptions = {}): Promise<Vm> {
+  const kernel = path.join(cacheDir, 'vmlinuz')
+  const initramfs = path.join(cacheDir, 'initramfs.cpio.gz')
+  if (!fs.existsSync(kernel) || !fs.existsSync(initramfs)) {
+    throw new Error(`VM assets missing in ${cacheDir}: run scripts/vm/prepare.sh`)
+  }
+  const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-vm-'))
+  const agentSocket = path.join(workDir, 'agent.sock')
+  const append = ['console=ttyS0', 'quiet', 'panic=-1', `ublkd.repo=${repoRoot}`]
+  const args = [
+    '-accel', 'tcg', '-cpu', 'max', '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
+    '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
+    '-kernel', kernel, '-initrd', initramfs,
+    '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
+    '-device', 'virtio-serial-pci',
+    '-chardev', `socket,id=agent,path=${agentSocket},server=on,wait=off`,
+    '-device', 'virtserialport,chardev=agent,name=agent',
+  ]
+  if (options.shareDir) {
+    args.push('-virtfs', `local,path=${options.shareDir},mount_tag=share,security_model=none,multidevs=remap`)
+    append.push(`ublkd.share=${options.shareDir}`)
+  }
+  args.push('-append', append.join(' '))
+
+  const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  running.add(qemu)
+  let consoleText = ''
+  qemu.stdout!.setEncoding('utf8').on('data', (chunk: string) => { consoleText += chunk })
+  qemu.stderr!.setEncoding('utf8').on('data', (chunk: string) => { consoleText += chunk })
+  let exited = false
+  const exitPromise = new Promise<void>((resolve) => qemu.on('exit', () => {
+    exited = true
+    running.delete(qemu)
+    resolve()
+  }))
+
+  const pending = new Map<number, (result: ExecResult) => void>()
+  let nextId = 1
+  let socket: net.Socket | null = null
+  const cleanup = () => fs.rmSync(workDir, { recursive: true, force: true })
+
+  try {
+    socket = await connectAgent(agentSocket, () => exited, options.bootTimeoutMs ?? 120_000, () => consoleText)
+  } catch (error) {
+    qemu.kill('SIGKILL')
+    await exitPromise
+    cleanup()
+    throw error
+  }
+  const agent = socket
+  agent.on('error', () => {})
+
+  const vm: Vm = {
+    exec(cmd, opts = {}) {
+      if (exited) return Promise.reject(new Error(`VM is gone; console:\n${tail(consoleText, 30)}`))
+      const id = nextId++
+      const timeoutMs = opts.timeoutMs ?? kDefaultExecTimeoutMs
+      return new Promise<ExecResult>((resolve) => {
+        pending.set(id, resolve)
+        agent.write(`${JSON.stringify({ id, cmd, env: opts.env, stdin: opts.stdin, timeoutMs })}\n`)
+      })
+    },
+    async run(cmd, opts) {
+      const result = await vm.exec(cmd, opts)
+      if (result.code !== 0) {
+        throw new Error(`in VM: \`${cmd}\` exited ${result.code ?? result.signal}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`)
+      }
+      return result.stdout
+    },
+    consoleLog: () => consoleText,
+    async shutdown() {
+      if (!exited) {
+        agent.end()
+        qemu.kill('SIGTERM')
+        const timer = setTimeout(() => qemu.kill('SIGKILL'), 5000)
+        await exitPromise
+        clearTimeout(timer)
+      }
+      cleanup()
+    },
+  }
+
+  let buffered = ''
+  agent.on('data', (chunk: string) => {
+    buffered += chunk
+    let newline
+    while ((newline = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, newline)
+      buffered = buffered.slice(newline + 1)
+      const reply = JSON.parse(line) as ExecResult & { id?: number }
+      if (reply.id === undefined) continue
+      const resolve = pending.get(reply.id)
+      pending.delete(reply.id)
+      resolve?.({ code: reply.code, signal: reply.signal, stdout: reply.stdout, stderr: reply.stderr, ms: reply.ms })
+    }
+  })
+  void exitPromise.then(() => {
+    for (const [, resolve] of pending) {
+      resolve({ code: null, signal: 'VM_EXITED', stdout: '', stderr: tail(consoleText, 30), ms: 0 })
+    }
+    pending.clear()
+  })
+  return vm
+}
+
+/** Connect to the agent's port once QEMU created it, and wait for the agent's hello. */
+async function connectAgent(socketPath: string, hasExited: () => boolean, timeoutMs: number,
+  consoleText: () => string): Promise<net.Socket> {
+  const deadline = Date.now() + timeoutMs
+  const fail = (why: string) => new Error(`VM boot failed: ${why}\nconsole tail:\n${tail(consoleText(), 40)}`)
+  while (!fs.existsSync(socketPath)) {
+    if (hasExited()) throw fail('qemu exited')
+    if (Date.now() > deadline) throw fail('no agent socket')
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  const socket = net.createConnection(socketPath)
+  socket.setEncoding('utf8')
+  await new Promise<void>((resolve, reject) => {
+    let hello = ''
+    const timer = setInterval(() => {
+      if (hasExited()) done(fail('qemu exited before the agent was ready'))
+      else if (Date.now() > deadline) done(fail(`agent not ready within ${timeoutMs} ms`))
+    }, 100)
+    const onData = (chunk: string) => {
+      hello += chunk
+      const newline = hello.indexOf('\n')
+      if (newline < 0) return
+      const rest = hello.slice(newline + 1)
+      if (rest.length > 0) socket.unshift(rest)
+      done(null)
+    }
+    const done = (error: Error | null) => {
+      clearInterval(timer)
+      socket.off('data', onData)
+      if (error) {
+        socket.destroy()
+        reject(error)
+      } else {
+        resolve()
+      }
+    }
+    socket.on('data', onData)
+    socket.on('error', (error) => done(fail(error.message)))
+  })
+  return socket
+}
