@@ -30,6 +30,7 @@ Commands:
   add        create a device (starts a daemon in the background if none runs)
   del        delete a device, or all of them
   list       list the devices of the running daemon
+  stats      per-queue I/O counters of a device
   features   show the ublk features of the running kernel
   daemon     run the daemon in the foreground
 
@@ -78,6 +79,18 @@ Options:
   --state-dir DIR
 `
 
+const statsHelp = `Usage: ublkd stats -n ID [--json]
+
+Per-queue counters of a device, as its queue workers last published them (at most one loop
+turn old): operations, bytes and errors per request type, requests in flight, loop turns and
+the mean number of completions handled per turn.
+
+Options:
+  -n, --number ID   the device
+      --json        the raw counters
+      --state-dir DIR
+`
+
 const featuresHelp = `Usage: ublkd features [--json]
 
 Ask the kernel (UBLK_U_CMD_GET_FEATURES) which ublk features it supports.
@@ -120,6 +133,13 @@ function stringValue(values: Record<string, string | boolean | undefined>, name:
 
 function print(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`)
+}
+
+function printTable(header: string[], rows: string[][], align: 'left' | 'right'): void {
+  const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => row[i]!.length)))
+  for (const row of [header, ...rows]) {
+    print(row.map((cell, i) => (align === 'left' ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ').trimEnd())
+  }
 }
 
 function describeDevice(device: DeviceSummary): string {
@@ -234,9 +254,34 @@ async function commandList(args: string[]): Promise<void> {
   if (devices.length === 0) return print('no devices')
   const rows = devices.map((d) => [String(d.id), d.blockDevice, d.target, formatSize(d.sizeBytes),
     String(d.queues), String(d.depth), d.state, String(d.daemonPid)])
-  const header = ['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID']
-  const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => row[i]!.length)))
-  for (const row of [header, ...rows]) print(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd())
+  printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID'], rows, 'left')
+}
+
+async function commandStats(args: string[]): Promise<void> {
+  const { values } = parse(args, { number: { type: 'string', short: 'n' }, json: { type: 'boolean' } })
+  if (values['help']) return print(statsHelp)
+  const number = stringValue(values, 'number')
+  if (number === undefined || !/^\d+$/.test(number)) throw new UsageError('stats needs a device id: -n ID')
+  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  let devices: DeviceSummary[]
+  try {
+    devices = unwrap(await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)).devices ?? []
+  } catch (error) {
+    if (isNoDaemon(error)) devices = []
+    else throw error
+  }
+  const device = devices.find((d) => d.id === Number(number))
+  if (!device) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no device ${number}`)
+  if (values['json']) return print(JSON.stringify(device.queueStats, null, 2))
+  print(describeDevice(device))
+  const header = ['QUEUE', 'READS', 'READ BYTES', 'WRITES', 'WRITE BYTES', 'FLUSH', 'DISCARD', 'ERRORS', 'INFLIGHT', 'TURNS', 'CQES/TURN']
+  const rows = device.queueStats.map((q, queue) => {
+    const errors = q.read_errors + q.write_errors + q.flush_errors + q.discard_errors + q.write_zeroes_errors + q.other_errors
+    return [String(queue), String(q.read_ops), String(q.read_bytes), String(q.write_ops), String(q.write_bytes),
+      String(q.flush_ops), String(q.discard_ops + q.write_zeroes_ops), String(errors), String(q.inflight),
+      String(q.loop_turns), q.loop_turns > 0 ? (q.cqes / q.loop_turns).toFixed(1) : '-']
+  })
+  printTable(header, rows, 'right')
 }
 
 async function commandFeatures(args: string[]): Promise<void> {
@@ -266,6 +311,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   add: commandAdd,
   del: commandDel,
   list: commandList,
+  stats: commandStats,
   features: commandFeatures,
   daemon: commandDaemon,
 }

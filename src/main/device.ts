@@ -12,7 +12,7 @@ import { UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_PA
 import type { Params } from '../abi/structs.js'
 import { UblkdError, UsageError, messageOf } from '../common/errors.js'
 import type { LogLevel, Logger } from '../common/log.js'
-import { allocQueueStats } from '../common/stats-layout.js'
+import { allocQueueStats, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
 import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
 import type { UblkControl } from './control.js'
@@ -36,6 +36,8 @@ export interface DeviceSummary {
   daemonPid: number
   queueAffinity: number[][]
   queueTids: (number | null)[]
+  /** Per-queue counters as the queue workers last published them (src/common/stats-layout.ts). */
+  queueStats: Record<StatName, number>[]
   options: Record<string, string | number | boolean>
 }
 
@@ -101,6 +103,7 @@ export class Device {
   private queues = 0
   private depth = 0
   private maxIoBufBytes = 0
+  private stats: SharedArrayBuffer | null = null
   /** Called once if the device fails while LIVE (a queue died). */
   onFailure: (device: Device, reason: string) => void = () => {}
 
@@ -173,6 +176,7 @@ export class Device {
     for (let queueId = 0; queueId < queues; queueId++) {
       this.affinity.push(await control.getQueueAffinity(this.id, queueId))
     }
+    this.stats = allocQueueStats(queues)
     const pool = new QueuePool({
       devId: this.id,
       depth,
@@ -181,7 +185,7 @@ export class Device {
       affinity: this.affinity,
       targetName: this.target.name,
       targetSpec: this.setup.spec,
-      stats: allocQueueStats(queues),
+      stats: this.stats,
       logLevel: this.deps.logLevel,
     })
     this.pool = pool
@@ -229,6 +233,15 @@ export class Device {
     return this.deleting
   }
 
+  private queueStats(): Record<StatName, number>[] {
+    const stats = this.stats
+    if (!stats) return []
+    return Array.from({ length: this.queues }, (_, queue) => {
+      const values = readQueueStats(queueStatsView(stats, queue))
+      return Object.fromEntries(statNames.map((name, i) => [name, values[i]!])) as Record<StatName, number>
+    })
+  }
+
   summary(): DeviceSummary {
     return {
       id: this.id,
@@ -244,6 +257,7 @@ export class Device {
       daemonPid: process.pid,
       queueAffinity: this.affinity,
       queueTids: this.pool ? this.pool.tasks.map((task) => task.tid) : [],
+      queueStats: this.queueStats(),
       options: this.setup.describe,
     }
   }

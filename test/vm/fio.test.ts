@@ -2,7 +2,7 @@
 // device while fio runs on it.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -20,6 +20,14 @@ t.test('memory, 2 queues: fio random write with crc32c verify passes', async (t)
     t.equal(job.write.io_bytes, 16 * 2 ** 20, 'every byte written')
     t.equal(job.read.io_bytes, 16 * 2 ** 20, 'every byte read back and verified')
   }
+  const stats = JSON.parse(await vm.run(`${ublkdCli} stats -n ${device.id} --json`)) as Record<string, number>[]
+  const sum = (name: string) => stats.reduce((total, queue) => total + queue[name]!, 0)
+  t.equal(stats.length, 2, 'stats for both queues')
+  t.equal(sum('write_bytes'), 32 * 2 ** 20, 'the daemon counted exactly the bytes fio wrote')
+  t.equal(sum('write_ops'), 32 * 2 ** 20 / 4096)
+  t.ok(sum('read_bytes') >= 32 * 2 ** 20, 'and at least what fio read back (the kernel reads a little on its own)')
+  t.equal(sum('inflight'), 0, 'nothing left in flight')
+  t.ok(stats.every((queue) => queue['write_ops']! > 0), 'both queues served I/O')
   t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
 })
 
