@@ -70,7 +70,7 @@ cp "$work/root/boot/vmlinuz-$release" "$cache/vmlinuz"
 
 # The initramfs only needs what mounting the root takes; the rest loads from $cache/modules.
 initramfs="$work/initramfs"
-mkdir -p "$initramfs"/{bin,proc,sys,dev,newroot,lib/modules}
+mkdir -p "$initramfs"/{bin,proc,sys,dev,newroot,host,lib/modules}
 cp /bin/busybox "$initramfs/bin/busybox"
 for name in netfs 9pnet 9pnet_virtio 9p; do cp "$cache/modules/$name.ko" "$initramfs/lib/modules/"; done
 cp "$repo/scripts/vm/init" "$initramfs/init"
