@@ -2,6 +2,8 @@
 // header, and in test/addon/abi-layout.test.ts against the TypeScript encoders in src/abi.
 #include "abi_layout.h"
 
+#include <linux/falloc.h>
+#include <linux/fs.h>
 #include <linux/io_uring.h>
 
 #include <cstddef>
@@ -172,6 +174,15 @@ Napi::Object AbiLayout(Napi::Env env) {
   PUT_CONST(constants, UBLK_MAX_QUEUE_DEPTH);
   PUT_CONST(constants, IORING_OP_URING_CMD);
   PUT_CONST(constants, IORING_OP_READ);
+  PUT_CONST(constants, IORING_OP_WRITE);
+  PUT_CONST(constants, IORING_OP_FSYNC);
+  PUT_CONST(constants, IORING_OP_FALLOCATE);
+  PUT_CONST(constants, IORING_FSYNC_DATASYNC);
+  PUT_CONST(constants, RWF_DSYNC);
+  PUT_CONST(constants, FALLOC_FL_KEEP_SIZE);
+  PUT_CONST(constants, FALLOC_FL_PUNCH_HOLE);
+  PUT_CONST(constants, FALLOC_FL_NO_HIDE_STALE);
+  PUT_CONST(constants, FALLOC_FL_ZERO_RANGE);
   PUT_CONST(constants, IORING_OP_NOP);
   PUT_CONST(constants, IORING_SETUP_SQE128);
   PUT_CONST(constants, IORING_SETUP_SUBMIT_ALL);

@@ -9,6 +9,8 @@
 //   words 12-31: the uring_cmd payload (80 bytes) for IORING_OP_URING_CMD
 
 export const IORING_OP_NOP = 0
+export const IORING_OP_FSYNC = 3
+export const IORING_OP_FALLOCATE = 17
 export const IORING_OP_READ = 22
 export const IORING_OP_WRITE = 23
 export const IORING_OP_URING_CMD = 46
@@ -17,6 +19,16 @@ export const IORING_SETUP_SUBMIT_ALL = 1 << 7
 export const IORING_SETUP_COOP_TASKRUN = 1 << 8
 export const IORING_SETUP_SINGLE_ISSUER = 1 << 12
 export const IORING_SETUP_SQE128 = 1 << 10
+
+export const IORING_FSYNC_DATASYNC = 1 << 0
+/** rw_flags of a write: durable before completion (FUA). */
+export const RWF_DSYNC = 0x2
+
+export const FALLOC_FL_KEEP_SIZE = 0x01
+export const FALLOC_FL_PUNCH_HOLE = 0x02
+/** With PUNCH_HOLE on a block device: a real discard (blkdev_fallocate). */
+export const FALLOC_FL_NO_HIDE_STALE = 0x04
+export const FALLOC_FL_ZERO_RANGE = 0x10
 
 export const kSqeWords = 32
 export const kCqeWords = 4
@@ -50,7 +62,7 @@ export function encodeUringCmd(
  */
 export function encodeReadWrite(
   sqes: Uint32Array, slot: number, opcode: number, fd: number, addressLo: number, addressHi: number,
-  len: number, offset: number, userDataLo: number, userDataHi: number,
+  len: number, offset: number, userDataLo: number, userDataHi: number, rwFlags = 0,
 ): void {
   const base = encodeSqeHeader(sqes, slot, opcode, fd, userDataLo, userDataHi)
   sqes[base + 2] = offset % 0x1_0000_0000
@@ -58,4 +70,26 @@ export function encodeReadWrite(
   sqes[base + 4] = addressLo
   sqes[base + 5] = addressHi
   sqes[base + 6] = len
+  sqes[base + 7] = rwFlags
+}
+
+/** IORING_OP_FSYNC; `fsyncFlags` IORING_FSYNC_DATASYNC for fdatasync. */
+export function encodeFsync(
+  sqes: Uint32Array, slot: number, fd: number, fsyncFlags: number, userDataLo: number, userDataHi: number,
+): void {
+  const base = encodeSqeHeader(sqes, slot, IORING_OP_FSYNC, fd, userDataLo, userDataHi)
+  sqes[base + 7] = fsyncFlags
+}
+
+/** IORING_OP_FALLOCATE: the kernel takes the offset in `off`, the length in `addr`, the mode in `len`. */
+export function encodeFallocate(
+  sqes: Uint32Array, slot: number, fd: number, mode: number, offset: number, length: number,
+  userDataLo: number, userDataHi: number,
+): void {
+  const base = encodeSqeHeader(sqes, slot, IORING_OP_FALLOCATE, fd, userDataLo, userDataHi)
+  sqes[base + 2] = offset % 0x1_0000_0000
+  sqes[base + 3] = Math.floor(offset / 0x1_0000_0000)
+  sqes[base + 4] = length % 0x1_0000_0000
+  sqes[base + 5] = Math.floor(length / 0x1_0000_0000)
+  sqes[base + 6] = mode
 }

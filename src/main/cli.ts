@@ -2,6 +2,7 @@
 // ublkd command line: argv -> one command. Exit codes: 0 success, 1 failure, 2 bad usage.
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
+import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 
@@ -51,7 +52,7 @@ Options:
   -q, --queues N                hardware queues, one pinned worker thread each (default ${deviceDefaults.queues})
   -d, --depth N                 queue depth, 1..4096 (default ${deviceDefaults.depth})
   -n, --number ID               device id, giving /dev/ublkbID (default: the kernel picks)
-      --logical-block-size N    512, 1024, 2048 or 4096 (default ${deviceDefaults.logicalBlockSize})
+      --logical-block-size N    512, 1024, 2048 or 4096 (default 512, loop: the backing device's)
       --json                    print the device as JSON
       --state-dir DIR           see 'ublkd --help'
 
@@ -187,6 +188,9 @@ async function commandAdd(args: string[]): Promise<void> {
   const { values } = parse(args, {
     target: { type: 'string', short: 't' },
     size: { type: 'string', short: 's' },
+    file: { type: 'string', short: 'f' },
+    'direct-io': { type: 'string' },
+    'read-only': { type: 'boolean' },
     queues: { type: 'string', short: 'q' },
     depth: { type: 'string', short: 'd' },
     number: { type: 'string', short: 'n' },
@@ -197,12 +201,16 @@ async function commandAdd(args: string[]): Promise<void> {
   const device: Record<string, unknown> = {
     target: stringValue(values, 'target'),
     size: stringValue(values, 'size'),
+    // The daemon has its own working directory: send it an absolute path.
+    file: stringValue(values, 'file') === undefined ? undefined : path.resolve(stringValue(values, 'file')!),
+    directIo: stringValue(values, 'direct-io'),
+    readOnly: values['read-only'] === true ? true : undefined,
     queues: stringValue(values, 'queues'),
     depth: stringValue(values, 'depth'),
     id: stringValue(values, 'number'),
     logicalBlockSize: stringValue(values, 'logical-block-size'),
   }
-  if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory (see ublkd add --help)')
+  if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
   for (const key of Object.keys(device)) if (device[key] === undefined) delete device[key]
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
   const request: ApiRequest = { op: 'add', device }

@@ -23,6 +23,7 @@ class Daemon {
   private readonly devices = new Map<number, Device>()
   /** Ids being added, so two adds of the same -n do not race into the kernel. */
   private readonly adding = new Set<number>()
+  private readonly exclusiveKeys = new Map<string, number>()
   private server: net.Server | null = null
   private stopping = false
 
@@ -51,7 +52,9 @@ class Daemon {
       this.adding.add(request.id)
     }
     try {
-      const device = await Device.create(request, { control: this.control, log: this.log, logLevel: this.logLevel })
+      const device = await Device.create(request, {
+        control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys,
+      })
       device.onFailure = (failed) => {
         void this.remove(failed)
       }

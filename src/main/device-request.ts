@@ -9,15 +9,15 @@ export interface DeviceRequest {
   id?: number
   queues: number
   depth: number
-  logicalBlockSize: number
+  /** --logical-block-size when given; otherwise the target chooses (e.g. the backing's). */
+  logicalBlockSize?: number
   maxIoBufBytes: number
 }
 
-/** Defaults as ublksrv's: one queue of depth 128, 512-byte blocks, 512 KiB per I/O. */
+/** Defaults as ublksrv's: one queue of depth 128, 512 KiB per I/O. */
 export const deviceDefaults = {
   queues: 1,
   depth: 128,
-  logicalBlockSize: 512,
   maxIoBufBytes: 512 * 1024,
 } as const
 
@@ -43,9 +43,9 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
   const target = raw['target']
   const targetOptions = Object.fromEntries(
     Object.entries(raw).filter(([key]) => !kCommonFields.includes(key)))
-  if (typeof target !== 'string' || target.length === 0) throw new UsageError('a target is required (-t null|memory)')
-  const logical = integerField(raw, 'logicalBlockSize', '--logical-block-size', 512, 4096) ?? deviceDefaults.logicalBlockSize
-  if (!kLogicalBlockSizes.includes(logical)) {
+  if (typeof target !== 'string' || target.length === 0) throw new UsageError('a target is required (-t null|memory|loop)')
+  const logical = integerField(raw, 'logicalBlockSize', '--logical-block-size', 512, 4096)
+  if (logical !== undefined && !kLogicalBlockSizes.includes(logical)) {
     throw new UsageError(`--logical-block-size must be one of ${kLogicalBlockSizes.join(', ')}`)
   }
   const request: DeviceRequest = {
@@ -53,9 +53,9 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
     targetOptions,
     queues: integerField(raw, 'queues', '--queues', 1, 4096) ?? deviceDefaults.queues,
     depth: integerField(raw, 'depth', '--depth', 1, UBLK_MAX_QUEUE_DEPTH) ?? deviceDefaults.depth,
-    logicalBlockSize: logical,
     maxIoBufBytes: deviceDefaults.maxIoBufBytes,
   }
+  if (logical !== undefined) request.logicalBlockSize = logical
   const devId = integerField(raw, 'id', '--number', 0, UBLK_MAX_UBLKS - 1)
   if (devId !== undefined) request.id = devId
   return request

@@ -8,7 +8,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 
-import { UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD } from '../abi/ublk-cmd.js'
+import { UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD } from '../abi/ublk-cmd.js'
 import type { Params } from '../abi/structs.js'
 import { UblkdError, UsageError, messageOf } from '../common/errors.js'
 import type { LogLevel, Logger } from '../common/log.js'
@@ -45,6 +45,8 @@ export interface DeviceDeps {
   control: UblkControl
   log: Logger
   logLevel: LogLevel
+  /** Backings in use (TargetSetup.exclusiveKey -> device id), shared by the daemon's devices. */
+  exclusiveKeys: Map<string, number>
 }
 
 // How long a queue may take to drain after STOP_DEV before it is forced to exit.
@@ -59,6 +61,7 @@ export function paramsFromGeometry(geometry: DeviceGeometry, maxIoBufBytes: numb
   let attrs = 0
   if (geometry.readOnly) attrs |= UBLK_ATTR_READ_ONLY
   if (geometry.volatileCache) attrs |= UBLK_ATTR_VOLATILE_CACHE
+  if (geometry.volatileCache && geometry.fua) attrs |= UBLK_ATTR_FUA
   const params: Params = {
     types: UBLK_PARAM_TYPE_BASIC,
     basic: {
@@ -124,7 +127,12 @@ export class Device {
     if (request.queues > cpuCount) {
       throw new UsageError(`--queues ${request.queues} is more than the ${cpuCount} CPUs of this machine`)
     }
-    const setup = target.setup(options, request.logicalBlockSize)
+    const setup = target.setup(options)
+    const holder = setup.exclusiveKey === undefined ? undefined : deps.exclusiveKeys.get(setup.exclusiveKey)
+    if (holder !== undefined) {
+      target.undo(setup.spec)
+      throw new UsageError(`${setup.describe['file'] ?? 'the backing'} is already served by device ${holder}`)
+    }
     const info = await deps.control.addDev({
       nrHwQueues: request.queues,
       queueDepth: request.depth,
@@ -146,6 +154,11 @@ export class Device {
     const log = deps.log.child({ devId: info.devId })
     const device = new Device(info.devId, request, target, setup, deps, log)
     device.undos.push(() => target.undo(setup.spec))
+    const exclusiveKey = setup.exclusiveKey
+    if (exclusiveKey !== undefined) {
+      deps.exclusiveKeys.set(exclusiveKey, info.devId)
+      device.undos.push(() => { deps.exclusiveKeys.delete(exclusiveKey) })
+    }
     device.undos.push(() => deps.control.delDev(info.devId))
     try {
       await device.bringUp(info.nrHwQueues, info.queueDepth, info.maxIoBufBytes)

@@ -62,11 +62,16 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       stopReadAddressLo: Number(stopAddress & 0xffffffffn),
       stopReadAddressHi: Number(stopAddress >> 32n),
       stats: new QueueStatsWriter(queueStatsView(input.stats, input.queueId)),
+      log,
     })
     const handler = target.openQueue(input.targetSpec, {
       queueId: input.queueId,
       depth: input.depth,
       maxIoBufBytes: input.maxIoBufBytes,
+      tagAddressLo,
+      tagAddressHi,
+      sqes: loop.stagingSqes,
+      reserveSqe: () => loop.reserveSqe(),
       complete: (tag, result) => loop.complete(tag, result),
     })
     try {

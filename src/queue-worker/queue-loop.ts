@@ -5,6 +5,7 @@
 //   ublk CQE, res 0      a request arrived for that tag: read its descriptor, let the target
 //                        serve it, stage COMMIT_AND_FETCH_REQ with the result (re-arms the tag)
 //   ublk CQE, ABORT      the device is going away: the tag is dead, never re-armed
+//   target CQE           one of the target's own SQEs (file I/O) finished: the target is told
 //   stop CQE             the stop eventfd fired: leave at once (closing the ring cancels the rest)
 // The loop ends when every tag is dead or a stop was requested. Nothing here allocates per I/O.
 import { IORING_OP_READ, encodeReadWrite, encodeUringCmd, kCqeWords, kSqeCmdWord } from '../abi/io-uring.js'
@@ -15,10 +16,12 @@ import {
 import {
   QueueStatsWriter, kStatCqes, kStatHeartbeatMs, kStatInflight, kStatLoopTurns, opStatIndex,
 } from '../common/stats-layout.js'
+import type { Logger } from '../common/log.js'
 import type { NativeRing } from '../native/addon.js'
 import { kIoPending, type IoRequest, type QueueHandler } from '../targets/target.js'
+import { ErrorBurst } from './error-burst.js'
 import { descFlags, descNrSectors, descOp, descStartSector } from './io-desc.js'
-import { kUserDataStop, kUserDataUblk } from './user-data.js'
+import { kUserDataStop, kUserDataTarget, kUserDataUblk } from '../common/user-data.js'
 
 /** The loop wakes at least this often to publish its heartbeat. */
 const kHeartbeatIntervalNs = 500_000_000
@@ -39,6 +42,7 @@ export interface QueueLoopParts {
   stopReadAddressLo: number
   stopReadAddressHi: number
   stats: QueueStatsWriter
+  log: Logger
 }
 
 export type LoopEnd = 'aborted' | 'stopped'
@@ -52,6 +56,7 @@ export class QueueLoop {
   private stopRequested = false
   private handler: QueueHandler | null = null
   private readonly request: IoRequest
+  private readonly errors: ErrorBurst
   requestsServed = 0
 
   constructor(private readonly parts: QueueLoopParts) {
@@ -59,6 +64,7 @@ export class QueueLoop {
     this.cqes = new Uint32Array(parts.ring.cqes)
     this.cqeResults = new Int32Array(parts.ring.cqes)
     this.liveTags = parts.depth
+    this.errors = new ErrorBurst(parts.log)
     this.request = { tag: 0, op: 0, flags: 0, startSector: 0, nrSectors: 0, buffer: parts.tagBuffers[0]! }
   }
 
@@ -84,6 +90,7 @@ export class QueueLoop {
       values[kStatCqes]! += reaped
       values[kStatHeartbeatMs] = Date.now()
       stats.publish()
+      this.errors.tick()
     }
     return this.stopRequested ? 'stopped' : 'aborted'
   }
@@ -91,6 +98,16 @@ export class QueueLoop {
   /** A pending request finished (targets with their own async I/O). */
   complete(tag: number, result: number): void {
     this.commit(tag, result)
+  }
+
+  /** The staging SQEs, for targets that stage their own. */
+  get stagingSqes(): Uint32Array {
+    return this.sqes
+  }
+
+  /** Next free SQE slot of this turn, for a target's own SQE. */
+  reserveSqe(): number {
+    return this.staged++
   }
 
   private dispatch(index: number): void {
@@ -101,6 +118,8 @@ export class QueueLoop {
     if (kind === kUserDataUblk) {
       if (res === UBLK_IO_RES_OK) this.serve(lo)
       else this.retireTag(lo, res)
+    } else if (kind === kUserDataTarget) {
+      this.handler!.onCompletion!(lo, res)
     } else if (kind === kUserDataStop) {
       this.stopRequested = true
     } else {
@@ -133,7 +152,9 @@ export class QueueLoop {
     values[kStatInflight]! -= 1
     if (result < 0) {
       const op = descOp(this.parts.descs, tag)
-      values[opStatIndex(op <= 4 ? op : kOtherOpIndex, 2)]! += 1
+      const opIndex = op <= 4 ? op : kOtherOpIndex
+      values[opStatIndex(opIndex, 2)]! += 1
+      this.errors.note(opIndex, result)
     }
     this.requestsServed++
     this.stageIoCmd(UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, result)

@@ -5,11 +5,12 @@
 import {
   UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
 } from '../abi/ublk-cmd.js'
-import { rejectUnknownOptions, sizeOption } from './options.js'
+import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import { requestBytes, type IoRequest, type QueueHandler, type Target } from './target.js'
 
 interface MemoryOptions {
   sizeBytes: number
+  logicalBlockSize: number
 }
 
 interface MemorySpec {
@@ -84,11 +85,13 @@ export const memoryTarget: Target<MemoryOptions, MemorySpec> = {
   name: 'memory',
   summary: 'a RAM disk of --size bytes (sparse; lost when the device is deleted)',
   optionHelp: ['--size SIZE      device size (required), e.g. 1G'],
-  parseOptions(raw, logicalBlockSize) {
+  parseOptions(raw, requestedBlockSize) {
     rejectUnknownOptions(raw, ['size'], 'memory')
-    return { sizeBytes: sizeOption(raw, logicalBlockSize) }
+    const logicalBlockSize = requestedBlockSize ?? kDefaultLogicalBlockSize
+    return { sizeBytes: sizeOption(raw, logicalBlockSize), logicalBlockSize }
   },
-  setup(options, logicalBlockSize) {
+  setup(options) {
+    const { logicalBlockSize } = options
     const chunks: SharedArrayBuffer[] = []
     for (let left = options.sizeBytes; left > 0; left -= kChunkBytes) {
       chunks.push(new SharedArrayBuffer(Math.min(left, kChunkBytes)))
@@ -100,6 +103,7 @@ export const memoryTarget: Target<MemoryOptions, MemorySpec> = {
         physicalBlockSize: logicalBlockSize,
         readOnly: false,
         volatileCache: false,
+        fua: false,
         discard: {
           granularityBytes: logicalBlockSize,
           maxDiscardSectors: 0xffffffff >>> 1,

@@ -1,10 +1,11 @@
 // null: completes every request at once; reads return zeros. The speed baseline.
 import { UBLK_IO_OP_READ, UBLK_IO_OP_WRITE } from '../abi/ublk-cmd.js'
-import { rejectUnknownOptions, sizeOption } from './options.js'
+import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import { requestBytes, type IoRequest, type QueueHandler, type Target } from './target.js'
 
 interface NullOptions {
   sizeBytes: number
+  logicalBlockSize: number
 }
 
 const kDefaultSizeBytes = 250 * 2 ** 30 // ublksrv's null default
@@ -42,11 +43,13 @@ export const nullTarget: Target<NullOptions, null> = {
   name: 'null',
   summary: 'discards writes, reads return zeros (a baseline for the I/O path)',
   optionHelp: ['--size SIZE      device size (default 250G)'],
-  parseOptions(raw, logicalBlockSize) {
+  parseOptions(raw, requestedBlockSize) {
     rejectUnknownOptions(raw, ['size'], 'null')
-    return { sizeBytes: sizeOption(raw, logicalBlockSize, kDefaultSizeBytes) }
+    const logicalBlockSize = requestedBlockSize ?? kDefaultLogicalBlockSize
+    return { sizeBytes: sizeOption(raw, logicalBlockSize, kDefaultSizeBytes), logicalBlockSize }
   },
-  setup(options, logicalBlockSize) {
+  setup(options) {
+    const { logicalBlockSize } = options
     return {
       geometry: {
         sizeBytes: options.sizeBytes,
@@ -54,6 +57,7 @@ export const nullTarget: Target<NullOptions, null> = {
         physicalBlockSize: logicalBlockSize,
         readOnly: false,
         volatileCache: false,
+        fua: false,
       },
       spec: null,
       describe: {},

@@ -3,6 +3,8 @@ import { UsageError } from '../common/errors.js'
 import { parseSize } from '../common/size.js'
 import type { RawTargetOptions } from './target.js'
 
+export const kDefaultLogicalBlockSize = 512
+
 /** --size: a positive multiple of the logical block size. */
 export function sizeOption(raw: RawTargetOptions, logicalBlockSize: number, fallback?: number): number {
   const value = raw['size']

@@ -1,11 +1,12 @@
 // The one place that lists the targets.
 import { UsageError } from '../common/errors.js'
+import { loopTarget } from './loop.js'
 import { memoryTarget } from './memory.js'
 import { nullTarget } from './null.js'
 import type { Target } from './target.js'
 
 const targets: ReadonlyMap<string, Target> = new Map<string, Target>(
-  ([nullTarget, memoryTarget] as Target[]).map((target) => [target.name, target]),
+  ([nullTarget, memoryTarget, loopTarget] as Target[]).map((target) => [target.name, target]),
 )
 
 export function targetNames(): string[] {

@@ -6,7 +6,9 @@
 //                 geometry and a structured-cloneable spec (opening files, allocating shared
 //                 memory) and undo() releases what setup() took.
 //   queue worker  openQueue() builds the per-queue handler from the spec; handleIo() serves one
-//                 request; close() releases the queue's resources.
+//                 request, at once or by staging its own SQEs on the queue's ring, whose
+//                 completions come back through onCompletion(); close() releases the queue's
+//                 resources.
 // Nothing outside registry.ts switches on a target name.
 
 /** Options as the user gave them (CLI flags or API fields), before validation. */
@@ -26,6 +28,8 @@ export interface DeviceGeometry {
   readOnly: boolean
   /** The target has a volatile cache: the block layer sends FLUSH. */
   volatileCache: boolean
+  /** With volatileCache: the target honours UBLK_IO_F_FUA, so the block layer sends FUA writes. */
+  fua: boolean
   discard?: DiscardGeometry
 }
 
@@ -34,6 +38,8 @@ export interface TargetSetup<Spec> {
   spec: Spec
   /** Shown by `ublkd list` (e.g. the backing file). */
   describe: Record<string, string | number | boolean>
+  /** Two devices with the same key may not exist at once (e.g. the backing file's dev:ino). */
+  exclusiveKey?: string
 }
 
 /** One request, reused for every I/O of a queue (no allocation per I/O). */
@@ -60,6 +66,18 @@ export interface QueueContext {
   queueId: number
   depth: number
   maxIoBufBytes: number
+  /** User addresses of each tag's buffer, split in 32-bit halves, for the target's own SQEs. */
+  tagAddressLo: Uint32Array
+  tagAddressHi: Uint32Array
+  /** The queue ring's staging SQEs (src/abi/io-uring.ts encodes them). */
+  sqes: Uint32Array
+  /**
+   * Reserve the next SQE slot of this loop turn. The target encodes it with user_data
+   * (cookie, kUserDataTarget); the SQE is submitted with the turn's commits, and its CQE comes
+   * back through QueueHandler.onCompletion(cookie, res). At most one target SQE per tag may be
+   * in flight (the ring is sized for that).
+   */
+  reserveSqe(): number
   /** Report the result of a request handleIo() left pending. */
   complete(tag: number, result: number): void
 }
@@ -70,6 +88,8 @@ export interface QueueHandler {
    * negative errno, or kIoPending.
    */
   handleIo(request: IoRequest): number
+  /** A CQE of an SQE this target staged (targets that stage none need not implement it). */
+  onCompletion?(cookie: number, res: number): void
   close(): void
 }
 
@@ -78,8 +98,9 @@ export interface Target<Options = unknown, Spec = unknown> {
   summary: string
   /** Lines for `ublkd add --help`. */
   optionHelp: readonly string[]
-  parseOptions(raw: RawTargetOptions, logicalBlockSize: number): Options
-  setup(options: Options, logicalBlockSize: number): TargetSetup<Spec>
+  /** `logicalBlockSize` is the user's --logical-block-size, if given; the target picks otherwise. */
+  parseOptions(raw: RawTargetOptions, logicalBlockSize: number | undefined): Options
+  setup(options: Options): TargetSetup<Spec>
   undo(spec: Spec): void
   openQueue(spec: Spec, queue: QueueContext): QueueHandler
 }

@@ -3,11 +3,11 @@ import t from 'tap'
 import { deviceDefaults, parseDeviceRequest } from '../../src/main/device-request.js'
 import { findTarget } from '../../src/targets/registry.js'
 
-t.test('defaults follow ublksrv: 1 queue, depth 128, 512-byte blocks', async (t) => {
+t.test('defaults follow ublksrv: 1 queue, depth 128; the block size is the target\'s to choose', async (t) => {
   const request = parseDeviceRequest({ target: 'null' })
   t.equal(request.queues, 1)
   t.equal(request.depth, 128)
-  t.equal(request.logicalBlockSize, 512)
+  t.equal(request.logicalBlockSize, undefined)
   t.equal(request.maxIoBufBytes, deviceDefaults.maxIoBufBytes)
   t.equal(request.id, undefined)
 })
@@ -37,12 +37,12 @@ t.test('bad common fields are usage errors with the flag named', async (t) => {
 })
 
 t.test('targets validate their own options', async (t) => {
-  t.throws(() => findTarget('nope'), { message: /unknown target 'nope' \(known: null, memory\)/ })
+  t.throws(() => findTarget('nope'), { message: /unknown target 'nope' \(known: null, memory, loop\)/ })
   const memory = findTarget('memory')
   t.throws(() => memory.parseOptions({}, 512), { message: /--size is required/ })
   t.throws(() => memory.parseOptions({ size: '0' }, 512), { message: /greater than 0/ })
   t.throws(() => memory.parseOptions({ size: '1000' }, 512), { message: /not a multiple of the logical block size 512/ })
   t.throws(() => memory.parseOptions({ size: '4K', file: 'x' }, 512), { message: /does not take --file/ })
-  t.same(memory.parseOptions({ size: '1M' }, 512), { sizeBytes: 2 ** 20 })
-  t.same(findTarget('null').parseOptions({}, 4096), { sizeBytes: 250 * 2 ** 30 })
+  t.same(memory.parseOptions({ size: '1M' }, undefined), { sizeBytes: 2 ** 20, logicalBlockSize: 512 })
+  t.same(findTarget('null').parseOptions({}, 4096), { sizeBytes: 250 * 2 ** 30, logicalBlockSize: 4096 })
 })

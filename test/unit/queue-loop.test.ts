@@ -1,5 +1,6 @@
 // The queue loop against a fake ring (pure logic): what it stages for the kernel in answer to
 // the CQEs it is handed. The real driver is exercised by test/vm.
+import { pino } from 'pino'
 import t from 'tap'
 
 import { kCqeWords, kSqeCmdWord, kSqeWords } from '../../src/abi/io-uring.js'
@@ -10,7 +11,7 @@ import {
 import { QueueStatsWriter, allocQueueStats, queueStatsView, readQueueStats, statIndex } from '../../src/common/stats-layout.js'
 import type { NativeRing } from '../../src/native/addon.js'
 import { QueueLoop } from '../../src/queue-worker/queue-loop.js'
-import { kUserDataStop, kUserDataUblk } from '../../src/queue-worker/user-data.js'
+import { kUserDataStop, kUserDataUblk } from '../../src/common/user-data.js'
 import type { IoRequest, QueueHandler } from '../../src/targets/target.js'
 
 interface Staged { cmdOp: number; tag: number; queue: number; result: number; userData: [number, number] }
@@ -70,6 +71,7 @@ function setup(depth: number, handle: (request: IoRequest) => number) {
     tagAddressHi: new Uint32Array(depth).fill(0x7f),
     stopEventFd: 5, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(stats, 0)),
+    log: pino({ level: 'silent' }),
   })
   loop.arm(handler)
   return { ring, descs, loop, seen, stats }

@@ -6,7 +6,10 @@ import {
 import { findTarget } from '../../src/targets/registry.js'
 import type { IoRequest, QueueContext } from '../../src/targets/target.js'
 
-const queue: QueueContext = { queueId: 0, depth: 4, maxIoBufBytes: 65536, complete: () => {} }
+const queue: QueueContext = {
+  queueId: 0, depth: 4, maxIoBufBytes: 65536, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
+  sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, complete: () => {},
+}
 
 function request(op: number, startSector: number, nrSectors: number, buffer: Buffer, tag = 0): IoRequest {
   return { tag, op, flags: 0, startSector, nrSectors, buffer }
@@ -14,7 +17,7 @@ function request(op: number, startSector: number, nrSectors: number, buffer: Buf
 
 t.test('memory: data written reads back, across a chunk boundary too', async (t) => {
   const target = findTarget('memory')
-  const setup = target.setup(target.parseOptions({ size: '3G' }, 512), 512)
+  const setup = target.setup(target.parseOptions({ size: '3G' }, 512))
   t.equal((setup.spec as { chunks: unknown[] }).chunks.length, 3)
   const handler = target.openQueue(setup.spec, queue)
   const data = Buffer.alloc(65536)
@@ -28,7 +31,7 @@ t.test('memory: data written reads back, across a chunk boundary too', async (t)
 
 t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; flush is ok', async (t) => {
   const target = findTarget('memory')
-  const setup = target.setup(target.parseOptions({ size: '1M' }, 512), 512)
+  const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
   const handler = target.openQueue(setup.spec, queue)
   const buffer = Buffer.alloc(4096, 0x55)
   t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 100, 8, buffer)), 4096)
@@ -45,7 +48,7 @@ t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; f
 
 t.test('null: reads return zeros even after a write used the same tag buffer', async (t) => {
   const target = findTarget('null')
-  const setup = target.setup(target.parseOptions({}, 512), 512)
+  const setup = target.setup(target.parseOptions({}, 512))
   const handler = target.openQueue(setup.spec, queue)
   const buffer = Buffer.alloc(8192, 0x77)
   t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, 0, 16, buffer, 2)), 8192)

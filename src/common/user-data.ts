@@ -1,4 +1,5 @@
-// user_data of the queue ring's SQEs, as two 32-bit halves (no bigints on the hot path):
+// user_data of a queue ring's SQEs, as two 32-bit halves (no bigints on the hot path). Shared
+// by the queue loop and the targets that stage their own SQEs.
 //
 //   hi word: kind of command     lo word: what it is about
 //   kUserDataUblk   (0)          tag of a FETCH_REQ / COMMIT_AND_FETCH_REQ
