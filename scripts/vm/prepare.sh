@@ -60,7 +60,7 @@ resolve() {
   for dep in ${deps//,/ }; do resolve "$dep"; done
   order+=("$name")
 }
-for module in 9p 9pnet_virtio ublk_drv loop null_blk ext4; do resolve "$module"; done
+for module in 9p 9pnet_virtio ublk_drv loop null_blk crc32c_generic ext4; do resolve "$module"; done
 
 rm -rf "$cache/modules"
 mkdir -p "$cache/modules"
