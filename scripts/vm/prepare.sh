@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares everything the VM tests, the demo and the bench need, idempotently:
-#   - Debian packages: qemu-system-x86, busybox-static, cpio, xz-utils, fio, e2fsprogs
+#   - Debian packages: qemu-system-x86, busybox-static, cpio, xz-utils, fio, e2fsprogs, and for
+#     the observability tests prometheus (with promtool) and chromium
 #   - Debian's Linux 6.12 kernel (linux-image-6.12.*-amd64-unsigned): vmlinuz and the modules
 #     we load (ublk_drv, loop, null_blk, ext4, the 9p stack), unpacked under the cache dir
 #   - an initramfs (busybox + 9p modules + init) that mounts the host root read-only over 9p
@@ -18,6 +19,8 @@ command -v xz >/dev/null || need+=(xz-utils)
 command -v fio >/dev/null || need+=(fio)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v file >/dev/null || need+=(file)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "prepare: installing ${need[*]}" >&2
   apt-get update -q >/dev/null
@@ -60,7 +63,7 @@ resolve() {
   for dep in ${deps//,/ }; do resolve "$dep"; done
   order+=("$name")
 }
-for module in 9p 9pnet_virtio ublk_drv loop null_blk crc32c_generic ext4; do resolve "$module"; done
+for module in 9p 9pnet_virtio ublk_drv loop null_blk crc32c_generic ext4 virtio_net; do resolve "$module"; done
 
 rm -rf "$cache/modules"
 mkdir -p "$cache/modules"

@@ -13,13 +13,29 @@ const kFirstValueWord = 2
 export const ioOps = ['read', 'write', 'flush', 'discard', 'write_zeroes', 'other'] as const
 export type IoOpName = (typeof ioOps)[number]
 
-/** Value slots: per op (ops, bytes, errors), then queue-wide values. */
+/**
+ * Service-time histogram (from the request's arrival in the worker to its commit being
+ * staged): bucket i counts requests that took at most kLatencyBucketBoundsNs[i]; the bounds
+ * grow by sqrt(2) from 1 µs to about 1 s; the last bucket is everything slower. Counts are per
+ * bucket, not cumulative.
+ */
+export const kLatencyBucketBoundsNs: readonly number[] = Array.from({ length: 41 }, (_, i) => 1000 * 2 ** (i / 2))
+export const kLatencyBuckets = kLatencyBucketBoundsNs.length + 1
+
+/** Batch-size histogram: CQEs handled per loop turn, bounds 1, 2, 4, ... 1024, then the rest. */
+export const kBatchBucketBounds: readonly number[] = Array.from({ length: 11 }, (_, i) => 2 ** i)
+export const kBatchBuckets = kBatchBucketBounds.length + 1
+
+/** Value slots: per op (ops, bytes, errors), queue-wide values, then the two histograms. */
 export const statNames = [
-  ...ioOps.flatMap((op) => [`${op}_ops`, `${op}_bytes`, `${op}_errors`]),
+  ...ioOps.flatMap((op) => [`${op}_ops`, `${op}_bytes`, `${op}_errors`] as const),
   'inflight', // requests taken from the kernel and not committed yet
   'loop_turns', // io_uring_enter calls of the queue loop
   'cqes', // CQEs reaped (cqes / loop_turns = mean batch size)
   'heartbeat_ms', // Date.now() at the end of the last loop turn
+  'latency_sum_ns', // sum of the service times counted in the latency histogram
+  ...Array.from({ length: kLatencyBuckets }, (_, i) => `latency_bucket_${i}` as const),
+  ...Array.from({ length: kBatchBuckets }, (_, i) => `batch_bucket_${i}` as const),
 ] as const
 export type StatName = (typeof statNames)[number]
 
@@ -39,6 +55,24 @@ export const kStatInflight = statIndex('inflight')
 export const kStatLoopTurns = statIndex('loop_turns')
 export const kStatCqes = statIndex('cqes')
 export const kStatHeartbeatMs = statIndex('heartbeat_ms')
+export const kStatLatencySumNs = statIndex('latency_sum_ns')
+export const kStatLatencyFirstBucket = statIndex('latency_bucket_0')
+export const kStatBatchFirstBucket = statIndex('batch_bucket_0')
+
+/** Latency histogram bucket of a service time: ceil(2 log2(ns / 1 µs)), clamped. */
+export function latencyBucket(ns: number): number {
+  if (ns <= 1000) return 0
+  // The epsilon keeps a time equal to a bound in that bound's bucket despite rounding in log2.
+  const bucket = Math.ceil(2 * Math.log2(ns / 1000) - 1e-9)
+  return bucket < kLatencyBuckets - 1 ? bucket : kLatencyBuckets - 1
+}
+
+/** Batch histogram bucket of a batch of `count` CQEs: ceil(log2(count)), clamped. */
+export function batchBucket(count: number): number {
+  if (count <= 1) return 0
+  const bucket = Math.ceil(Math.log2(count))
+  return bucket < kBatchBuckets - 1 ? bucket : kBatchBuckets - 1
+}
 
 export function allocQueueStats(queues: number): SharedArrayBuffer {
   return new SharedArrayBuffer(queues * kQueueStatsWords * Int32Array.BYTES_PER_ELEMENT)

@@ -17,7 +17,9 @@ import { UblkControl } from './control.js'
 import { runDaemon } from './daemon.js'
 import type { DeviceSummary } from './device.js'
 import { deviceDefaults } from './device-request.js'
+import { kDefaultMetricsAddress, parseListenAddress } from './metrics-server.js'
 import { daemonLogPath, kDefaultStateDir, socketPath, stateDirFrom } from './paths.js'
+import { queueRates, totalErrors } from './stats-view.js'
 
 const kRequestTimeoutMs = 120_000
 // Under emulation a cold daemon start takes seconds; give it room.
@@ -80,14 +82,16 @@ Options:
   --state-dir DIR
 `
 
-const statsHelp = `Usage: ublkd stats -n ID [--json]
+const statsHelp = `Usage: ublkd stats -n ID [--watch] [--json]
 
 Per-queue counters of a device, as its queue workers last published them (at most one loop
 turn old): operations, bytes and errors per request type, requests in flight, loop turns and
-the mean number of completions handled per turn.
+the mean number of completions handled per turn. With --watch: IOPS, MiB/s and p99 service
+time per queue, refreshed every second until interrupted.
 
 Options:
   -n, --number ID   the device
+  -w, --watch       live rates, every second
       --json        the raw counters
       --state-dir DIR
 `
@@ -97,14 +101,16 @@ const featuresHelp = `Usage: ublkd features [--json]
 Ask the kernel (UBLK_U_CMD_GET_FEATURES) which ublk features it supports.
 `
 
-const daemonHelp = `Usage: ublkd daemon [--log-level LEVEL] [--state-dir DIR]
+const daemonHelp = `Usage: ublkd daemon [--metrics HOST:PORT|off] [--log-level LEVEL] [--state-dir DIR]
 
 Run the daemon in the foreground. It hosts every device, listens for commands on
 <state-dir>/ublkd.sock (root only) and logs JSON lines to stdout. SIGTERM or SIGINT stops
 and deletes every device, then exits 0.
 
 Options:
-  --log-level LEVEL   fatal, error, warn, info, debug, trace (default info, env LOG_LEVEL)
+  --metrics HOST:PORT  serve Prometheus metrics at /metrics and a live status page at /
+                       (default ${kDefaultMetricsAddress}; 'off' for none)
+  --log-level LEVEL    fatal, error, warn, info, debug, trace (default info, env LOG_LEVEL)
   --state-dir DIR
 `
 
@@ -265,26 +271,53 @@ async function commandList(args: string[]): Promise<void> {
   printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID'], rows, 'left')
 }
 
+async function fetchDevice(stateDir: string, id: number): Promise<DeviceSummary> {
+  let devices: DeviceSummary[] = []
+  try {
+    devices = unwrap(await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)).devices ?? []
+  } catch (error) {
+    if (!isNoDaemon(error)) throw error
+  }
+  const device = devices.find((d) => d.id === id)
+  if (!device) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no device ${id}`)
+  return device
+}
+
+async function watchStats(stateDir: string, id: number): Promise<void> {
+  let before = await fetchDevice(stateDir, id)
+  let beforeMs = Date.now()
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    const now = await fetchDevice(stateDir, id)
+    const nowMs = Date.now()
+    const seconds = (nowMs - beforeMs) / 1000
+    const rows = (now.queueStats ?? []).map((q, queue) => {
+      const rates = queueRates(q, before.queueStats![queue]!, seconds)
+      const p99 = rates.p99Us === null ? '-' : rates.p99Us === Infinity ? '>1s' : `${rates.p99Us.toFixed(0)} us`
+      return [String(queue), rates.iops.toFixed(0), rates.mibPerSecond.toFixed(1), p99, String(q.inflight), String(totalErrors(q))]
+    })
+    if (process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H')
+    print(`${describeDevice(now)}  ${new Date(nowMs).toLocaleTimeString()}`)
+    printTable(['QUEUE', 'IOPS', 'MIB/S', 'P99', 'INFLIGHT', 'ERRORS'], rows, 'right')
+    before = now
+    beforeMs = nowMs
+  }
+}
+
 async function commandStats(args: string[]): Promise<void> {
-  const { values } = parse(args, { number: { type: 'string', short: 'n' }, json: { type: 'boolean' } })
+  const { values } = parse(args, { number: { type: 'string', short: 'n' }, json: { type: 'boolean' }, watch: { type: 'boolean', short: 'w' } })
   if (values['help']) return print(statsHelp)
   const number = stringValue(values, 'number')
   if (number === undefined || !/^\d+$/.test(number)) throw new UsageError('stats needs a device id: -n ID')
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
-  let devices: DeviceSummary[]
-  try {
-    devices = unwrap(await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)).devices ?? []
-  } catch (error) {
-    if (isNoDaemon(error)) devices = []
-    else throw error
-  }
-  const device = devices.find((d) => d.id === Number(number))
-  if (!device) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no device ${number}`)
-  if (values['json']) return print(JSON.stringify(device.queueStats, null, 2))
+  if (values['watch']) return watchStats(stateDir, Number(number))
+  const device = await fetchDevice(stateDir, Number(number))
+  const queueStats = device.queueStats ?? []
+  if (values['json']) return print(JSON.stringify(queueStats, null, 2))
   print(describeDevice(device))
   const header = ['QUEUE', 'READS', 'READ BYTES', 'WRITES', 'WRITE BYTES', 'FLUSH', 'DISCARD', 'ERRORS', 'INFLIGHT', 'TURNS', 'CQES/TURN']
-  const rows = device.queueStats.map((q, queue) => {
-    const errors = q.read_errors + q.write_errors + q.flush_errors + q.discard_errors + q.write_zeroes_errors + q.other_errors
+  const rows = queueStats.map((q, queue) => {
+    const errors = totalErrors(q)
     return [String(queue), String(q.read_ops), String(q.read_bytes), String(q.write_ops), String(q.write_bytes),
       String(q.flush_ops), String(q.discard_ops + q.write_zeroes_ops), String(errors), String(q.inflight),
       String(q.loop_turns), q.loop_turns > 0 ? (q.cqes / q.loop_turns).toFixed(1) : '-']
@@ -308,11 +341,15 @@ async function commandFeatures(args: string[]): Promise<void> {
 }
 
 async function commandDaemon(args: string[]): Promise<void> {
-  const { values } = parse(args, { 'log-level': { type: 'string' } })
+  const { values } = parse(args, { 'log-level': { type: 'string' }, metrics: { type: 'string' } })
   if (values['help']) return print(daemonHelp)
   const level = stringValue(values, 'log-level')
   if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level '${level}' is not a pino level`)
-  await runDaemon({ stateDir: stateDirFrom(stringValue(values, 'state-dir')), logLevel: resolveLogLevel(level) })
+  await runDaemon({
+    stateDir: stateDirFrom(stringValue(values, 'state-dir')),
+    logLevel: resolveLogLevel(level),
+    metrics: parseListenAddress(stringValue(values, 'metrics') ?? kDefaultMetricsAddress),
+  })
 }
 
 const commands: Record<string, (args: string[]) => Promise<void>> = {

@@ -2,6 +2,7 @@
 // control API on a unix socket, and on SIGTERM/SIGINT stops and deletes every device, then
 // exits 0 (a second signal exits at once with 1).
 import fs from 'node:fs'
+import type http from 'node:http'
 import type net from 'node:net'
 
 import { UblkdError, UsageError, messageOf } from '../common/errors.js'
@@ -12,11 +13,14 @@ import { listenApi } from './api-server.js'
 import { UblkControl } from './control.js'
 import { Device } from './device.js'
 import { parseDeviceRequest } from './device-request.js'
+import { listenMetrics, type ListenAddress } from './metrics-server.js'
 import { socketPath } from './paths.js'
 
 export interface DaemonOptions {
   stateDir: string
   logLevel: LogLevel
+  /** Where to serve /metrics and the status page; null for nowhere. */
+  metrics: ListenAddress | null
 }
 
 class Daemon {
@@ -25,6 +29,7 @@ class Daemon {
   private readonly adding = new Set<number>()
   private readonly exclusiveKeys = new Map<string, number>()
   private server: net.Server | null = null
+  private metricsServer: http.Server | null = null
   private stopping = false
 
   constructor(private readonly control: UblkControl, private readonly log: Logger, private readonly logLevel: LogLevel) {}
@@ -89,10 +94,20 @@ class Daemon {
     this.server = await listenApi(socket, (request) => this.handle(request), this.log)
   }
 
+  async serveMetrics(address: ListenAddress): Promise<void> {
+    try {
+      this.metricsServer = await listenMetrics(address, () => [...this.devices.values()], this.log)
+    } catch (error) {
+      throw new UblkdError('UBLKD_ERR_DAEMON', `cannot serve metrics on ${address.host}:${address.port}: ` +
+        `${messageOf(error)} (choose another with --metrics HOST:PORT, or --metrics off)`)
+    }
+  }
+
   /** Stop taking requests, delete every device, release the control channel. */
   async shutdown(): Promise<void> {
     this.stopping = true
     this.server?.close()
+    this.metricsServer?.close()
     await Promise.all([...this.devices.values()].map((device) =>
       this.remove(device).catch((error: unknown) => {
         this.log.error({ devId: device.id, err: messageOf(error) }, 'device did not stop cleanly')
@@ -122,7 +137,13 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   await claimSocket(socket)
   const control = UblkControl.open()
   const daemon = new Daemon(control, log, options.logLevel)
-  await daemon.listen(socket)
+  try {
+    if (options.metrics) await daemon.serveMetrics(options.metrics)
+    await daemon.listen(socket)
+  } catch (error) {
+    await daemon.shutdown()
+    throw error
+  }
 
   let signalled = false
   const onSignal = (signal: NodeJS.Signals) => {
@@ -142,5 +163,6 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   }
   process.on('SIGTERM', onSignal)
   process.on('SIGINT', onSignal)
-  log.info({ socket, stateDir: options.stateDir }, 'daemon ready')
+  log.info({ socket, stateDir: options.stateDir,
+    metrics: options.metrics ? `${options.metrics.host}:${options.metrics.port}` : 'off' }, 'daemon ready')
 }

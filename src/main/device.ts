@@ -37,7 +37,7 @@ export interface DeviceSummary {
   queueAffinity: number[][]
   queueTids: (number | null)[]
   /** Per-queue counters as the queue workers last published them (src/common/stats-layout.ts). */
-  queueStats: Record<StatName, number>[]
+  queueStats?: Record<StatName, number>[]
   options: Record<string, string | number | boolean>
 }
 
@@ -246,17 +246,20 @@ export class Device {
     return this.deleting
   }
 
-  private queueStats(): Record<StatName, number>[] {
+  /** Each queue's counters as last published (indices: src/common/stats-layout.ts statNames). */
+  queueStatValues(): Float64Array[] {
     const stats = this.stats
     if (!stats) return []
-    return Array.from({ length: this.queues }, (_, queue) => {
-      const values = readQueueStats(queueStatsView(stats, queue))
-      return Object.fromEntries(statNames.map((name, i) => [name, values[i]!])) as Record<StatName, number>
-    })
+    return Array.from({ length: this.queues }, (_, queue) => readQueueStats(queueStatsView(stats, queue)))
   }
 
-  summary(): DeviceSummary {
-    return {
+  private queueStats(): Record<StatName, number>[] {
+    return this.queueStatValues().map((values) =>
+      Object.fromEntries(statNames.map((name, i) => [name, values[i]!])) as Record<StatName, number>)
+  }
+
+  summary(options: { withStats: boolean } = { withStats: true }): DeviceSummary {
+    const summary: DeviceSummary = {
       id: this.id,
       blockDevice: `/dev/ublkb${this.id}`,
       charDevice: `/dev/ublkc${this.id}`,
@@ -270,8 +273,9 @@ export class Device {
       daemonPid: process.pid,
       queueAffinity: this.affinity,
       queueTids: this.pool ? this.pool.tasks.map((task) => task.tid) : [],
-      queueStats: this.queueStats(),
       options: this.setup.describe,
     }
+    if (options.withStats) summary.queueStats = this.queueStats()
+    return summary
   }
 }

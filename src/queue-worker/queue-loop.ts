@@ -14,7 +14,8 @@ import {
   UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ,
 } from '../abi/ublk-cmd.js'
 import {
-  QueueStatsWriter, kStatCqes, kStatHeartbeatMs, kStatInflight, kStatLoopTurns, opStatIndex,
+  QueueStatsWriter, batchBucket, kStatBatchFirstBucket, kStatCqes, kStatHeartbeatMs, kStatInflight,
+  kStatLatencyFirstBucket, kStatLatencySumNs, kStatLoopTurns, latencyBucket, opStatIndex,
 } from '../common/stats-layout.js'
 import type { Logger } from '../common/log.js'
 import type { NativeRing } from '../native/addon.js'
@@ -57,6 +58,8 @@ export class QueueLoop {
   private handler: QueueHandler | null = null
   private readonly request: IoRequest
   private readonly errors: ErrorBurst
+  /** performance.now() when each tag's request arrived, for the service-time histogram. */
+  private readonly arrivalMs: Float64Array
   requestsServed = 0
 
   constructor(private readonly parts: QueueLoopParts) {
@@ -65,6 +68,7 @@ export class QueueLoop {
     this.cqeResults = new Int32Array(parts.ring.cqes)
     this.liveTags = parts.depth
     this.errors = new ErrorBurst(parts.log)
+    this.arrivalMs = new Float64Array(parts.depth)
     this.request = { tag: 0, op: 0, flags: 0, startSector: 0, nrSectors: 0, buffer: parts.tagBuffers[0]! }
   }
 
@@ -88,6 +92,7 @@ export class QueueLoop {
       for (let i = 0; i < reaped; i++) this.dispatch(i)
       values[kStatLoopTurns]! += 1
       values[kStatCqes]! += reaped
+      if (reaped > 0) values[kStatBatchFirstBucket + batchBucket(reaped)]! += 1
       values[kStatHeartbeatMs] = Date.now()
       stats.publish()
       this.errors.tick()
@@ -138,6 +143,7 @@ export class QueueLoop {
     request.buffer = this.parts.tagBuffers[tag]!
     const values = this.parts.stats.values
     values[kStatInflight]! += 1
+    this.arrivalMs[tag] = performance.now()
     const op = request.op <= 4 ? request.op : kOtherOpIndex
     values[opStatIndex(op, 0)]! += 1
     if (request.op === UBLK_IO_OP_READ || request.op === UBLK_IO_OP_WRITE) {
@@ -150,6 +156,9 @@ export class QueueLoop {
   private commit(tag: number, result: number): void {
     const values = this.parts.stats.values
     values[kStatInflight]! -= 1
+    const serviceNs = (performance.now() - this.arrivalMs[tag]!) * 1e6
+    values[kStatLatencyFirstBucket + latencyBucket(serviceNs)]! += 1
+    values[kStatLatencySumNs]! += serviceNs
     if (result < 0) {
       const op = descOp(this.parts.descs, tag)
       const opIndex = op <= 4 ? op : kOtherOpIndex

@@ -26,6 +26,8 @@ export interface VmOptions {
   /** A host directory mounted read-write at the same path inside the VM. */
   shareDir?: string
   bootTimeoutMs?: number
+  /** Guest TCP ports to forward from free ports on the host's 127.0.0.1 (see Vm.hostPort). */
+  forwardPorts?: number[]
 }
 
 export interface ExecOptions {
@@ -49,7 +51,20 @@ export interface Vm {
   run(cmd: string, opts?: ExecOptions): Promise<string>
   /** The serial console so far (kernel messages), for diagnostics. */
   consoleLog(): string
+  /** The host port (on 127.0.0.1) forwarded to a guest port given in VmOptions.forwardPorts. */
+  hostPort(guestPort: number): number
   shutdown(): Promise<void>
+}
+
+async function freeHostPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as net.AddressInfo).port
+      server.close(() => resolve(port))
+    })
+  })
 }
 
 const cacheDir = process.env['UBLKD_VM_CACHE'] ?? path.join(repoRoot, '.cache', 'vm')
@@ -82,6 +97,13 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
     '-chardev', `socket,id=agent,path=${agentSocket},server=on,wait=off`,
     '-device', 'virtserialport,chardev=agent,name=agent',
   ]
+  const forwards = new Map<number, number>()
+  if (options.forwardPorts && options.forwardPorts.length > 0) {
+    for (const guestPort of options.forwardPorts) forwards.set(guestPort, await freeHostPort())
+    const rules = [...forwards].map(([guest, host]) => `hostfwd=tcp:127.0.0.1:${host}-:${guest}`).join(',')
+    args.push('-netdev', `user,id=net0,${rules}`, '-device', 'virtio-net-pci,netdev=net0')
+    append.push('ublkd.net=1')
+  }
   if (options.shareDir) {
     args.push('-virtfs', `local,path=${options.shareDir},mount_tag=share,security_model=none,multidevs=remap`)
     append.push(`ublkd.share=${options.shareDir}`)
@@ -134,6 +156,11 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
       return result.stdout
     },
     consoleLog: () => consoleText,
+    hostPort(guestPort) {
+      const port = forwards.get(guestPort)
+      if (port === undefined) throw new Error(`guest port ${guestPort} is not forwarded`)
+      return port
+    },
     async shutdown() {
       if (!exited) {
         agent.end()

@@ -22,3 +22,18 @@ t.test('a reader does not spin forever on a writer that died mid-publish', async
   Atomics.store(view, kSeqWord, 1)
   t.equal(readQueueStats(view).length, kStatCount)
 })
+
+t.test('latency buckets grow by sqrt(2) from 1 us and clamp both ends', async (t) => {
+  const { latencyBucket, kLatencyBucketBoundsNs, kLatencyBuckets, batchBucket } = await import('../../src/common/stats-layout.js')
+  t.equal(latencyBucket(0), 0)
+  t.equal(latencyBucket(1000), 0)
+  t.equal(latencyBucket(1001), 1)
+  t.equal(latencyBucket(2000), 2)
+  for (let i = 0; i < kLatencyBucketBoundsNs.length; i++) {
+    t.equal(latencyBucket(kLatencyBucketBoundsNs[i]!), i, `bound ${i} falls in its own bucket`)
+  }
+  t.equal(latencyBucket(1e12), kLatencyBuckets - 1, 'slower than every bound')
+  t.equal(batchBucket(1), 0)
+  t.equal(batchBucket(3), 2)
+  t.equal(batchBucket(1e6), 11)
+})

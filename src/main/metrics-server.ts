@@ -1,0 +1,70 @@
+// The daemon's one TCP listener: Prometheus metrics at /metrics, the live status page at / and
+// its data at /status.json. Read-only: the control API never listens on TCP.
+import http from 'node:http'
+
+import { UsageError, messageOf } from '../common/errors.js'
+import type { Logger } from '../common/log.js'
+import { kLatencyBucketBoundsNs } from '../common/stats-layout.js'
+import type { Device } from './device.js'
+import { createMetricsRegistry } from './metrics.js'
+import { statusPageHtml } from './status-page.js'
+
+export const kDefaultMetricsAddress = '127.0.0.1:9568'
+
+export interface ListenAddress {
+  host: string
+  port: number
+}
+
+/** 'HOST:PORT' or '[v6]:PORT'; 'off' disables the listener (null). */
+export function parseListenAddress(text: string): ListenAddress | null {
+  if (text === 'off') return null
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text)
+  const port = match ? Number(match[3]) : NaN
+  if (!match || port > 65535) throw new UsageError(`--metrics must be HOST:PORT or off, got '${text}'`)
+  return { host: match[1] ?? match[2]!, port }
+}
+
+export function listenMetrics(address: ListenAddress, devices: () => Device[], log: Logger): Promise<http.Server> {
+  const registry = createMetricsRegistry(devices)
+  const server = http.createServer((request, response) => {
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      response.writeHead(405, { Allow: 'GET, HEAD' }).end()
+      return
+    }
+    const path = (request.url ?? '/').split('?')[0]
+    if (path === '/metrics') {
+      registry.metrics().then((text) => {
+        response.writeHead(200, { 'Content-Type': registry.contentType }).end(text)
+      }, (error: unknown) => {
+        log.error({ err: messageOf(error) }, 'metrics collection failed')
+        response.writeHead(500).end()
+      })
+    } else if (path === '/status.json') {
+      const status = {
+        time: Date.now(),
+        pid: process.pid,
+        latencyBoundsNs: kLatencyBucketBoundsNs,
+        devices: devices().map((device) => {
+          const summary = device.summary()
+          return {
+            name: `ublkb${device.id}`, target: summary.target, state: summary.state,
+            sizeBytes: summary.sizeBytes, queues: summary.queueStats ?? [],
+          }
+        }),
+      }
+      response.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' }).end(JSON.stringify(status))
+    } else if (path === '/') {
+      response.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(statusPageHtml)
+    } else {
+      response.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found: try /metrics or /\n')
+    }
+  })
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(address.port, address.host, () => {
+      server.off('error', reject)
+      resolve(server)
+    })
+  })
+}
