@@ -1,6 +1,10 @@
-// pino loggers. JSON lines on stdout (journald-friendly), pretty only when stdout is a TTY of the
-// main thread is not needed: operators pipe through pino-pretty themselves. Workers use a sync
-// destination so nothing is lost when a worker exits.
+// pino loggers: JSON lines on stdout (what journald and log shippers want), or one readable line
+// per record when stdout is a terminal. The destination is synchronous in every thread, so a
+// worker that exits loses nothing.
+import fs from 'node:fs'
+import { Writable } from 'node:stream'
+import tty from 'node:tty'
+
 import { pino, type Logger } from 'pino'
 
 export type { Logger }
@@ -18,9 +22,34 @@ export function resolveLogLevel(flag?: string): LogLevel {
   return isLogLevel(candidate) ? candidate : 'info'
 }
 
+const levelNames: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' }
+const kHiddenFields = new Set(['level', 'time', 'msg', 'pid', 'hostname'])
+
+/** `12:00:01.234 INFO  device live devId=0 queues=2` from one pino JSON record. */
+export function formatRecord(line: string): string {
+  const record = JSON.parse(line) as Record<string, unknown>
+  const time = typeof record['time'] === 'string' ? record['time'].slice(11, 23) : ''
+  const level = (levelNames[record['level'] as number] ?? String(record['level'])).padEnd(5)
+  const fields = Object.entries(record)
+    .filter(([key]) => !kHiddenFields.has(key))
+    .map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`)
+  return `${time} ${level} ${String(record['msg'] ?? '')}${fields.length > 0 ? ` ${fields.join(' ')}` : ''}\n`
+}
+
+/** A synchronous stream that writes each JSON record to `fd` as a readable line. */
+function readableDestination(fd: number): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString().split('\n')) {
+        if (line.length > 0) fs.writeSync(fd, formatRecord(line))
+      }
+      callback()
+    },
+  })
+}
+
 export function createLogger(level: LogLevel, bindings: Record<string, unknown>, fd = 1): Logger {
-  return pino(
-    { level, base: { pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime },
-    pino.destination({ dest: fd, sync: true }),
-  )
+  const options = { level, base: { pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime }
+  if (tty.isatty(fd)) return pino(options, readableDestination(fd))
+  return pino(options, pino.destination({ dest: fd, sync: true }))
 }

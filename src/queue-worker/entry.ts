@@ -78,9 +78,9 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       loop.arm(handler)
       const ready: QueueReady = { type: 'ready', queueId: input.queueId, tid }
       input.port.postMessage(ready)
-      log.debug({ tid, cpus: input.cpus, sqEntries }, 'queue armed')
+      log.info({ tid, cpus: input.cpus, sqEntries }, 'queue ready')
       const reason = loop.run()
-      log.debug({ reason, requestsServed: loop.requestsServed }, 'queue loop ended')
+      log.info({ reason, requestsServed: loop.requestsServed }, 'queue stopped')
       return { queueId: input.queueId, tid, reason, requestsServed: loop.requestsServed }
     } finally {
       handler.close()
