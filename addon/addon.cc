@@ -1,4 +1,5 @@
 // The export table: the only place that names what JS can call.
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "abi_layout.h"
@@ -35,6 +36,12 @@ Native::~Native() {
     ring->native_ = nullptr;
     ring->Release();
   }
+  for (Mapping* mapping : mappings_) {
+    if (mapping->mapped) munmap(mapping->address, mapping->bytes);
+    mapping->mapped = false;
+    mapping->owner = nullptr;
+  }
+  mappings_.clear();
 }
 
 }  // namespace ublkd

@@ -1,6 +1,7 @@
 // The addon instance: one per Node environment (main thread and each worker thread).
-// It owns the export table and releases every ring still open when its environment is torn
-// down, so a worker that exits or dies never leaks a ring (and with it the ublk char device).
+// It owns the export table and releases every ring and mapping still open when its environment
+// is torn down, so a worker that exits or dies never leaks them (and with them the ublk char
+// device).
 #pragma once
 
 #include <napi.h>
@@ -10,6 +11,18 @@
 namespace ublkd {
 
 class Ring;
+class Native;
+
+// A mapping exposed as an external ArrayBuffer (sys.cc). munmap() unmaps and detaches the buffer
+// so JS sees a zero-length buffer instead of touching unmapped memory; the finalizer frees the
+// record. The owning environment unmaps whatever is still mapped when it is torn down: a
+// descriptor mapping left behind would keep the ublk char device open.
+struct Mapping {
+  void* address;
+  size_t bytes;
+  bool mapped;
+  Native* owner;  // cleared when the owner goes first
+};
 
 class Native : public Napi::Addon<Native> {
  public:
@@ -19,9 +32,12 @@ class Native : public Napi::Addon<Native> {
   static Native* From(Napi::Env env) { return env.GetInstanceData<Native>(); }
   void Track(Ring* ring) { rings_.insert(ring); }
   void Untrack(Ring* ring) { rings_.erase(ring); }
+  void Track(Mapping* mapping) { mappings_.insert(mapping); }
+  void Untrack(Mapping* mapping) { mappings_.erase(mapping); }
 
  private:
   std::unordered_set<Ring*> rings_;
+  std::unordered_set<Mapping*> mappings_;
 };
 
 }  // namespace ublkd

@@ -10,27 +10,21 @@
 #include <cstdint>
 
 #include "errors.h"
+#include "native.h"
 
 namespace ublkd {
 
 namespace {
 
-// A mapping exposed as an external ArrayBuffer. munmap() unmaps and detaches the buffer so JS
-// sees a zero-length buffer instead of touching unmapped memory; the finalizer frees the record
-// (and unmaps if JS never did).
-struct Mapping {
-  void* address;
-  size_t bytes;
-  bool mapped;
-};
-
 void FinalizeMapping(Napi::Env /*env*/, void* /*data*/, Mapping* mapping) {
+  if (mapping->owner != nullptr) mapping->owner->Untrack(mapping);
   if (mapping->mapped) munmap(mapping->address, mapping->bytes);
   delete mapping;
 }
 
 Napi::Value ExposeMapping(Napi::Env env, void* address, size_t bytes) {
-  auto* mapping = new Mapping{address, bytes, true};
+  auto* mapping = new Mapping{address, bytes, true, Native::From(env)};
+  mapping->owner->Track(mapping);
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, address, bytes, FinalizeMapping, mapping);
   // munmap() finds the record again through this non-enumerable, read-only property.
   buffer.DefineProperty(Napi::PropertyDescriptor::Value(

@@ -82,10 +82,17 @@ export function queueStatsView(buffer: SharedArrayBuffer, queue: number): Int32A
   return new Int32Array(buffer, queue * kQueueStatsWords * Int32Array.BYTES_PER_ELEMENT, kQueueStatsWords)
 }
 
-/** Writer side (the queue worker): values accumulate locally, publish() copies them out. */
+/**
+ * Writer side (the queue worker): values accumulate locally, publish() copies them out. A new
+ * writer carries on from what the slice holds, so counters survive a queue being restarted.
+ */
 export class QueueStatsWriter {
-  readonly values = new Float64Array(kStatCount)
-  constructor(private readonly shared: Int32Array) {}
+  readonly values: Float64Array
+  constructor(private readonly shared: Int32Array) {
+    this.values = readQueueStats(shared)
+    // What was in flight belonged to the queue's previous life.
+    this.values[kStatInflight] = 0
+  }
 
   publish(): void {
     const shared = this.shared

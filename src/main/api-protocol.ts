@@ -6,6 +6,7 @@ export type ApiRequest =
   | { op: 'add'; device: Record<string, unknown> }
   | { op: 'del'; id?: number; all?: boolean }
   | { op: 'list' }
+  | { op: 'recover'; id?: number }
   | { op: 'ping' }
 
 export interface ApiErrorBody {

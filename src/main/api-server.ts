@@ -19,8 +19,8 @@ function parseRequest(line: string): ApiRequest {
     throw new UsageError('request must be a JSON object')
   }
   const op = (value as { op?: unknown }).op
-  if (op !== 'add' && op !== 'del' && op !== 'list' && op !== 'ping') {
-    throw new UsageError(`unknown op ${JSON.stringify(op)} (add, del, list, ping)`)
+  if (op !== 'add' && op !== 'del' && op !== 'list' && op !== 'ping' && op !== 'recover') {
+    throw new UsageError(`unknown op ${JSON.stringify(op)} (add, del, list, recover, ping)`)
   }
   if (op === 'add') {
     const device = (value as { device?: unknown }).device

@@ -10,7 +10,7 @@ import { ublkFeatureNames } from '../abi/ublk-cmd.js'
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
 import { isLogLevel, resolveLogLevel } from '../common/log.js'
 import { formatSize } from '../common/size.js'
-import { allTargets } from '../targets/registry.js'
+import { allTargetFlags, allTargets } from '../targets/registry.js'
 import { callDaemon, isNoDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { UblkControl } from './control.js'
@@ -32,6 +32,7 @@ Serve Linux ublk block devices (/dev/ublkbN) from a userspace daemon.
 Commands:
   add        create a device (starts a daemon in the background if none runs)
   del        delete a device, or all of them
+  recover    re-attach a device a dead daemon left behind (created with --recovery)
   list       list the devices of the running daemon
   stats      per-queue I/O counters of a device
   features   show the ublk features of the running kernel
@@ -55,6 +56,8 @@ Options:
   -d, --depth N                 queue depth, 1..4096 (default ${deviceDefaults.depth})
   -n, --number ID               device id, giving /dev/ublkbID (default: the kernel picks)
       --logical-block-size N    512, 1024, 2048 or 4096 (default 512, loop: the backing device's)
+      --recovery                survive a queue thread or daemon death without losing I/O
+                                (UBLK_F_USER_RECOVERY + REISSUE; see docs/operations.md)
       --json                    print the device as JSON
       --state-dir DIR           see 'ublkd --help'
 
@@ -70,6 +73,17 @@ Stop and delete a device: in-flight I/O completes, new I/O fails, /dev/ublkbID g
 Options:
   -n, --number ID   the device to delete
   -a, --all         delete every device of the daemon
+      --state-dir DIR
+`
+
+const recoverHelp = `Usage: ublkd recover -n ID
+
+Re-attach a device created with --recovery whose daemon died (the kernel holds it QUIESCED,
+with its I/O queued). A daemon does this for every such device when it starts; this command
+is for a device whose automatic re-attach failed.
+
+Options:
+  -n, --number ID   the device
       --state-dir DIR
 `
 
@@ -101,13 +115,16 @@ const featuresHelp = `Usage: ublkd features [--json]
 Ask the kernel (UBLK_U_CMD_GET_FEATURES) which ublk features it supports.
 `
 
-const daemonHelp = `Usage: ublkd daemon [--metrics HOST:PORT|off] [--log-level LEVEL] [--state-dir DIR]
+const daemonHelp = `Usage: ublkd daemon [--metrics HOST:PORT|off] [--keep-devices-on-exit] [--log-level LEVEL] [--state-dir DIR]
 
 Run the daemon in the foreground. It hosts every device, listens for commands on
-<state-dir>/ublkd.sock (root only) and logs JSON lines to stdout. SIGTERM or SIGINT stops
-and deletes every device, then exits 0.
+<state-dir>/ublkd.sock (root only) and logs JSON lines to stdout (readable lines on a
+terminal). At start it re-attaches the devices a previous daemon left (created with
+--recovery). SIGTERM or SIGINT stops and deletes every device, then exits 0.
 
 Options:
+  --keep-devices-on-exit  on SIGTERM/SIGINT leave devices created with --recovery (and not
+                       memory-backed) to the next daemon instead of deleting them
   --metrics HOST:PORT  serve Prometheus metrics at /metrics and a live status page at /
                        (default ${kDefaultMetricsAddress}; 'off' for none)
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info, env LOG_LEVEL)
@@ -191,12 +208,11 @@ async function startDaemon(stateDir: string): Promise<void> {
 }
 
 async function commandAdd(args: string[]): Promise<void> {
+  const targetFlags = allTargetFlags()
   const { values } = parse(args, {
+    ...Object.fromEntries(targetFlags.map((flag) => [flag.name, flag.short ? { type: flag.type, short: flag.short } : { type: flag.type }])),
     target: { type: 'string', short: 't' },
-    size: { type: 'string', short: 's' },
-    file: { type: 'string', short: 'f' },
-    'direct-io': { type: 'string' },
-    'read-only': { type: 'boolean' },
+    recovery: { type: 'boolean' },
     queues: { type: 'string', short: 'q' },
     depth: { type: 'string', short: 'd' },
     number: { type: 'string', short: 'n' },
@@ -205,18 +221,17 @@ async function commandAdd(args: string[]): Promise<void> {
   })
   if (values['help']) return print(addHelp())
   const device: Record<string, unknown> = {
+    ...Object.fromEntries(targetFlags.map((flag) => [flag.field, values[flag.name]])),
     target: stringValue(values, 'target'),
-    size: stringValue(values, 'size'),
-    // The daemon has its own working directory: send it an absolute path.
-    file: stringValue(values, 'file') === undefined ? undefined : path.resolve(stringValue(values, 'file')!),
-    directIo: stringValue(values, 'direct-io'),
-    readOnly: values['read-only'] === true ? true : undefined,
+    recovery: values['recovery'] === true ? true : undefined,
     queues: stringValue(values, 'queues'),
     depth: stringValue(values, 'depth'),
     id: stringValue(values, 'number'),
     logicalBlockSize: stringValue(values, 'logical-block-size'),
   }
   if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
+  // The daemon has its own working directory: send it an absolute path.
+  if (typeof device['file'] === 'string') device['file'] = path.resolve(device['file'])
   for (const key of Object.keys(device)) if (device[key] === undefined) delete device[key]
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
   const request: ApiRequest = { op: 'add', device }
@@ -252,6 +267,29 @@ async function commandDel(args: string[]): Promise<void> {
     throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no daemon runs (state dir ${stateDir}), so no device ${number}`)
   }
   for (const id of unwrap(reply).deleted ?? []) print(`deleted /dev/ublkb${id}`)
+}
+
+async function commandRecover(args: string[]): Promise<void> {
+  const { values } = parse(args, { number: { type: 'string', short: 'n' }, json: { type: 'boolean' } })
+  if (values['help']) return print(recoverHelp)
+  const number = stringValue(values, 'number')
+  if (number === undefined || !/^\d+$/.test(number)) throw new UsageError('recover needs a device id: -n ID')
+  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  const request: ApiRequest = { op: 'recover', id: Number(number) }
+  let reply: ApiReply
+  try {
+    reply = await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
+  } catch (error) {
+    if (!isNoDaemon(error)) throw error
+    // A starting daemon re-attaches every recorded device by itself.
+    await startDaemon(stateDir)
+    reply = await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)
+    const device = unwrap(reply).devices?.find((d) => d.id === Number(number))
+    if (!device) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `device ${number} could not be re-attached; see ${daemonLogPath(stateDir)}`)
+    return print(values['json'] ? JSON.stringify(device, null, 2) : describeDevice(device))
+  }
+  const device = unwrap(reply).device!
+  print(values['json'] ? JSON.stringify(device, null, 2) : describeDevice(device))
 }
 
 async function commandList(args: string[]): Promise<void> {
@@ -341,7 +379,9 @@ async function commandFeatures(args: string[]): Promise<void> {
 }
 
 async function commandDaemon(args: string[]): Promise<void> {
-  const { values } = parse(args, { 'log-level': { type: 'string' }, metrics: { type: 'string' } })
+  const { values } = parse(args, {
+    'log-level': { type: 'string' }, metrics: { type: 'string' }, 'keep-devices-on-exit': { type: 'boolean' },
+  })
   if (values['help']) return print(daemonHelp)
   const level = stringValue(values, 'log-level')
   if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level '${level}' is not a pino level`)
@@ -349,12 +389,14 @@ async function commandDaemon(args: string[]): Promise<void> {
     stateDir: stateDirFrom(stringValue(values, 'state-dir')),
     logLevel: resolveLogLevel(level),
     metrics: parseListenAddress(stringValue(values, 'metrics') ?? kDefaultMetricsAddress),
+    keepDevicesOnExit: values['keep-devices-on-exit'] === true,
   })
 }
 
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   add: commandAdd,
   del: commandDel,
+  recover: commandRecover,
   list: commandList,
   stats: commandStats,
   features: commandFeatures,

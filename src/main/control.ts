@@ -13,7 +13,8 @@ import {
 import {
   UBLK_QUEUE_ID_NONE, UBLK_U_CMD_ADD_DEV, UBLK_U_CMD_DEL_DEV, UBLK_U_CMD_GET_DEV_INFO,
   UBLK_U_CMD_GET_FEATURES, UBLK_U_CMD_GET_PARAMS, UBLK_U_CMD_GET_QUEUE_AFFINITY,
-  UBLK_U_CMD_SET_PARAMS, UBLK_U_CMD_START_DEV, UBLK_U_CMD_STOP_DEV,
+  UBLK_U_CMD_END_USER_RECOVERY, UBLK_U_CMD_SET_PARAMS, UBLK_U_CMD_START_DEV,
+  UBLK_U_CMD_START_USER_RECOVERY, UBLK_U_CMD_STOP_DEV,
 } from '../abi/ublk-cmd.js'
 import { KernelError, UblkdError } from '../common/errors.js'
 import { native, type NativeRing } from '../native/addon.js'
@@ -115,6 +116,16 @@ export class UblkControl {
    *  queue has a FETCH_REQ outstanding. */
   async startDev(devId: number, serverPid: number): Promise<void> {
     await this.command('START_DEV', UBLK_U_CMD_START_DEV, { devId, data0: BigInt(serverPid) })
+  }
+
+  /** Only when the device is QUIESCED and its char device released (else EBUSY). */
+  async startUserRecovery(devId: number): Promise<void> {
+    await this.command('START_USER_RECOVERY', UBLK_U_CMD_START_USER_RECOVERY, { devId })
+  }
+
+  /** Resolves once every queue re-fetched; then the kernel replays the queued I/O. */
+  async endUserRecovery(devId: number, serverPid: number): Promise<void> {
+    await this.command('END_USER_RECOVERY', UBLK_U_CMD_END_USER_RECOVERY, { devId, data0: BigInt(serverPid) })
   }
 
   async stopDev(devId: number): Promise<void> {

@@ -5,22 +5,25 @@ import fs from 'node:fs'
 import type http from 'node:http'
 import type net from 'node:net'
 
-import { UblkdError, UsageError, messageOf } from '../common/errors.js'
+import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
 import { createLogger, type LogLevel, type Logger } from '../common/log.js'
 import { callDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { listenApi } from './api-server.js'
 import { UblkControl } from './control.js'
-import { Device } from './device.js'
+import { Device, type DeviceDeps } from './device.js'
 import { parseDeviceRequest } from './device-request.js'
 import { listenMetrics, type ListenAddress } from './metrics-server.js'
 import { socketPath } from './paths.js'
+import { StateStore } from './state-store.js'
 
 export interface DaemonOptions {
   stateDir: string
   logLevel: LogLevel
   /** Where to serve /metrics and the status page; null for nowhere. */
   metrics: ListenAddress | null
+  /** On SIGTERM/SIGINT, leave devices created with --recovery for the next daemon to re-attach. */
+  keepDevicesOnExit: boolean
 }
 
 class Daemon {
@@ -32,7 +35,64 @@ class Daemon {
   private metricsServer: http.Server | null = null
   private stopping = false
 
-  constructor(private readonly control: UblkControl, private readonly log: Logger, private readonly logLevel: LogLevel) {}
+  constructor(
+    private readonly control: UblkControl,
+    private readonly log: Logger,
+    private readonly logLevel: LogLevel,
+    private readonly store: StateStore,
+  ) {}
+
+  private deps(): DeviceDeps {
+    return { control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys, store: this.store }
+  }
+
+  private adopt(device: Device): Device {
+    device.onFailure = (failed) => {
+      void this.remove(failed)
+    }
+    this.devices.set(device.id, device)
+    return device
+  }
+
+  /**
+   * Re-attach the devices a previous daemon left (state dir records). Records of devices the
+   * kernel no longer has are dropped; devices that cannot be re-attached (a RAM disk, no
+   * recovery) are stopped and deleted so their I/O fails instead of hanging.
+   */
+  async reattachAll(): Promise<void> {
+    const { records, broken } = this.store.list()
+    for (const name of broken) this.log.warn({ file: name }, 'unreadable device record ignored')
+    for (const record of records) {
+      if (this.devices.has(record.id)) continue
+      try {
+        this.adopt(await Device.attach(record, this.deps()))
+      } catch (error) {
+        await this.dropRecord(record.id, error)
+      }
+    }
+  }
+
+  private async dropRecord(id: number, cause: unknown): Promise<void> {
+    const gone = cause instanceof KernelError && cause.errno === -19
+    if (gone) {
+      this.log.info({ devId: id }, 'device of a previous daemon is gone; record dropped')
+    } else {
+      this.log.error({ devId: id, err: messageOf(cause) }, 'cannot re-attach device: stopping and deleting it')
+      await this.control.stopDev(id).catch(() => {})
+      await this.control.delDev(id).catch((error: unknown) => {
+        this.log.error({ devId: id, err: messageOf(error) }, 'DEL_DEV failed')
+      })
+    }
+    this.store.remove(id)
+  }
+
+  private async recover(id: unknown): Promise<Device> {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new UsageError('recover needs a device id (-n ID)')
+    if (this.devices.has(id)) throw new UblkdError('UBLKD_ERR_DEVICE_EXISTS', `device ${id} is already served by this daemon`)
+    const record = this.store.list().records.find((candidate) => candidate.id === id)
+    if (!record) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no record of device ${id} in the state dir`)
+    return this.adopt(await Device.attach(record, this.deps()))
+  }
 
   async handle(request: ApiRequest): Promise<ApiReply> {
     if (this.stopping) throw new UblkdError('UBLKD_ERR_DAEMON', 'the daemon is shutting down')
@@ -45,6 +105,8 @@ class Daemon {
         return { ok: true, device: (await this.add(request.device)).summary() }
       case 'del':
         return { ok: true, deleted: await this.del(request) }
+      case 'recover':
+        return { ok: true, device: (await this.recover(request.id)).summary() }
     }
   }
 
@@ -57,14 +119,7 @@ class Daemon {
       this.adding.add(request.id)
     }
     try {
-      const device = await Device.create(request, {
-        control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys,
-      })
-      device.onFailure = (failed) => {
-        void this.remove(failed)
-      }
-      this.devices.set(device.id, device)
-      return device
+      return this.adopt(await Device.create(request, this.deps()))
     } finally {
       if (request.id !== undefined) this.adding.delete(request.id)
     }
@@ -103,15 +158,19 @@ class Daemon {
     }
   }
 
-  /** Stop taking requests, delete every device, release the control channel. */
-  async shutdown(): Promise<void> {
+  /** Stop taking requests, delete every device (or detach the recoverable ones when asked to
+   *  keep them), release the control channel. */
+  async shutdown(keepDevices: boolean): Promise<void> {
     this.stopping = true
     this.server?.close()
     this.metricsServer?.close()
-    await Promise.all([...this.devices.values()].map((device) =>
-      this.remove(device).catch((error: unknown) => {
+    await Promise.all([...this.devices.values()].map((device) => {
+      const keep = keepDevices && device.reattachable
+      const done = keep ? device.detach().then(() => { this.devices.delete(device.id) }) : this.remove(device)
+      return done.catch((error: unknown) => {
         this.log.error({ devId: device.id, err: messageOf(error) }, 'device did not stop cleanly')
-      })))
+      })
+    }))
     this.control.close()
   }
 }
@@ -136,12 +195,13 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   const socket = socketPath(options.stateDir)
   await claimSocket(socket)
   const control = UblkControl.open()
-  const daemon = new Daemon(control, log, options.logLevel)
+  const daemon = new Daemon(control, log, options.logLevel, new StateStore(options.stateDir))
   try {
     if (options.metrics) await daemon.serveMetrics(options.metrics)
+    await daemon.reattachAll()
     await daemon.listen(socket)
   } catch (error) {
-    await daemon.shutdown()
+    await daemon.shutdown(true)
     throw error
   }
 
@@ -153,7 +213,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     }
     signalled = true
     log.info({ signal }, 'shutting down')
-    daemon.shutdown().then(() => {
+    daemon.shutdown(options.keepDevicesOnExit).then(() => {
       log.info('all devices stopped, exiting')
       process.exit(0)
     }, (error: unknown) => {

@@ -12,6 +12,8 @@ export interface DeviceRequest {
   /** --logical-block-size when given; otherwise the target chooses (e.g. the backing's). */
   logicalBlockSize?: number
   maxIoBufBytes: number
+  /** UBLK_F_USER_RECOVERY (+ REISSUE): survive queue and daemon deaths without losing I/O. */
+  recovery: boolean
 }
 
 /** Defaults as ublksrv's: one queue of depth 128, 512 KiB per I/O. */
@@ -22,7 +24,7 @@ export const deviceDefaults = {
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery']
 
 function integerField(raw: Record<string, unknown>, name: string, flag: string, min: number, max: number): number | undefined {
   const value = raw[name]
@@ -33,6 +35,13 @@ function integerField(raw: Record<string, unknown>, name: string, flag: string, 
   }
   if (number < min || number > max) throw new UsageError(`${flag} must be between ${min} and ${max}, got ${number}`)
   return number
+}
+
+function booleanField(raw: Record<string, unknown>, name: string, flag: string): boolean | undefined {
+  const value = raw[name]
+  if (value === undefined) return undefined
+  if (typeof value !== 'boolean') throw new UsageError(`${flag} must be true or false, got '${String(value)}'`)
+  return value
 }
 
 /**
@@ -54,6 +63,7 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
     queues: integerField(raw, 'queues', '--queues', 1, 4096) ?? deviceDefaults.queues,
     depth: integerField(raw, 'depth', '--depth', 1, UBLK_MAX_QUEUE_DEPTH) ?? deviceDefaults.depth,
     maxIoBufBytes: deviceDefaults.maxIoBufBytes,
+    recovery: booleanField(raw, 'recovery', '--recovery') ?? false,
   }
   if (logical !== undefined) request.logicalBlockSize = logical
   const devId = integerField(raw, 'id', '--number', 0, UBLK_MAX_UBLKS - 1)

@@ -1,25 +1,34 @@
 // Device: the lifecycle of one ublk device, as an explicit state machine.
 //
-//   ADDING ──ADD_DEV, SET_PARAMS, open /dev/ublkcN, GET_QUEUE_AFFINITY, queue workers ready,
-//            START_DEV──▶ LIVE ──STOP_DEV, queues drain, close, DEL_DEV──▶ DELETED
+//   ADDING ──ADD_DEV, SET_PARAMS, queues up (open /dev/ublkcN, GET_QUEUE_AFFINITY, workers
+//            ready), START_DEV──▶ LIVE ──STOP_DEV, queues drain, close, DEL_DEV──▶ DELETED
+//   LIVE ──a queue dies or stalls──▶ RECOVERING (with recovery: every queue down, char fd closed,
+//            QUIESCED, START_USER_RECOVERY, fresh queues, END_USER_RECOVERY) ──▶ LIVE
+//                                  ▶ FAILED (without recovery: the daemon deletes it, I/O fails fast)
+//   attach(): a device left QUIESCED by a dead daemon is brought back the same way.
 //
-// Every step of create() pushes its undo; a failure anywhere runs the undos in reverse, so a
-// failed add never leaves a half-created device (kernel device, char fd, workers) behind.
+// A failure anywhere in create() tears down what was done, in reverse, so a failed add never
+// leaves a half-created device (kernel device, char fd, workers) behind.
 import fs from 'node:fs'
 import os from 'node:os'
 
-import { UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD } from '../abi/ublk-cmd.js'
+import {
+  UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_USER_RECOVERY,
+  UBLK_F_USER_RECOVERY_REISSUE, UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_S_DEV_DEAD,
+  UBLK_S_DEV_QUIESCED,
+} from '../abi/ublk-cmd.js'
 import type { Params } from '../abi/structs.js'
-import { UblkdError, UsageError, messageOf } from '../common/errors.js'
+import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
 import type { LogLevel, Logger } from '../common/log.js'
-import { allocQueueStats, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
+import { allocQueueStats, kStatHeartbeatMs, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
 import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
 import type { UblkControl } from './control.js'
 import type { DeviceRequest } from './device-request.js'
 import { QueuePool } from './queue-pool.js'
+import type { DeviceRecord, StateStore } from './state-store.js'
 
-export type DeviceState = 'ADDING' | 'LIVE' | 'STOPPING' | 'DELETED' | 'FAILED'
+export type DeviceState = 'ADDING' | 'LIVE' | 'RECOVERING' | 'STOPPING' | 'DELETED' | 'FAILED'
 
 /** What `ublkd list --json` and `add --json` print for a device. */
 export interface DeviceSummary {
@@ -38,6 +47,10 @@ export interface DeviceSummary {
   queueTids: (number | null)[]
   /** Per-queue counters as the queue workers last published them (src/common/stats-layout.ts). */
   queueStats?: Record<StatName, number>[]
+  /** UBLK_F_USER_RECOVERY is on: queue or daemon deaths are healed without losing I/O. */
+  recovery: boolean
+  /** Times the device was healed or re-attached by this daemon. */
+  recoveries: number
   options: Record<string, string | number | boolean>
 }
 
@@ -47,14 +60,25 @@ export interface DeviceDeps {
   logLevel: LogLevel
   /** Backings in use (TargetSetup.exclusiveKey -> device id), shared by the daemon's devices. */
   exclusiveKeys: Map<string, number>
+  store: StateStore
 }
 
 // How long a queue may take to drain after STOP_DEV before it is forced to exit.
 const kQueueDrainGraceMs = 10_000
+// Healthy queues of a device being healed exit at once (the kernel aborts their fetches).
+const kHealGraceMs = 2_000
+// A queue loop turns at least twice a second; this long without a turn means it is stuck.
+const kQueueStallMs = 3_000
+const kSupervisionIntervalMs = 250
+// After a queue or daemon death the kernel quiesces the device and releases the char device
+// asynchronously (ring teardown runs in a kworker): poll for that long.
+const kQuiesceWaitMs = 20_000
 // /dev/ublkcN is created by devtmpfs at ADD_DEV; udev may still be adjusting it.
 const kCharDeviceWaitMs = 5_000
 
 type Undo = () => Promise<void> | void
+
+const kRecoveryFlags = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE
 
 export function paramsFromGeometry(geometry: DeviceGeometry, maxIoBufBytes: number): Params {
   const shift = (bytes: number) => Math.log2(bytes)
@@ -99,15 +123,18 @@ async function waitForPath(path: string, timeoutMs: number): Promise<void> {
 
 export class Device {
   state: DeviceState = 'ADDING'
-  private undos: Undo[] = []
+  recoveries = 0
+  /** Undoes target.setup() (closes the backing, ...). */
+  private releaseTarget: Undo = () => {}
+  /** Whether teardown deletes the kernel device (DEL_DEV). */
+  private ownsKernelDevice = false
   private deleting: Promise<void> | null = null
   private pool: QueuePool | null = null
-  private readonly affinity: number[][] = []
-  private queues = 0
-  private depth = 0
-  private maxIoBufBytes = 0
-  private stats: SharedArrayBuffer | null = null
-  /** Called once if the device fails while LIVE (a queue died). */
+  private charFd: number | null = null
+  private affinity: number[][] = []
+  private readonly stats: SharedArrayBuffer
+  private supervision: NodeJS.Timeout | null = null
+  /** Called once if the device fails for good while live (a queue died, no recovery). */
   onFailure: (device: Device, reason: string) => void = () => {}
 
   private constructor(
@@ -117,22 +144,20 @@ export class Device {
     private readonly setup: TargetSetup<unknown>,
     private readonly deps: DeviceDeps,
     readonly log: Logger,
-  ) {}
+    private readonly queues: number,
+    private readonly depth: number,
+    private readonly maxIoBufBytes: number,
+  ) {
+    this.stats = allocQueueStats(queues)
+  }
 
-  /** Validate the request, then bring the device up step by step; unwinds on any failure. */
+  /** Validate the request, then bring the device up step by step; tears down on any failure. */
   static async create(request: DeviceRequest, deps: DeviceDeps): Promise<Device> {
-    const target = findTarget(request.target)
-    const options = target.parseOptions(request.targetOptions, request.logicalBlockSize)
     const cpuCount = os.cpus().length
     if (request.queues > cpuCount) {
       throw new UsageError(`--queues ${request.queues} is more than the ${cpuCount} CPUs of this machine`)
     }
-    const setup = target.setup(options)
-    const holder = setup.exclusiveKey === undefined ? undefined : deps.exclusiveKeys.get(setup.exclusiveKey)
-    if (holder !== undefined) {
-      target.undo(setup.spec)
-      throw new UsageError(`${setup.describe['file'] ?? 'the backing'} is already served by device ${holder}`)
-    }
+    const { target, setup, release } = Device.prepareTarget(request, deps)
     const info = await deps.control.addDev({
       nrHwQueues: request.queues,
       queueDepth: request.depth,
@@ -140,117 +165,277 @@ export class Device {
       maxIoBufBytes: request.maxIoBufBytes,
       devId: request.id ?? UBLK_DEV_ID_ANY,
       ublksrvPid: 0,
-      flags: 0n,
+      flags: request.recovery ? kRecoveryFlags : 0n,
       ublksrvFlags: 0n,
       ownerUid: 0,
       ownerGid: 0,
     }).catch((error: unknown) => {
-      target.undo(setup.spec)
+      release()
       if (request.id !== undefined && (error as { errno?: number }).errno === -17) {
         throw new UblkdError('UBLKD_ERR_DEVICE_EXISTS', `device ${request.id} already exists`)
       }
       throw error
     })
-    const log = deps.log.child({ devId: info.devId })
-    const device = new Device(info.devId, request, target, setup, deps, log)
-    device.undos.push(() => target.undo(setup.spec))
-    const exclusiveKey = setup.exclusiveKey
-    if (exclusiveKey !== undefined) {
-      deps.exclusiveKeys.set(exclusiveKey, info.devId)
-      device.undos.push(() => { deps.exclusiveKeys.delete(exclusiveKey) })
-    }
-    device.undos.push(() => deps.control.delDev(info.devId))
+    const device = new Device(info.devId, request, target, setup, deps, deps.log.child({ devId: info.devId }),
+      info.nrHwQueues, info.queueDepth, info.maxIoBufBytes)
+    device.releaseTarget = release
+    device.claimBacking()
+    device.ownsKernelDevice = true
     try {
-      await device.bringUp(info.nrHwQueues, info.queueDepth, info.maxIoBufBytes)
+      if (request.recovery && (info.flags & kRecoveryFlags) !== kRecoveryFlags) {
+        throw new UblkdError('UBLKD_ERR_KERNEL', 'this kernel does not offer UBLK_F_USER_RECOVERY(_REISSUE)')
+      }
+      if (info.nrHwQueues !== request.queues || info.queueDepth !== request.depth) {
+        throw new UblkdError('UBLKD_ERR_KERNEL',
+          `kernel gave ${info.nrHwQueues} queues of depth ${info.queueDepth}, asked for ${request.queues} x ${request.depth}`)
+      }
+      await deps.control.setParams(device.id, paramsFromGeometry(setup.geometry, info.maxIoBufBytes))
+      await device.startQueues()
+      await Promise.race([deps.control.startDev(device.id, process.pid), device.pool!.firstExit()])
     } catch (error) {
-      log.warn({ err: messageOf(error) }, 'add failed, unwinding')
-      await device.unwind()
+      device.log.warn({ err: messageOf(error) }, 'add failed, unwinding')
+      await device.teardown()
       throw error
     }
+    device.becomeLive('device live')
+    deps.store.save({ version: 1, id: device.id, request, createdMs: Date.now() })
     return device
   }
 
-  private async bringUp(queues: number, depth: number, maxIoBufBytes: number): Promise<void> {
-    const { control } = this.deps
-    if (queues !== this.request.queues || depth !== this.request.depth) {
-      throw new UblkdError('UBLKD_ERR_KERNEL',
-        `kernel gave ${queues} queues of depth ${depth}, asked for ${this.request.queues} x ${this.request.depth}`)
+  /**
+   * Re-attach a device a previous daemon left behind (its record in the state dir): the kernel
+   * holds it QUIESCED, with the I/O it had in flight queued; fresh queues take it over.
+   */
+  static async attach(record: DeviceRecord, deps: DeviceDeps): Promise<Device> {
+    const { request, id } = record
+    const target = findTarget(request.target)
+    if (!target.survivesRestart) {
+      throw new UblkdError('UBLKD_ERR_DAEMON', `device ${id} (${target.name}) cannot be re-attached: its data died with the old daemon`)
     }
-    this.queues = queues
-    this.depth = depth
-    this.maxIoBufBytes = maxIoBufBytes
-    await control.setParams(this.id, paramsFromGeometry(this.setup.geometry, maxIoBufBytes))
+    const info = await deps.control.getDevInfo(id)
+    if ((info.flags & UBLK_F_USER_RECOVERY) === 0n) {
+      throw new UblkdError('UBLKD_ERR_DAEMON', `device ${id} was not created with --recovery`)
+    }
+    const { setup, release } = Device.prepareTarget(request, deps)
+    const device = new Device(id, request, target, setup, deps, deps.log.child({ devId: id }),
+      info.nrHwQueues, info.queueDepth, info.maxIoBufBytes)
+    device.releaseTarget = release
+    device.claimBacking()
+    device.state = 'RECOVERING'
+    const started = Date.now()
+    try {
+      await device.recover()
+    } catch (error) {
+      // Leave the kernel device QUIESCED for another try (ublkd recover -n ID); release ours.
+      await device.stopQueues(0)
+      await device.releaseOwn()
+      throw error
+    }
+    device.ownsKernelDevice = true
+    device.recoveries++
+    device.becomeLive('device re-attached', Date.now() - started)
+    return device
+  }
 
+  /** Parse, validate and set up the target; the returned release undoes setup(). */
+  private static prepareTarget(request: DeviceRequest, deps: DeviceDeps) {
+    const target = findTarget(request.target)
+    const options = target.parseOptions(request.targetOptions, request.logicalBlockSize)
+    const setup = target.setup(options)
+    const holder = setup.exclusiveKey === undefined ? undefined : deps.exclusiveKeys.get(setup.exclusiveKey)
+    if (holder !== undefined) {
+      target.undo(setup.spec)
+      throw new UsageError(`${setup.describe['file'] ?? 'the backing'} is already served by device ${holder}`)
+    }
+    return { target, setup, release: () => target.undo(setup.spec) }
+  }
+
+  private claimBacking(): void {
+    if (this.setup.exclusiveKey !== undefined) this.deps.exclusiveKeys.set(this.setup.exclusiveKey, this.id)
+  }
+
+  /** Release what this process holds for the device (backing claim, target), not the kernel device. */
+  private async releaseOwn(): Promise<void> {
+    if (this.setup.exclusiveKey !== undefined) this.deps.exclusiveKeys.delete(this.setup.exclusiveKey)
+    const release = this.releaseTarget
+    this.releaseTarget = () => {}
+    await release()
+  }
+
+  /** Open the char device, start one worker per queue, wait until every tag is fetched. */
+  private async startQueues(): Promise<void> {
     const charDevice = `/dev/ublkc${this.id}`
     await waitForPath(charDevice, kCharDeviceWaitMs)
-    const charFd = fs.openSync(charDevice, fs.constants.O_RDWR)
-    this.undos.push(() => fs.closeSync(charFd))
-
-    for (let queueId = 0; queueId < queues; queueId++) {
-      this.affinity.push(await control.getQueueAffinity(this.id, queueId))
+    this.charFd = fs.openSync(charDevice, fs.constants.O_RDWR)
+    if (this.affinity.length === 0) {
+      for (let queueId = 0; queueId < this.queues; queueId++) {
+        this.affinity.push(await this.deps.control.getQueueAffinity(this.id, queueId))
+      }
     }
-    this.stats = allocQueueStats(queues)
-    const pool = new QueuePool({
+    this.pool = new QueuePool({
       devId: this.id,
-      depth,
-      maxIoBufBytes,
-      charFd,
+      depth: this.depth,
+      maxIoBufBytes: this.maxIoBufBytes,
+      charFd: this.charFd,
       affinity: this.affinity,
       targetName: this.target.name,
       targetSpec: this.setup.spec,
       stats: this.stats,
       logLevel: this.deps.logLevel,
     })
-    this.pool = pool
-    // STOP_DEV cancels every outstanding fetch, so the queues drain and exit by themselves.
-    this.undos.push(async () => {
-      await control.stopDev(this.id).catch((error: unknown) => {
-        this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed while unwinding')
-      })
-      await pool.shutdown(kQueueDrainGraceMs)
-    })
-    await Promise.race([pool.whenReady(), pool.firstExit()])
-    await Promise.race([control.startDev(this.id, process.pid), pool.firstExit()])
-    this.state = 'LIVE'
-    this.log.info({ queues, depth, target: this.target.name, sizeBytes: this.setup.geometry.sizeBytes,
-      queueTids: pool.tasks.map((task) => task.tid), affinity: this.affinity }, 'device live')
-    pool.firstExit().catch((error: unknown) => {
-      if (this.state !== 'LIVE') return
-      this.state = 'FAILED'
-      this.log.error({ err: messageOf(error) }, 'queue died: removing the device so I/O fails fast')
-      this.onFailure(this, messageOf(error))
-    })
+    await Promise.race([this.pool.whenReady(), this.pool.firstExit()])
   }
 
-  private async unwind(): Promise<void> {
-    const undos = this.undos.reverse()
-    this.undos = []
-    for (const undo of undos) {
-      try {
-        await undo()
-      } catch (error) {
-        this.log.error({ err: messageOf(error) }, 'unwind step failed')
-      }
+  /** Let the queues end (forcing them after `graceMs`), then close the char device. */
+  private async stopQueues(graceMs: number): Promise<void> {
+    const pool = this.pool
+    this.pool = null
+    if (pool) await pool.shutdown(graceMs)
+    if (this.charFd !== null) fs.closeSync(this.charFd)
+    this.charFd = null
+  }
+
+  private becomeLive(message: string, healMs?: number): void {
+    this.state = 'LIVE'
+    this.log.info({ queues: this.queues, depth: this.depth, target: this.target.name,
+      sizeBytes: this.setup.geometry.sizeBytes, recovery: this.request.recovery,
+      queueTids: this.pool!.tasks.map((task) => task.tid), affinity: this.affinity,
+      ...(healMs === undefined ? {} : { healMs }) }, message)
+    this.supervise()
+  }
+
+  /** Watch the queues: a task that ends, or a heartbeat that stops, is a queue death. */
+  private supervise(): void {
+    const pool = this.pool!
+    const watchedSinceMs = Date.now()
+    let handled = false
+    const died = (reason: string) => {
+      if (handled || this.pool !== pool || this.state !== 'LIVE') return
+      handled = true
+      this.stopSupervision()
+      void this.onQueueDeath(reason)
     }
+    pool.firstExit().catch((error: unknown) => died(messageOf(error)))
+    this.supervision = setInterval(() => {
+      const now = Date.now()
+      this.queueStatValues().forEach((values, queue) => {
+        const lastTurnMs = Math.max(values[kStatHeartbeatMs]!, watchedSinceMs)
+        if (now - lastTurnMs > kQueueStallMs) died(`queue ${queue} stalled: no loop turn for ${now - lastTurnMs} ms`)
+      })
+    }, kSupervisionIntervalMs)
+    this.supervision.unref()
+  }
+
+  private stopSupervision(): void {
+    if (this.supervision) clearInterval(this.supervision)
+    this.supervision = null
+  }
+
+  private async onQueueDeath(reason: string): Promise<void> {
+    if (!this.request.recovery) {
+      this.state = 'FAILED'
+      this.log.error({ reason }, 'queue died: removing the device so I/O fails fast')
+      this.onFailure(this, reason)
+      return
+    }
+    this.state = 'RECOVERING'
+    this.log.warn({ reason }, 'queue died: healing the device')
+    const started = Date.now()
+    try {
+      // The kernel aborts the other queues' fetches once the device quiesces, so they end too;
+      // whatever does not end in time is forced out.
+      await this.stopQueues(kHealGraceMs)
+      await this.recover()
+    } catch (error) {
+      this.state = 'FAILED'
+      this.log.error({ err: messageOf(error) }, 'healing failed: removing the device')
+      this.onFailure(this, messageOf(error))
+      return
+    }
+    this.recoveries++
+    this.becomeLive('device healed', Date.now() - started)
+  }
+
+  /** QUIESCED → START_USER_RECOVERY → fresh queues → END_USER_RECOVERY. */
+  private async recover(): Promise<void> {
+    const { control } = this.deps
+    const deadline = Date.now() + kQuiesceWaitMs
+    for (;;) {
+      const info = await control.getDevInfo(this.id)
+      if (info.state === UBLK_S_DEV_DEAD) throw new UblkdError('UBLKD_ERR_DAEMON', `device ${this.id} was stopped, nothing to recover`)
+      if (info.state === UBLK_S_DEV_QUIESCED) {
+        // EBUSY until every file of the old queues (rings, mappings) is released.
+        const started = await control.startUserRecovery(this.id).then(() => true, (error: unknown) => {
+          if (error instanceof KernelError && error.errno === -16) return false
+          throw error
+        })
+        if (started) break
+      }
+      if (Date.now() > deadline) throw new UblkdError('UBLKD_ERR_TIMEOUT', `device ${this.id} did not become recoverable (state ${info.state})`)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    try {
+      await this.startQueues()
+      await Promise.race([control.endUserRecovery(this.id, process.pid), this.pool!.firstExit()])
+    } catch (error) {
+      await this.stopQueues(0)
+      throw error
+    }
+  }
+
+  /** A later daemon could take the device over: recovery is on and the data outlives us. */
+  get reattachable(): boolean {
+    return this.request.recovery && this.target.survivesRestart
+  }
+
+  /** Stop serving without stopping the device: the kernel quiesces it and queues new I/O, and a
+   *  later daemon re-attaches it (--keep-devices-on-exit). */
+  async detach(): Promise<void> {
+    this.stopSupervision()
+    this.state = 'STOPPING'
+    await this.stopQueues(0)
+    await this.releaseOwn()
+    this.log.info('device detached, kept for re-attach')
   }
 
   /** STOP_DEV (in-flight I/O completes, new I/O fails), queues drain, then DEL_DEV. */
   delete(): Promise<void> {
     this.deleting ??= (async () => {
+      this.stopSupervision()
       this.state = 'STOPPING'
       this.log.info('stopping device')
-      await this.unwind()
+      await this.teardown()
+      this.deps.store.remove(this.id)
       this.state = 'DELETED'
       this.log.info('device deleted')
     })()
     return this.deleting
   }
 
+  /** STOP_DEV cancels every outstanding fetch, so the queues drain and exit by themselves; then
+   *  the char fd is closed (DEL_DEV waits for it), the kernel device deleted, ours released. */
+  private async teardown(): Promise<void> {
+    const { control } = this.deps
+    if (this.ownsKernelDevice) {
+      await control.stopDev(this.id).catch((error: unknown) => {
+        this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed')
+      })
+    }
+    await this.stopQueues(kQueueDrainGraceMs)
+    if (this.ownsKernelDevice) {
+      await control.delDev(this.id).catch((error: unknown) => {
+        this.log.error({ err: messageOf(error) }, 'DEL_DEV failed')
+      })
+      this.ownsKernelDevice = false
+    }
+    await this.releaseOwn().catch((error: unknown) => {
+      this.log.error({ err: messageOf(error) }, 'releasing the target failed')
+    })
+  }
+
   /** Each queue's counters as last published (indices: src/common/stats-layout.ts statNames). */
   queueStatValues(): Float64Array[] {
-    const stats = this.stats
-    if (!stats) return []
-    return Array.from({ length: this.queues }, (_, queue) => readQueueStats(queueStatsView(stats, queue)))
+    return Array.from({ length: this.queues }, (_, queue) => readQueueStats(queueStatsView(this.stats, queue)))
   }
 
   private queueStats(): Record<StatName, number>[] {
@@ -273,6 +458,8 @@ export class Device {
       daemonPid: process.pid,
       queueAffinity: this.affinity,
       queueTids: this.pool ? this.pool.tasks.map((task) => task.tid) : [],
+      recovery: this.request.recovery,
+      recoveries: this.recoveries,
       options: this.setup.describe,
     }
     if (options.withStats) summary.queueStats = this.queueStats()

@@ -11,6 +11,18 @@ import type { QueueEvent, QueueExit, QueueTaskInput } from '../common/messages.j
 import { native } from '../native/addon.js'
 
 const queueWorkerUrl = new URL('../queue-worker/entry.js', import.meta.url).href
+// A queue loop that turns sees its stop eventfd within one turn.
+const kStopEventGraceMs = 1000
+
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  const settled = await Promise.race([
+    promise.then(() => true),
+    new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), ms) }),
+  ])
+  clearTimeout(timer)
+  return settled
+}
 
 export interface QueuePoolSpec {
   devId: number
@@ -108,19 +120,16 @@ export class QueuePool {
     )))
   }
 
-  /** Wait for every queue to end by itself (after STOP_DEV) for up to `graceMs`, then force the
-   *  rest through their stop eventfds, then tear the pool down. */
+  /**
+   * Wait for every queue to end by itself (after STOP_DEV) for up to `graceMs`, then tell the
+   * rest through their stop eventfds and wait as long again; a queue still running then is stuck
+   * (not turning its loop), and destroying the pool terminates its thread.
+   */
   async shutdown(graceMs: number): Promise<void> {
     const all = Promise.allSettled(this.tasks.map((task) => task.done))
-    let timer: NodeJS.Timeout | undefined
-    const timedOut = await Promise.race([
-      all.then(() => false),
-      new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(true), graceMs) }),
-    ])
-    clearTimeout(timer)
-    if (timedOut) {
+    if (!(await settlesWithin(all, graceMs))) {
       for (const task of this.tasks) if (!task.settled) native.eventFdWrite(task.stopEventFd)
-      await all
+      await settlesWithin(all, Math.max(graceMs, kStopEventGraceMs))
     }
     await this.pool.destroy()
     for (const task of this.tasks) fs.closeSync(task.stopEventFd)

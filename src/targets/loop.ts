@@ -238,12 +238,19 @@ class LoopQueue implements QueueHandler {
 
 export const loopTarget: Target<LoopOptions, LoopSpec> = {
   name: 'loop',
+  survivesRestart: true,
   summary: 'a regular file or block device (like the kernel loop driver)',
   optionHelp: [
     '-f, --file PATH          backing regular file or block device (required)',
     '--size SIZE              device size (default: the backing\'s size)',
     '--direct-io on|off       O_DIRECT on the backing (default: on where supported)',
     '--read-only              serve the backing read-only',
+  ],
+  flags: [
+    { name: 'file', field: 'file', type: 'string', short: 'f' },
+    { name: 'size', field: 'size', type: 'string', short: 's' },
+    { name: 'direct-io', field: 'directIo', type: 'string' },
+    { name: 'read-only', field: 'readOnly', type: 'boolean' },
   ],
   parseOptions(raw, requestedBlockSize) {
     rejectUnknownOptions(raw, ['file', 'size', 'directIo', 'readOnly'], 'loop')

@@ -6,14 +6,14 @@ import {
   UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
 } from '../abi/ublk-cmd.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
-import { requestBytes, type IoRequest, type QueueHandler, type Target } from './target.js'
+import { requestBytes, type IoRequest, type QueueHandler, type Target, type TargetSetup } from './target.js'
 
 interface MemoryOptions {
   sizeBytes: number
   logicalBlockSize: number
 }
 
-interface MemorySpec {
+export interface MemorySpec {
   chunks: SharedArrayBuffer[]
   chunkBytes: number
 }
@@ -22,7 +22,7 @@ interface MemorySpec {
 const kChunkBytes = 2 ** 30
 const kEinval = -22
 
-class MemoryQueue implements QueueHandler {
+export class MemoryQueue implements QueueHandler {
   private readonly chunks: Buffer[]
 
   constructor(private readonly spec: MemorySpec) {
@@ -81,38 +81,44 @@ class MemoryQueue implements QueueHandler {
   close(): void {}
 }
 
+/** The RAM disk and its geometry (shared with the fault target, which is a RAM disk too). */
+export function memorySetup(sizeBytes: number, logicalBlockSize: number): TargetSetup<MemorySpec> {
+  const chunks: SharedArrayBuffer[] = []
+  for (let left = sizeBytes; left > 0; left -= kChunkBytes) {
+    chunks.push(new SharedArrayBuffer(Math.min(left, kChunkBytes)))
+  }
+  return {
+    geometry: {
+      sizeBytes,
+      logicalBlockSize,
+      physicalBlockSize: logicalBlockSize,
+      readOnly: false,
+      volatileCache: false,
+      fua: false,
+      discard: {
+        granularityBytes: logicalBlockSize,
+        maxDiscardSectors: 0xffffffff >>> 1,
+        maxWriteZeroesSectors: 0xffffffff >>> 1,
+      },
+    },
+    spec: { chunks, chunkBytes: kChunkBytes },
+    describe: {},
+  }
+}
+
 export const memoryTarget: Target<MemoryOptions, MemorySpec> = {
   name: 'memory',
+  survivesRestart: false,
   summary: 'a RAM disk of --size bytes (sparse; lost when the device is deleted)',
   optionHelp: ['--size SIZE      device size (required), e.g. 1G'],
+  flags: [{ name: 'size', field: 'size', type: 'string', short: 's' }],
   parseOptions(raw, requestedBlockSize) {
     rejectUnknownOptions(raw, ['size'], 'memory')
     const logicalBlockSize = requestedBlockSize ?? kDefaultLogicalBlockSize
     return { sizeBytes: sizeOption(raw, logicalBlockSize), logicalBlockSize }
   },
   setup(options) {
-    const { logicalBlockSize } = options
-    const chunks: SharedArrayBuffer[] = []
-    for (let left = options.sizeBytes; left > 0; left -= kChunkBytes) {
-      chunks.push(new SharedArrayBuffer(Math.min(left, kChunkBytes)))
-    }
-    return {
-      geometry: {
-        sizeBytes: options.sizeBytes,
-        logicalBlockSize,
-        physicalBlockSize: logicalBlockSize,
-        readOnly: false,
-        volatileCache: false,
-        fua: false,
-        discard: {
-          granularityBytes: logicalBlockSize,
-          maxDiscardSectors: 0xffffffff >>> 1,
-          maxWriteZeroesSectors: 0xffffffff >>> 1,
-        },
-      },
-      spec: { chunks, chunkBytes: kChunkBytes },
-      describe: {},
-    }
+    return memorySetup(options.sizeBytes, options.logicalBlockSize)
   },
   undo() {},
   openQueue(spec) {

@@ -41,8 +41,10 @@ class NullQueue implements QueueHandler {
 
 export const nullTarget: Target<NullOptions, null> = {
   name: 'null',
+  survivesRestart: true,
   summary: 'discards writes, reads return zeros (a baseline for the I/O path)',
   optionHelp: ['--size SIZE      device size (default 250G)'],
+  flags: [{ name: 'size', field: 'size', type: 'string', short: 's' }],
   parseOptions(raw, requestedBlockSize) {
     rejectUnknownOptions(raw, ['size'], 'null')
     const logicalBlockSize = requestedBlockSize ?? kDefaultLogicalBlockSize

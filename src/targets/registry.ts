@@ -1,12 +1,13 @@
 // The one place that lists the targets.
 import { UsageError } from '../common/errors.js'
+import { faultTarget } from './fault.js'
 import { loopTarget } from './loop.js'
 import { memoryTarget } from './memory.js'
 import { nullTarget } from './null.js'
-import type { Target } from './target.js'
+import type { Target, TargetFlag } from './target.js'
 
 const targets: ReadonlyMap<string, Target> = new Map<string, Target>(
-  ([nullTarget, memoryTarget, loopTarget] as Target[]).map((target) => [target.name, target]),
+  ([nullTarget, memoryTarget, loopTarget, faultTarget] as Target[]).map((target) => [target.name, target]),
 )
 
 export function targetNames(): string[] {
@@ -15,6 +16,13 @@ export function targetNames(): string[] {
 
 export function allTargets(): Target[] {
   return [...targets.values()]
+}
+
+/** The union of every target's flags, each name once (for the CLI's parser). */
+export function allTargetFlags(): TargetFlag[] {
+  const byName = new Map<string, TargetFlag>()
+  for (const target of targets.values()) for (const flag of target.flags) byName.set(flag.name, flag)
+  return [...byName.values()]
 }
 
 export function findTarget(name: string): Target {

@@ -93,11 +93,26 @@ export interface QueueHandler {
   close(): void
 }
 
+/** A command-line flag of a target: `--name VALUE` (or a switch) becomes option `field`. */
+export interface TargetFlag {
+  name: string
+  field: string
+  type: 'string' | 'boolean'
+  short?: string
+}
+
 export interface Target<Options = unknown, Spec = unknown> {
   name: string
   summary: string
+  /**
+   * Whether a restarted daemon may re-attach the device: its data outlives the process (a
+   * file) or it has none (null). A RAM disk's data died with the old process.
+   */
+  survivesRestart: boolean
   /** Lines for `ublkd add --help`. */
   optionHelp: readonly string[]
+  /** Flags `ublkd add` accepts for this target (several targets may share one). */
+  flags: readonly TargetFlag[]
   /** `logicalBlockSize` is the user's --logical-block-size, if given; the target picks otherwise. */
   parseOptions(raw: RawTargetOptions, logicalBlockSize: number | undefined): Options
   setup(options: Options): TargetSetup<Spec>

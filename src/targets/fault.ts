@@ -1,0 +1,133 @@
+// fault: a RAM disk that misbehaves on purpose, for testing supervision and recovery. From the
+// Nth request of the device on (counted across its queues, and across queue restarts), for
+// --fault-count requests, it:
+//   error   completes the request with -errno (--fault-errno, default 5 = EIO)
+//   throw   throws from the queue thread: the queue task fails
+//   exit    exits the queue thread (process.exit in a worker ends that thread only)
+//   stall   spins the queue thread for --fault-stall-ms (default 60000): a stuck queue
+// Not for data you care about.
+import { UsageError } from '../common/errors.js'
+import { MemoryQueue, memorySetup, type MemorySpec } from './memory.js'
+import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
+import type { IoRequest, QueueHandler, Target } from './target.js'
+
+const kFaults = ['error', 'throw', 'exit', 'stall'] as const
+type Fault = (typeof kFaults)[number]
+
+interface FaultOptions {
+  sizeBytes: number
+  logicalBlockSize: number
+  fault: Fault
+  at: number
+  count: number
+  errno: number
+  stallMs: number
+}
+
+interface FaultSpec {
+  memory: MemorySpec
+  fault: Fault
+  at: number
+  count: number
+  errno: number
+  stallMs: number
+  /** Requests seen by the whole device: one Int32 shared by every queue. */
+  seen: SharedArrayBuffer
+}
+
+function positiveInteger(raw: Record<string, unknown>, name: string, flag: string, fallback: number): number {
+  const value = raw[name]
+  if (value === undefined) return fallback
+  const number = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value
+  if (typeof number !== 'number' || !Number.isSafeInteger(number) || number < 1) {
+    throw new UsageError(`${flag} must be a positive integer, got '${String(value)}'`)
+  }
+  return number
+}
+
+class FaultQueue implements QueueHandler {
+  private readonly memory: MemoryQueue
+  private readonly seen: Int32Array
+
+  constructor(private readonly spec: FaultSpec) {
+    this.memory = new MemoryQueue(spec.memory)
+    this.seen = new Int32Array(spec.seen)
+  }
+
+  handleIo(request: IoRequest): number {
+    const nth = Atomics.add(this.seen, 0, 1) + 1
+    const spec = this.spec
+    if (nth < spec.at || nth >= spec.at + spec.count) return this.memory.handleIo(request)
+    switch (spec.fault) {
+      case 'error':
+        return -spec.errno
+      case 'throw':
+        throw new Error(`fault target: injected failure at request ${nth}`)
+      case 'exit':
+        process.exit(70)
+      case 'stall': {
+        const until = Date.now() + spec.stallMs
+        while (Date.now() < until) {
+          // Spin: a stuck thread, which only termination ends.
+        }
+        return this.memory.handleIo(request)
+      }
+    }
+  }
+
+  close(): void {}
+}
+
+export const faultTarget: Target<FaultOptions, FaultSpec> = {
+  name: 'fault',
+  survivesRestart: false,
+  summary: 'a RAM disk that fails on purpose (testing tool, see docs/operations.md)',
+  optionHelp: [
+    '--size SIZE            device size (required)',
+    '--fault error|throw|exit|stall   what to do (required)',
+    '--fault-at N           from the Nth request of the device on (default 1000)',
+    '--fault-count N        for this many requests (default 1)',
+    '--fault-errno N        errno for --fault error (default 5, EIO)',
+    '--fault-stall-ms MS    how long --fault stall spins (default 60000)',
+  ],
+  flags: [
+    { name: 'size', field: 'size', type: 'string', short: 's' },
+    { name: 'fault', field: 'fault', type: 'string' },
+    { name: 'fault-at', field: 'faultAt', type: 'string' },
+    { name: 'fault-count', field: 'faultCount', type: 'string' },
+    { name: 'fault-errno', field: 'faultErrno', type: 'string' },
+    { name: 'fault-stall-ms', field: 'faultStallMs', type: 'string' },
+  ],
+  parseOptions(raw, requestedBlockSize) {
+    rejectUnknownOptions(raw, ['size', 'fault', 'faultAt', 'faultCount', 'faultErrno', 'faultStallMs'], 'fault')
+    const fault = raw['fault']
+    if (typeof fault !== 'string' || !(kFaults as readonly string[]).includes(fault)) {
+      throw new UsageError(`--fault must be one of ${kFaults.join(', ')}`)
+    }
+    const logicalBlockSize = requestedBlockSize ?? kDefaultLogicalBlockSize
+    const errno = positiveInteger(raw, 'faultErrno', '--fault-errno', 5)
+    if (errno > 4095) throw new UsageError('--fault-errno must be at most 4095')
+    return {
+      sizeBytes: sizeOption(raw, logicalBlockSize),
+      logicalBlockSize,
+      fault: fault as Fault,
+      at: positiveInteger(raw, 'faultAt', '--fault-at', 1000),
+      count: positiveInteger(raw, 'faultCount', '--fault-count', 1),
+      errno,
+      stallMs: positiveInteger(raw, 'faultStallMs', '--fault-stall-ms', 60_000),
+    }
+  },
+  setup(options) {
+    const memory = memorySetup(options.sizeBytes, options.logicalBlockSize)
+    const { fault, at, count, errno, stallMs } = options
+    return {
+      geometry: memory.geometry,
+      spec: { memory: memory.spec, fault, at, count, errno, stallMs, seen: new SharedArrayBuffer(4) },
+      describe: { fault, faultAt: at, faultCount: count },
+    }
+  },
+  undo() {},
+  openQueue(spec) {
+    return new FaultQueue(spec)
+  },
+}

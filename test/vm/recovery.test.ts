@@ -1,0 +1,117 @@
+// Reliability against the real driver: kill -9 of the daemon under fio verify (re-attach on
+// restart), a queue thread dying or stalling (healed in-process with --recovery, removed
+// without), and --keep-devices-on-exit.
+import t from 'tap'
+
+import type { DeviceSummary } from '../../src/main/device.js'
+import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { bootVm } from '../lib/vm.js'
+
+const vm = await bootVm()
+t.teardown(() => vm.shutdown())
+
+let daemonRuns = 0
+
+/** Start a daemon in the background and wait until it serves; returns its log path. */
+async function startDaemon(flags = ''): Promise<string> {
+  const log = `/tmp/daemon-${++daemonRuns}.log`
+  await vm.run(`setsid sh -c '${ublkdCli} daemon ${flags} > ${log} 2>&1' < /dev/null > /dev/null 2>&1 &`)
+  await waitInVm(vm, `grep -q '"msg":"daemon ready"' ${log}`, 60_000)
+  return log
+}
+
+async function onlyDevice(): Promise<DeviceSummary> {
+  const devices = await listDevices(vm)
+  if (devices.length !== 1) throw new Error(`expected one device, got ${JSON.stringify(devices.map((d) => d.id))}`)
+  return devices[0]!
+}
+
+t.afterEach(async () => {
+  await ublkd(vm, 'del --all')
+})
+
+t.test('kill -9 of the daemon during fio verify, three times: restarts re-attach, fio verifies clean', async (t) => {
+  await startDaemon()
+  await vm.run('truncate -s 128M /tmp/recovery.img')
+  const device = await addDevice(vm, '-t loop -f /tmp/recovery.img -q 2 --recovery')
+  t.equal(device.recovery, true)
+  const verify = fio(vm, `--name=survive --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=16 --size=32M --rate_iops=1000 --verify=crc32c --verify_fatal=1', 600_000)
+  await waitInVm(vm, 'pgrep -x fio', 30_000)
+  let pid = device.daemonPid
+  for (let round = 1; round <= 3; round++) {
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    await vm.run(`kill -9 ${pid}`)
+    const log = await startDaemon()
+    const back = await onlyDevice()
+    t.equal(back.id, device.id, `round ${round}: the same device`)
+    t.equal(back.state, 'LIVE', `round ${round}: live again`)
+    t.not(back.daemonPid, pid, `round ${round}: served by the new daemon`)
+    t.match(await vm.run(`cat ${log}`), /"msg":"device re-attached"/)
+    pid = back.daemonPid
+  }
+  const { result, report } = await verify
+  t.equal(result.code, 0, `fio: ${result.stderr}`)
+  t.equal(report?.jobs[0]?.error, 0, 'no I/O error')
+  t.equal(report?.jobs[0]?.write.io_bytes, 32 * 2 ** 20, 'every write done')
+  t.equal(report?.jobs[0]?.read.io_bytes, 32 * 2 ** 20, 'every block verified')
+})
+
+t.test('a queue thread that exits is healed in-process with --recovery; fio sees no error', async (t) => {
+  const before = await listDevices(vm)
+  t.same(before, [])
+  const device = await addDevice(vm, '-t fault --size 64M --fault exit --fault-at 3000 -q 2 --recovery')
+  const { result, report } = await fio(vm, `--name=heal --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=16 --size=16M --verify=crc32c --verify_fatal=1')
+  t.equal(result.code, 0, `fio: ${result.stderr}`)
+  t.equal(report?.jobs[0]?.error, 0)
+  const after = await onlyDevice()
+  t.equal(after.daemonPid, device.daemonPid, 'same daemon process')
+  t.equal(after.recoveries, 1, 'healed once')
+  t.equal(after.state, 'LIVE')
+  const log = await vm.run(`cat /tmp/daemon-${daemonRuns}.log`)
+  t.match(log, /"msg":"queue died: healing the device"/)
+  t.match(log, /"healMs":\d+.*"msg":"device healed"/, 'heal time logged')
+})
+
+t.test('a stalled queue thread is detected and healed with --recovery', async (t) => {
+  const device = await addDevice(vm, '-t fault --size 64M --fault stall --fault-at 2000 --fault-stall-ms 600000 -q 2 --recovery')
+  const { result } = await fio(vm, `--name=stall --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=16 --size=16M --verify=crc32c --verify_fatal=1')
+  t.equal(result.code, 0, `fio: ${result.stderr}`)
+  const after = await onlyDevice()
+  t.equal(after.recoveries, 1)
+  t.match(await vm.run(`cat /tmp/daemon-${daemonRuns}.log`), /stalled: no loop turn/)
+})
+
+t.test('without --recovery a dying queue removes the device: fio fails fast, the daemon lives', async (t) => {
+  const device = await addDevice(vm, '-t fault --size 64M --fault exit --fault-at 2000 -q 2')
+  const { result } = await fio(vm, `--name=fail --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=16 --size=16M --time_based --runtime=120', 200_000)
+  t.not(result.code, 0, 'fio got errors')
+  t.ok(result.ms < 60_000, `fio ended after ${result.ms} ms, not its 120 s runtime`)
+  await waitInVm(vm, `! test -e ${device.blockDevice}`, 30_000)
+  t.same(await ublkNodes(vm), [], 'device removed')
+  t.same(await listDevices(vm), [], 'daemon alive and empty')
+})
+
+t.test('--keep-devices-on-exit leaves a recoverable device to the next daemon', async (t) => {
+  const current = await ublkd(vm, 'list --json')
+  const pid = (JSON.parse(current.stdout) as DeviceSummary[])[0]?.daemonPid
+  // '[c]li.js' matches the daemon but not the shell running this very command.
+  if (pid === undefined) await vm.run(`pkill -TERM -f '[c]li.js daemon'; true`)
+  else await vm.run(`kill -TERM ${pid}`)
+  await waitInVm(vm, "! pgrep -f '[c]li.js daemon'", 30_000)
+  await startDaemon('--keep-devices-on-exit')
+  await vm.run('truncate -s 64M /tmp/keep.img')
+  const device = await addDevice(vm, '-t loop -f /tmp/keep.img --recovery')
+  await vm.run(`dd if=/dev/urandom of=/tmp/keep.pattern bs=1M count=4 status=none && dd if=/tmp/keep.pattern of=${device.blockDevice} bs=1M oflag=direct status=none`)
+  await vm.run(`kill -TERM ${device.daemonPid}`)
+  await waitInVm(vm, "! pgrep -f '[c]li.js daemon'", 30_000)
+  t.ok((await ublkNodes(vm)).includes(`ublkb${device.id}`), 'the device outlived its daemon')
+  await startDaemon()
+  const back = await onlyDevice()
+  t.equal(back.state, 'LIVE')
+  const sum = await vm.run(`dd if=${device.blockDevice} bs=1M count=4 iflag=direct status=none | md5sum`)
+  t.equal(sum, await vm.run('md5sum < /tmp/keep.pattern'), 'data intact after the hand-over')
+})
