@@ -15,9 +15,13 @@ export function callDaemon(socket: string, request: ApiRequest, timeoutMs: numbe
     connection.setEncoding('utf8')
     connection.on('connect', () => connection.write(`${JSON.stringify(request)}\n`))
     connection.on('data', (chunk: string) => { reply += chunk })
-    connection.on('error', (error) => {
+    connection.on('error', (error: NodeJS.ErrnoException) => {
       clearTimeout(timer)
-      reject(error)
+      if (error.code === 'EACCES') {
+        reject(new UblkdError('UBLKD_ERR_DAEMON', `permission denied on ${socket}: run ublkd as root`))
+      } else {
+        reject(error)
+      }
     })
     connection.on('end', () => {
       clearTimeout(timer)
