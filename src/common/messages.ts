@@ -21,6 +21,8 @@ export interface QueueTaskInput {
   /** Writing this eventfd makes the queue loop exit at once (forced stop). */
   stopEventFd: number
   logLevel: LogLevel
+  /** Publish stats every loop turn (default), or only with the heartbeat (a benchmarking knob). */
+  publishEveryTurn: boolean
   /** Carries QueueEvent messages to the main thread. */
   port: MessagePort
 }

@@ -1,14 +1,14 @@
-// Per-queue statistics in shared memory: one Int32Array slice per queue, written only by that
-// queue's worker and read by the main thread at scrape time.
+// Per-queue statistics in shared memory: one slice per queue, written only by that queue's
+// worker and read by the main thread at scrape time.
 //
-// Every value is a 53-bit unsigned integer stored as two int32 words (lo, hi). A seqlock makes a
-// reader's copy consistent: the writer bumps kSeq to odd, stores, bumps it to even; a reader
-// retries while kSeq is odd or changed under it. The writer publishes once per loop turn.
+//   bytes 0-3    sequence number (Int32, Atomics): odd while the writer is copying
+//   bytes 8-     values (Float64, integers below 2^53), in the order of statNames below
 //
-//   word 0            kSeq (seqlock)
-//   words 2..         values, 2 words each, in the order of statNames below
-export const kSeqWord = 0
-const kFirstValueWord = 2
+// A seqlock makes a reader's copy consistent: the writer bumps the sequence to odd (Atomics),
+// copies all values in one TypedArray.set, and bumps it to even; a reader retries while the
+// sequence is odd or changed under it. The sequentially consistent Atomics order the plain
+// value stores between them. The writer publishes once per loop turn.
+const kSeqBytes = 8
 
 export const ioOps = ['read', 'write', 'flush', 'discard', 'write_zeroes', 'other'] as const
 export type IoOpName = (typeof ioOps)[number]
@@ -40,7 +40,7 @@ export const statNames = [
 export type StatName = (typeof statNames)[number]
 
 export const kStatCount = statNames.length
-export const kQueueStatsWords = kFirstValueWord + kStatCount * 2
+const kQueueStatsBytes = kSeqBytes + kStatCount * Float64Array.BYTES_PER_ELEMENT
 
 export function statIndex(name: StatName): number {
   return statNames.indexOf(name)
@@ -75,11 +75,21 @@ export function batchBucket(count: number): number {
 }
 
 export function allocQueueStats(queues: number): SharedArrayBuffer {
-  return new SharedArrayBuffer(queues * kQueueStatsWords * Int32Array.BYTES_PER_ELEMENT)
+  return new SharedArrayBuffer(queues * kQueueStatsBytes)
 }
 
-export function queueStatsView(buffer: SharedArrayBuffer, queue: number): Int32Array {
-  return new Int32Array(buffer, queue * kQueueStatsWords * Int32Array.BYTES_PER_ELEMENT, kQueueStatsWords)
+/** One queue's slice: its sequence word and its values. */
+export interface QueueStatsSlice {
+  seq: Int32Array
+  values: Float64Array
+}
+
+export function queueStatsView(buffer: SharedArrayBuffer, queue: number): QueueStatsSlice {
+  const offset = queue * kQueueStatsBytes
+  return {
+    seq: new Int32Array(buffer, offset, 1),
+    values: new Float64Array(buffer, offset + kSeqBytes, kStatCount),
+  }
 }
 
 /**
@@ -88,7 +98,7 @@ export function queueStatsView(buffer: SharedArrayBuffer, queue: number): Int32A
  */
 export class QueueStatsWriter {
   readonly values: Float64Array
-  constructor(private readonly shared: Int32Array) {
+  constructor(private readonly shared: QueueStatsSlice) {
     this.values = readQueueStats(shared)
     // What was in flight belonged to the queue's previous life.
     this.values[kStatInflight] = 0
@@ -96,14 +106,9 @@ export class QueueStatsWriter {
 
   publish(): void {
     const shared = this.shared
-    const values = this.values
-    Atomics.add(shared, kSeqWord, 1)
-    for (let i = 0; i < kStatCount; i++) {
-      const value = values[i]!
-      Atomics.store(shared, kFirstValueWord + i * 2, value % 0x1_0000_0000 | 0)
-      Atomics.store(shared, kFirstValueWord + i * 2 + 1, Math.floor(value / 0x1_0000_0000))
-    }
-    Atomics.add(shared, kSeqWord, 1)
+    Atomics.add(shared.seq, 0, 1)
+    shared.values.set(this.values)
+    Atomics.add(shared.seq, 0, 1)
   }
 }
 
@@ -112,15 +117,11 @@ export class QueueStatsWriter {
 const kReadAttemptsMax = 1000
 
 /** Reader side (main thread): a consistent copy of every value. */
-export function readQueueStats(shared: Int32Array, out = new Float64Array(kStatCount)): Float64Array {
+export function readQueueStats(shared: QueueStatsSlice, out = new Float64Array(kStatCount)): Float64Array {
   for (let attempt = 0; attempt < kReadAttemptsMax; attempt++) {
-    const before = Atomics.load(shared, kSeqWord)
-    for (let i = 0; i < kStatCount; i++) {
-      const lo = Atomics.load(shared, kFirstValueWord + i * 2) >>> 0
-      const hi = Atomics.load(shared, kFirstValueWord + i * 2 + 1) >>> 0
-      out[i] = hi * 0x1_0000_0000 + lo
-    }
-    if ((before & 1) === 0 && Atomics.load(shared, kSeqWord) === before) break
+    const before = Atomics.load(shared.seq, 0)
+    out.set(shared.values)
+    if ((before & 1) === 0 && Atomics.load(shared.seq, 0) === before) break
   }
   return out
 }

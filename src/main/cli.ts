@@ -123,6 +123,9 @@ terminal). At start it re-attaches the devices a previous daemon left (created w
 --recovery). SIGTERM or SIGINT stops and deletes every device, then exits 0.
 
 Options:
+  --stats-publish turn|heartbeat
+                       publish queue counters every loop turn (default), or only with the
+                       twice-a-second heartbeat: a knob to measure what stats cost
   --keep-devices-on-exit  on SIGTERM/SIGINT leave devices created with --recovery (and not
                        memory-backed) to the next daemon instead of deleting them
   --metrics HOST:PORT  serve Prometheus metrics at /metrics and a live status page at /
@@ -381,7 +384,10 @@ async function commandFeatures(args: string[]): Promise<void> {
 async function commandDaemon(args: string[]): Promise<void> {
   const { values } = parse(args, {
     'log-level': { type: 'string' }, metrics: { type: 'string' }, 'keep-devices-on-exit': { type: 'boolean' },
+    'stats-publish': { type: 'string' },
   })
+  const publish = stringValue(values, 'stats-publish') ?? 'turn'
+  if (publish !== 'turn' && publish !== 'heartbeat') throw new UsageError(`--stats-publish must be turn or heartbeat, got '${publish}'`)
   if (values['help']) return print(daemonHelp)
   const level = stringValue(values, 'log-level')
   if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level '${level}' is not a pino level`)
@@ -390,6 +396,7 @@ async function commandDaemon(args: string[]): Promise<void> {
     logLevel: resolveLogLevel(level),
     metrics: parseListenAddress(stringValue(values, 'metrics') ?? kDefaultMetricsAddress),
     keepDevicesOnExit: values['keep-devices-on-exit'] === true,
+    publishEveryTurn: publish === 'turn',
   })
 }
 

@@ -22,6 +22,8 @@ export interface DaemonOptions {
   logLevel: LogLevel
   /** Where to serve /metrics and the status page; null for nowhere. */
   metrics: ListenAddress | null
+  /** Queue stats published every loop turn, or only with the heartbeat (--stats-publish). */
+  publishEveryTurn: boolean
   /** On SIGTERM/SIGINT, leave devices created with --recovery for the next daemon to re-attach. */
   keepDevicesOnExit: boolean
 }
@@ -40,10 +42,14 @@ class Daemon {
     private readonly log: Logger,
     private readonly logLevel: LogLevel,
     private readonly store: StateStore,
+    private readonly publishEveryTurn: boolean,
   ) {}
 
   private deps(): DeviceDeps {
-    return { control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys, store: this.store }
+    return {
+      control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys,
+      store: this.store, publishEveryTurn: this.publishEveryTurn,
+    }
   }
 
   private adopt(device: Device): Device {
@@ -195,7 +201,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   const socket = socketPath(options.stateDir)
   await claimSocket(socket)
   const control = UblkControl.open()
-  const daemon = new Daemon(control, log, options.logLevel, new StateStore(options.stateDir))
+  const daemon = new Daemon(control, log, options.logLevel, new StateStore(options.stateDir), options.publishEveryTurn)
   try {
     if (options.metrics) await daemon.serveMetrics(options.metrics)
     await daemon.reattachAll()

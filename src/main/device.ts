@@ -58,6 +58,8 @@ export interface DeviceDeps {
   control: UblkControl
   log: Logger
   logLevel: LogLevel
+  /** See QueueTaskInput.publishEveryTurn. */
+  publishEveryTurn: boolean
   /** Backings in use (TargetSetup.exclusiveKey -> device id), shared by the daemon's devices. */
   exclusiveKeys: Map<string, number>
   store: StateStore
@@ -282,6 +284,7 @@ export class Device {
       targetSpec: this.setup.spec,
       stats: this.stats,
       logLevel: this.deps.logLevel,
+      publishEveryTurn: this.deps.publishEveryTurn,
     })
     await Promise.race([this.pool.whenReady(), this.pool.firstExit()])
   }

@@ -34,6 +34,7 @@ export interface QueuePoolSpec {
   targetSpec: unknown
   stats: SharedArrayBuffer
   logLevel: LogLevel
+  publishEveryTurn: boolean
 }
 
 export interface QueueTask {
@@ -79,6 +80,7 @@ export class QueuePool {
         stats: spec.stats,
         stopEventFd,
         logLevel: spec.logLevel,
+        publishEveryTurn: spec.publishEveryTurn,
         port: port2,
       }
       const task: QueueTask = {

@@ -1,5 +1,8 @@
 // The typed face of the native addon (addon/): nothing else loads the .node file.
+import fs from 'node:fs'
 import { createRequire } from 'node:module'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 /** One io_uring with 128-byte SQEs. See addon/ring.h for the contract. */
 export interface NativeRing {
@@ -37,4 +40,16 @@ export interface NativeAddon {
 
 const require = createRequire(import.meta.url)
 
-export const native = require('../../build/Release/ublkd_native.node') as NativeAddon
+/** build/Release of the package this file belongs to (from dist/ or a tools build alike). */
+function addonPath(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url))
+  for (;;) {
+    const candidate = path.join(dir, 'build', 'Release', 'ublkd_native.node')
+    if (fs.existsSync(candidate)) return candidate
+    const parent = path.dirname(dir)
+    if (parent === dir) throw new Error('ublkd_native.node not found: run npm install (or npm run build)')
+    dir = parent
+  }
+}
+
+export const native = require(addonPath()) as NativeAddon

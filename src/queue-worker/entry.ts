@@ -62,6 +62,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       stopReadAddressLo: Number(stopAddress & 0xffffffffn),
       stopReadAddressHi: Number(stopAddress >> 32n),
       stats: new QueueStatsWriter(queueStatsView(input.stats, input.queueId)),
+      publishEveryTurn: input.publishEveryTurn,
       log,
     })
     const handler = target.openQueue(input.targetSpec, {

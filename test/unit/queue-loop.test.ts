@@ -71,6 +71,7 @@ function setup(depth: number, handle: (request: IoRequest) => number) {
     tagAddressHi: new Uint32Array(depth).fill(0x7f),
     stopEventFd: 5, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(stats, 0)),
+    publishEveryTurn: true,
     log: pino({ level: 'silent' }),
   })
   loop.arm(handler)

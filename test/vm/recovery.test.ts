@@ -20,6 +20,11 @@ async function startDaemon(flags = ''): Promise<string> {
   return log
 }
 
+/** The log of the daemon serving now: the last one started here, or one `add` started. */
+function daemonLog(): string {
+  return daemonRuns > 0 ? `/tmp/daemon-${daemonRuns}.log` : '/run/ublkd/daemon.log'
+}
+
 async function onlyDevice(): Promise<DeviceSummary> {
   const devices = await listDevices(vm)
   if (devices.length !== 1) throw new Error(`expected one device, got ${JSON.stringify(devices.map((d) => d.id))}`)
@@ -69,7 +74,7 @@ t.test('a queue thread that exits is healed in-process with --recovery; fio sees
   t.equal(after.daemonPid, device.daemonPid, 'same daemon process')
   t.equal(after.recoveries, 1, 'healed once')
   t.equal(after.state, 'LIVE')
-  const log = await vm.run(`cat /tmp/daemon-${daemonRuns}.log`)
+  const log = await vm.run(`cat ${daemonLog()}`)
   t.match(log, /"msg":"queue died: healing the device"/)
   t.match(log, /"healMs":\d+.*"msg":"device healed"/, 'heal time logged')
 })
@@ -81,7 +86,7 @@ t.test('a stalled queue thread is detected and healed with --recovery', async (t
   t.equal(result.code, 0, `fio: ${result.stderr}`)
   const after = await onlyDevice()
   t.equal(after.recoveries, 1)
-  t.match(await vm.run(`cat /tmp/daemon-${daemonRuns}.log`), /stalled: no loop turn/)
+  t.match(await vm.run(`cat ${daemonLog()}`), /stalled: no loop turn/)
 })
 
 t.test('without --recovery a dying queue removes the device: fio fails fast, the daemon lives', async (t) => {
@@ -93,6 +98,23 @@ t.test('without --recovery a dying queue removes the device: fio fails fast, the
   await waitInVm(vm, `! test -e ${device.blockDevice}`, 30_000)
   t.same(await ublkNodes(vm), [], 'device removed')
   t.same(await listDevices(vm), [], 'daemon alive and empty')
+})
+
+t.test('a burst of failing requests reaches the client as errors and the log as a few summary lines', async (t) => {
+  const device = await addDevice(vm, '-t fault --size 64M --fault error --fault-at 100 --fault-count 300')
+  const { result } = await fio(vm, `--name=burst --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=8 --number_ios=1000 --continue_on_error=all')
+  t.match(result.stdout, /"total_err" : 300|total_err/, 'fio saw the errors')
+  // The summary of a burst goes out within a second of its last failure.
+  await new Promise((resolve) => setTimeout(resolve, 2000))
+  const failed = (JSON.parse(await vm.run(`${ublkdCli} stats -n ${device.id} --json`)) as Record<string, number>[])
+    .reduce((sum, queue) => sum + queue['write_errors']!, 0)
+  t.equal(failed, 300, 'every injected failure was counted')
+  const lines = (await vm.run(`grep '"msg":"requests failed"' ${daemonLog()} || true`)).trim().split('\n')
+  t.ok(lines.length < 20, `${failed} failed requests were logged in ${lines.length} lines`)
+  t.match(lines[0], /"errno":"EIO"/)
+  const reported = lines.reduce((sum, line) => sum + Number(/"errors":(\d+)/.exec(line)?.[1] ?? 0), 0)
+  t.equal(reported, failed, 'the summary lines add up to every failed request')
 })
 
 t.test('--keep-devices-on-exit leaves a recoverable device to the next daemon', async (t) => {
