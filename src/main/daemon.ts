@@ -17,6 +17,8 @@ import { listenMetrics, type ListenAddress } from './metrics-server.js'
 import { socketPath } from './paths.js'
 import { StateStore } from './state-store.js'
 
+const kShutdownTimeoutMs = 60_000
+
 export interface DaemonOptions {
   stateDir: string
   logLevel: LogLevel
@@ -36,6 +38,8 @@ class Daemon {
   private server: net.Server | null = null
   private metricsServer: http.Server | null = null
   private stopping = false
+  /** Devices removed because a queue died and they had no recovery (ublkd_devices_failed_total). */
+  devicesFailed = 0
 
   constructor(
     private readonly control: UblkControl,
@@ -54,6 +58,7 @@ class Daemon {
 
   private adopt(device: Device): Device {
     device.onFailure = (failed) => {
+      this.devicesFailed++
       void this.remove(failed)
     }
     this.devices.set(device.id, device)
@@ -157,7 +162,10 @@ class Daemon {
 
   async serveMetrics(address: ListenAddress): Promise<void> {
     try {
-      this.metricsServer = await listenMetrics(address, () => [...this.devices.values()], this.log)
+      this.metricsServer = await listenMetrics(address, {
+        devices: () => [...this.devices.values()],
+        devicesFailed: () => this.devicesFailed,
+      }, this.log)
     } catch (error) {
       throw new UblkdError('UBLKD_ERR_DAEMON', `cannot serve metrics on ${address.host}:${address.port}: ` +
         `${messageOf(error)} (choose another with --metrics HOST:PORT, or --metrics off)`)
@@ -219,6 +227,11 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     }
     signalled = true
     log.info({ signal }, 'shutting down')
+    // Devices drain in parallel, each forced after its own grace; this bounds the whole.
+    setTimeout(() => {
+      log.error({ timeoutMs: kShutdownTimeoutMs }, 'shutdown timed out: exiting without finishing it')
+      process.exit(1)
+    }, kShutdownTimeoutMs).unref()
     daemon.shutdown(options.keepDevicesOnExit).then(() => {
       log.info('all devices stopped, exiting')
       process.exit(0)

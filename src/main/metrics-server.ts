@@ -5,8 +5,7 @@ import http from 'node:http'
 import { UsageError, messageOf } from '../common/errors.js'
 import type { Logger } from '../common/log.js'
 import { kLatencyBucketBoundsNs } from '../common/stats-layout.js'
-import type { Device } from './device.js'
-import { createMetricsRegistry } from './metrics.js'
+import { createMetricsRegistry, type MetricsSource } from './metrics.js'
 import { statusPageHtml } from './status-page.js'
 
 export const kDefaultMetricsAddress = '127.0.0.1:9568'
@@ -25,8 +24,9 @@ export function parseListenAddress(text: string): ListenAddress | null {
   return { host: match[1] ?? match[2]!, port }
 }
 
-export function listenMetrics(address: ListenAddress, devices: () => Device[], log: Logger): Promise<http.Server> {
-  const registry = createMetricsRegistry(devices)
+export function listenMetrics(address: ListenAddress, source: MetricsSource, log: Logger): Promise<http.Server> {
+  const registry = createMetricsRegistry(source)
+  const devices = source.devices
   const server = http.createServer((request, response) => {
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       response.writeHead(405, { Allow: 'GET, HEAD' }).end()

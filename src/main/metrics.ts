@@ -26,9 +26,17 @@ export interface MetricDefinition {
   labels: readonly string[]
 }
 
+/** What the metrics are read from. */
+export interface MetricsSource {
+  devices(): Device[]
+  /** Devices removed because a queue died without recovery. */
+  devicesFailed(): number
+}
+
 /** One consistent read of a device for a scrape. */
 interface DeviceView {
   name: string
+  recoveries: number
   target: string
   state: string
   sizeBytes: number
@@ -54,7 +62,9 @@ export const metricDefinitions: readonly MetricDefinition[] = [
   { name: 'ublkd_device_depth', type: 'gauge', labels: ['device'], help: 'Queue depth of the device.' },
   { name: 'ublkd_device_live', type: 'gauge', labels: ['device'], help: '1 while the device is LIVE, else 0.' },
   { name: 'ublkd_device_info', type: 'gauge', labels: ['device', 'target', 'state'], help: 'Always 1; the labels describe the device.' },
+  { name: 'ublkd_device_recoveries_total', type: 'counter', labels: ['device'], help: 'Times the device was healed in-process or re-attached after a daemon death.' },
   { name: 'ublkd_devices', type: 'gauge', labels: [], help: 'Devices hosted by the daemon.' },
+  { name: 'ublkd_devices_failed_total', type: 'counter', labels: [], help: 'Devices removed because a queue died and they had no recovery.' },
 ]
 
 /** Cumulative histogram samples (`_bucket` with `le`, `_sum`, `_count`) from per-bucket counts. */
@@ -73,10 +83,11 @@ function histogramSamples(name: string, labels: Labels, counts: ArrayLike<number
   return samples
 }
 
-function samplesOf(name: string, views: DeviceView[]): Sample[] {
+function samplesOf(name: string, views: DeviceView[], source: MetricsSource): Sample[] {
   const samples: Sample[] = []
   const now = Date.now()
   if (name === 'ublkd_devices') return [{ labels: {}, value: views.length }]
+  if (name === 'ublkd_devices_failed_total') return [{ labels: {}, value: source.devicesFailed() }]
   for (const view of views) {
     const { name: deviceName, queues } = view
     switch (name) {
@@ -94,6 +105,9 @@ function samplesOf(name: string, views: DeviceView[]): Sample[] {
         continue
       case 'ublkd_device_info':
         samples.push({ labels: { device: deviceName, target: view.target, state: view.state }, value: 1 })
+        continue
+      case 'ublkd_device_recoveries_total':
+        samples.push({ labels: { device: deviceName }, value: view.recoveries })
         continue
     }
     queues.forEach((values, queue) => {
@@ -140,16 +154,16 @@ function collectorHeader(definition: MetricDefinition) {
 }
 
 /** A registry with the process metrics and every ublkd_* metric, read from `devices()`. */
-export function createMetricsRegistry(devices: () => Device[]): Registry {
+export function createMetricsRegistry(source: MetricsSource): Registry {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'ublkd_' })
   let snapshot: DeviceView[] = []
   let snapshotMs = 0
   const views = (): DeviceView[] => {
     if (Date.now() - snapshotMs > kSnapshotMaxAgeMs) {
-      snapshot = devices().map((device) => {
-        const { target, state, sizeBytes, depth } = device.summary({ withStats: false })
-        return { name: `ublkb${device.id}`, target, state, sizeBytes, depth, queues: device.queueStatValues() }
+      snapshot = source.devices().map((device) => {
+        const { target, state, sizeBytes, depth, recoveries } = device.summary({ withStats: false })
+        return { name: `ublkb${device.id}`, target, state, sizeBytes, depth, recoveries, queues: device.queueStatValues() }
       })
       snapshotMs = Date.now()
     }
@@ -160,7 +174,7 @@ export function createMetricsRegistry(devices: () => Device[]): Registry {
       name: definition.name,
       help: definition.help,
       type: definition.type,
-      get: () => ({ ...collectorHeader(definition), values: samplesOf(definition.name, views()) }),
+      get: () => ({ ...collectorHeader(definition), values: samplesOf(definition.name, views(), source) }),
     }
     // prom-client types registerMetric for its own classes; the registry itself needs only this.
     registry.registerMetric(collector as unknown as Metric)

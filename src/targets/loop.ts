@@ -296,7 +296,12 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
     }
   },
   undo(spec) {
-    fs.closeSync(spec.fd)
+    // What the device acknowledged is on the backing's media before it is let go.
+    try {
+      fs.fdatasyncSync(spec.fd)
+    } finally {
+      fs.closeSync(spec.fd)
+    }
   },
   openQueue(spec, queue) {
     return new LoopQueue(spec, queue)

@@ -22,14 +22,14 @@ function fakeDevice(): Device {
   writer.publish()
   const device = {
     id: 4,
-    summary: () => ({ target: 'memory', state: 'LIVE', sizeBytes: 2 ** 20, depth: 64 }),
+    summary: () => ({ target: 'memory', state: 'LIVE', sizeBytes: 2 ** 20, depth: 64, recoveries: 2 }),
     queueStatValues: () => [0, 1].map((queue) => readQueueStats(queueStatsView(stats, queue))),
   }
   return device as unknown as Device
 }
 
 t.test('queue counters, gauges and a cumulative histogram are exported with device/queue/op labels', async (t) => {
-  const registry = createMetricsRegistry(() => [fakeDevice()])
+  const registry = createMetricsRegistry({ devices: () => [fakeDevice()], devicesFailed: () => 3 })
   const text = await registry.metrics()
   t.match(text, 'ublkd_io_ops_total{device="ublkb4",queue="1",op="write"} 3')
   t.match(text, 'ublkd_io_bytes_total{device="ublkb4",queue="1",op="write"} 12288')
@@ -43,6 +43,8 @@ t.test('queue counters, gauges and a cumulative histogram are exported with devi
   t.match(text, 'ublkd_device_size_bytes{device="ublkb4",target="memory"} 1048576')
   t.match(text, 'ublkd_device_info{device="ublkb4",target="memory",state="LIVE"} 1')
   t.match(text, 'ublkd_devices 1')
+  t.match(text, 'ublkd_device_recoveries_total{device="ublkb4"} 2')
+  t.match(text, 'ublkd_devices_failed_total 3')
   t.match(text, /ublkd_process_resident_memory_bytes \d+/, 'process metrics')
 })
 

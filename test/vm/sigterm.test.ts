@@ -1,7 +1,7 @@
 // SIGTERM to a daemon serving two devices: both are stopped and deleted, and it exits 0.
 import t from 'tap'
 
-import { addDevice, listDevices, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -14,6 +14,11 @@ t.test('SIGTERM with two devices removes both and exits 0', async (t) => {
   const b = await addDevice(vm, '-t null --size 1G -q 2')
   t.equal(a.daemonPid, b.daemonPid, 'one daemon hosts both')
   t.equal((await listDevices(vm)).length, 2)
+  // Under write load: the shutdown must not wait for the client, nor lose the daemon's exit.
+  const load = fio(vm, `--name=load --filename=${a.blockDevice} --ioengine=io_uring --direct=1 --rw=randwrite ` +
+    '--bs=4k --iodepth=16 --time_based --runtime=120 --size=32M')
+  await waitInVm(vm, 'pgrep -x fio', 30_000)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
   await vm.run(`kill -TERM ${a.daemonPid}`)
   await waitInVm(vm, 'test -f /tmp/daemon.rc', 60_000)
   t.equal((await vm.run('cat /tmp/daemon.rc')).trim(), '0', 'daemon exit status')
@@ -22,4 +27,6 @@ t.test('SIGTERM with two devices removes both and exits 0', async (t) => {
   t.match(log, /"msg":"shutting down"/)
   t.match(log, /"msg":"all devices stopped, exiting"/)
   t.equal((await vm.exec('test -e /run/ublkd/ublkd.sock')).code, 1, 'socket removed')
+  const { result } = await load
+  t.ok(result.ms < 100_000, `fio ended with the device (after ${result.ms} ms), not at its 120 s runtime`)
 })
