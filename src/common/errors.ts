@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'UBLKD_ERR_QUEUE'
   | 'UBLKD_ERR_DAEMON'
   | 'UBLKD_ERR_TIMEOUT'
+  | 'UBLKD_ERR_NOT_RECOVERABLE'
 
 export class UblkdError extends Error {
   readonly code: ErrorCode

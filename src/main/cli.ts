@@ -182,6 +182,28 @@ function unwrap(reply: ApiReply): Extract<ApiReply, { ok: true }> {
   return reply
 }
 
+/** -n ID of a command that needs exactly one device. */
+function deviceId(values: Record<string, string | boolean | undefined>, command: string): number {
+  const number = stringValue(values, 'number')
+  if (number === undefined || !/^\d+$/.test(number)) throw new UsageError(`${command} needs a device id: -n ID`)
+  return Number(number)
+}
+
+function printDevice(device: DeviceSummary, json: boolean): void {
+  print(json ? JSON.stringify(device, null, 2) : describeDevice(device))
+}
+
+/** Send a request, starting a daemon first when none listens (as ublksrv users expect of add). */
+async function callOrStartDaemon(stateDir: string, request: ApiRequest): Promise<ApiReply> {
+  try {
+    return await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
+  } catch (error) {
+    if (!isNoDaemon(error)) throw error
+    await startDaemon(stateDir)
+    return callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
+  }
+}
+
 /** Start `ublkd daemon` detached, logging to <state-dir>/daemon.log, and wait for its socket. */
 async function startDaemon(stateDir: string): Promise<void> {
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 })
@@ -236,18 +258,8 @@ async function commandAdd(args: string[]): Promise<void> {
   // The daemon has its own working directory: send it an absolute path.
   if (typeof device['file'] === 'string') device['file'] = path.resolve(device['file'])
   for (const key of Object.keys(device)) if (device[key] === undefined) delete device[key]
-  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
-  const request: ApiRequest = { op: 'add', device }
-  let reply: ApiReply
-  try {
-    reply = await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
-  } catch (error) {
-    if (!isNoDaemon(error)) throw error
-    await startDaemon(stateDir)
-    reply = await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
-  }
-  const added = unwrap(reply).device!
-  print(values['json'] ? JSON.stringify(added, null, 2) : describeDevice(added))
+  const reply = await callOrStartDaemon(stateDirFrom(stringValue(values, 'state-dir')), { op: 'add', device })
+  printDevice(unwrap(reply).device!, values['json'] === true)
 }
 
 async function commandDel(args: string[]): Promise<void> {
@@ -275,24 +287,9 @@ async function commandDel(args: string[]): Promise<void> {
 async function commandRecover(args: string[]): Promise<void> {
   const { values } = parse(args, { number: { type: 'string', short: 'n' }, json: { type: 'boolean' } })
   if (values['help']) return print(recoverHelp)
-  const number = stringValue(values, 'number')
-  if (number === undefined || !/^\d+$/.test(number)) throw new UsageError('recover needs a device id: -n ID')
-  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
-  const request: ApiRequest = { op: 'recover', id: Number(number) }
-  let reply: ApiReply
-  try {
-    reply = await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
-  } catch (error) {
-    if (!isNoDaemon(error)) throw error
-    // A starting daemon re-attaches every recorded device by itself.
-    await startDaemon(stateDir)
-    reply = await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)
-    const device = unwrap(reply).devices?.find((d) => d.id === Number(number))
-    if (!device) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `device ${number} could not be re-attached; see ${daemonLogPath(stateDir)}`)
-    return print(values['json'] ? JSON.stringify(device, null, 2) : describeDevice(device))
-  }
-  const device = unwrap(reply).device!
-  print(values['json'] ? JSON.stringify(device, null, 2) : describeDevice(device))
+  const id = deviceId(values, 'recover')
+  const reply = await callOrStartDaemon(stateDirFrom(stringValue(values, 'state-dir')), { op: 'recover', id })
+  printDevice(unwrap(reply).device!, values['json'] === true)
 }
 
 async function commandList(args: string[]): Promise<void> {
@@ -348,11 +345,10 @@ async function watchStats(stateDir: string, id: number): Promise<void> {
 async function commandStats(args: string[]): Promise<void> {
   const { values } = parse(args, { number: { type: 'string', short: 'n' }, json: { type: 'boolean' }, watch: { type: 'boolean', short: 'w' } })
   if (values['help']) return print(statsHelp)
-  const number = stringValue(values, 'number')
-  if (number === undefined || !/^\d+$/.test(number)) throw new UsageError('stats needs a device id: -n ID')
+  const id = deviceId(values, 'stats')
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
-  if (values['watch']) return watchStats(stateDir, Number(number))
-  const device = await fetchDevice(stateDir, Number(number))
+  if (values['watch']) return watchStats(stateDir, id)
+  const device = await fetchDevice(stateDir, id)
   const queueStats = device.queueStats ?? []
   if (values['json']) return print(JSON.stringify(queueStats, null, 2))
   print(describeDevice(device))

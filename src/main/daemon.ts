@@ -67,8 +67,10 @@ class Daemon {
 
   /**
    * Re-attach the devices a previous daemon left (state dir records). Records of devices the
-   * kernel no longer has are dropped; devices that cannot be re-attached (a RAM disk, no
-   * recovery) are stopped and deleted so their I/O fails instead of hanging.
+   * kernel no longer has are dropped; devices that can never be re-attached (a RAM disk, no
+   * recovery) are stopped and deleted so their I/O fails instead of hanging. Any other failure
+   * (a backing file gone, a timeout) leaves the device QUIESCED and its record in place for
+   * `ublkd recover -n ID` once the cause is fixed.
    */
   async reattachAll(): Promise<void> {
     const { records, broken } = this.store.list()
@@ -78,28 +80,32 @@ class Daemon {
       try {
         this.adopt(await Device.attach(record, this.deps()))
       } catch (error) {
-        await this.dropRecord(record.id, error)
+        if (error instanceof KernelError && error.errno === -19) {
+          this.log.info({ devId: record.id }, 'device of a previous daemon is gone; record dropped')
+          this.store.remove(record.id)
+        } else if (error instanceof UblkdError && error.code === 'UBLKD_ERR_NOT_RECOVERABLE') {
+          await this.dropDevice(record.id, error)
+        } else {
+          this.log.error({ devId: record.id, err: messageOf(error) }, 'cannot re-attach device now; retry with ublkd recover')
+        }
       }
     }
   }
 
-  private async dropRecord(id: number, cause: unknown): Promise<void> {
-    const gone = cause instanceof KernelError && cause.errno === -19
-    if (gone) {
-      this.log.info({ devId: id }, 'device of a previous daemon is gone; record dropped')
-    } else {
-      this.log.error({ devId: id, err: messageOf(cause) }, 'cannot re-attach device: stopping and deleting it')
-      await this.control.stopDev(id).catch(() => {})
-      await this.control.delDev(id).catch((error: unknown) => {
-        this.log.error({ devId: id, err: messageOf(error) }, 'DEL_DEV failed')
-      })
-    }
+  private async dropDevice(id: number, cause: unknown): Promise<void> {
+    this.log.error({ devId: id, err: messageOf(cause) }, 'cannot re-attach device: stopping and deleting it')
+    await this.control.stopDev(id).catch(() => {})
+    await this.control.delDev(id).catch((error: unknown) => {
+      this.log.error({ devId: id, err: messageOf(error) }, 'DEL_DEV failed')
+    })
     this.store.remove(id)
   }
 
   private async recover(id: unknown): Promise<Device> {
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new UsageError('recover needs a device id (-n ID)')
-    if (this.devices.has(id)) throw new UblkdError('UBLKD_ERR_DEVICE_EXISTS', `device ${id} is already served by this daemon`)
+    // Already served (a starting daemon re-attaches every recorded device): nothing to do.
+    const served = this.devices.get(id)
+    if (served) return served
     const record = this.store.list().records.find((candidate) => candidate.id === id)
     if (!record) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no record of device ${id} in the state dir`)
     return this.adopt(await Device.attach(record, this.deps()))

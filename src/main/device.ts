@@ -212,11 +212,11 @@ export class Device {
     const { request, id } = record
     const target = findTarget(request.target)
     if (!target.survivesRestart) {
-      throw new UblkdError('UBLKD_ERR_DAEMON', `device ${id} (${target.name}) cannot be re-attached: its data died with the old daemon`)
+      throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} (${target.name}) cannot be re-attached: its data died with the old daemon`)
     }
     const info = await deps.control.getDevInfo(id)
     if ((info.flags & UBLK_F_USER_RECOVERY) === 0n) {
-      throw new UblkdError('UBLKD_ERR_DAEMON', `device ${id} was not created with --recovery`)
+      throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} was not created with --recovery`)
     }
     const { setup, release } = Device.prepareTarget(request, deps)
     const device = new Device(id, request, target, setup, deps, deps.log.child({ devId: id }),
