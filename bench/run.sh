@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# `npm run bench`: build if needed, prepare the VM, compile the bench, run it (never part of npm test).
+# npm run bench             fio against the kernel drivers and ublkd in one VM boot (bench/run.ts)
+# npm run bench -- micro    micro-benchmarks of the hot path and the heap-growth check, no VM
+#                           (bench/micro/run.ts; further arguments filter the benchmarks by name)
+# Never part of npm test. Env knobs: see bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -f build/Release/ublkd_native.node ] && [ -f dist/main/cli.js ] || npm run build
-[ "${1:-}" = micro ] || bash scripts/vm/prepare.sh
+if [ ! -f build/Release/ublkd_native.node ] || [ ! -f dist/main/cli.js ]; then
+  npm run build
+fi
 npx tsc -p tsconfig.tools.json
 if [ "${1:-}" = micro ]; then
-  exec node --expose-gc .build/bench/micro.js
+  shift
+  exec node --expose-gc .build/bench/micro/run.js "$@"
 fi
-node .build/bench/run.js "$@"
+bash scripts/vm/prepare.sh
+exec node .build/bench/run.js "$@"

@@ -1,219 +1,436 @@
-// `npm run bench`: one VM boot, the same fio jobs against the kernel's own drivers and against
-// ublkd, and each ublkd row's ratio to its kernel counterpart measured in that same boot.
-// Absolute numbers under TCG emulation mean little; same-boot ratios are the yardstick.
-//   BENCH_RUNTIME=8 (seconds per job)  BENCH_JOBS=randread-4k-qd32,...  BENCH_TARGETS=null,null_blk,...
+// `npm run bench`: boots the test VM once and runs the same fio jobs against the kernel's own
+// drivers (null_blk, null_blk memory-backed, loop) and against ublkd's null, memory and loop
+// targets, then prints each ublkd row's ratio to its kernel counterpart measured in that same
+// boot. Under QEMU TCG absolute numbers mean little; same-boot ratios are the yardstick.
+//
+//   BENCH_RUNTIME=10            seconds per job after a BENCH_RAMP=2 s ramp
+//   BENCH_JOBS=a,b              only these jobs (names below)
+//   BENCH_TARGETS=null,null_blk only these targets: null_blk null_blk_mem kernel_loop null memory loop
+//   BENCH_QUEUES=1,2            only these queue counts
+//   BENCH_Q2_JOBS=a,b           jobs that also run with 2 queues (default: the two qd32 4k jobs)
+//   BENCH_STATS_COST=0          skip the extra `--stats-publish heartbeat` row
+//   BENCH_FIO_ARGS='...'        extra fio arguments for every job (experiments, e.g. --cpus_allowed=1)
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 
-import { fio, ublkd, ublkdCli, waitInVm, type FioJobSide } from '../test/lib/ublkd-in-vm.js'
+import type { DeviceSummary } from '../src/main/device.js'
+import { addDevice, fio, ublkd, ublkdCli, waitInVm } from '../test/lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, type Vm } from '../test/lib/vm.js'
 
-interface Job { name: string; rw: string; bs: string; depth: number }
-const allJobs: Job[] = [
-  { name: 'randread-4k-qd1', rw: 'randread', bs: '4k', depth: 1 },
-  { name: 'randread-4k-qd32', rw: 'randread', bs: '4k', depth: 32 },
-  { name: 'randwrite-4k-qd32', rw: 'randwrite', bs: '4k', depth: 32 },
-  { name: 'seqread-128k-qd16', rw: 'read', bs: '128k', depth: 16 },
-  { name: 'seqwrite-128k-qd16', rw: 'write', bs: '128k', depth: 16 },
-]
-/** With 2 queues only the deep 4k jobs, where a second queue can matter. */
-const twoQueueJobs = new Set(['randread-4k-qd32', 'randwrite-4k-qd32'])
+// ---------------------------------------------------------------------------------------------
+// Jobs and targets
 
-interface Target {
-  name: string
+export interface Job { name: string; rw: 'randread' | 'randwrite' | 'read' | 'write'; bs: string; depth: number; what: string }
+
+export const kJobs: readonly Job[] = [
+  { name: 'randread-4k-qd1', rw: 'randread', bs: '4k', depth: 1, what: 'latency of one request alone' },
+  { name: 'randread-4k-qd32', rw: 'randread', bs: '4k', depth: 32, what: 'request rate: per-request cost of the path' },
+  { name: 'randwrite-4k-qd32', rw: 'randwrite', bs: '4k', depth: 32, what: 'request rate with data flowing to the server' },
+  { name: 'seqread-128k-qd16', rw: 'read', bs: '128k', depth: 16, what: 'bandwidth out of the server: copies' },
+  { name: 'seqwrite-128k-qd16', rw: 'write', bs: '128k', depth: 16, what: 'bandwidth into the server: copies' },
+]
+const kDefaultQ2Jobs = ['randread-4k-qd32', 'randwrite-4k-qd32']
+
+type Kind = 'kernel' | 'ublkd'
+
+/** A device the jobs run against. up() returns the block device and notes for the row. */
+interface Subject {
+  /** Filter name (BENCH_TARGETS). */
+  id: string
+  /** Shown in the table. */
+  label: string
+  kind: Kind
   queues: number
-  /** The kernel row a ublkd row is compared with. */
-  baseline?: string
-  up(vm: Vm): Promise<string>
+  /** ublkd rows: the id of the kernel subject they are compared with. */
+  counterpart?: string
+  up(vm: Vm): Promise<{ device: string; note: string; summary?: DeviceSummary }>
   down(vm: Vm): Promise<void>
 }
 
-const loadModule = (args: string) => `${repoRoot}/scripts/vm/load-module.sh ${args}`
-const backing = '/tmp/bench.img'
+const backingFile = '/tmp/bench.img'
 const kBackingBytes = 1024 * 2 ** 20
+const loadModule = (args: string): string => `${repoRoot}/scripts/vm/load-module.sh ${args}`
 
-function nullBlk(name: string, queues: number, memoryBacked: boolean): Target {
+function nullBlk(memoryBacked: boolean, queues: number): Subject {
+  const params = `nr_devices=1 queue_mode=2 irqmode=0 gb=1 bs=512 hw_queue_depth=128 submit_queues=${queues} ` +
+    `memory_backed=${memoryBacked ? 1 : 0}`
   return {
-    name, queues,
+    id: memoryBacked ? 'null_blk_mem' : 'null_blk',
+    label: memoryBacked ? 'null_blk mem' : 'null_blk',
+    kind: 'kernel', queues,
     up: async (vm) => {
-      await vm.run(loadModule(`null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=1 submit_queues=${queues} hw_queue_depth=128 memory_backed=${memoryBacked ? 1 : 0}`))
-      return '/dev/nullb0'
+      // load-module.sh keeps a loaded module as it is: a left-over one would carry other params.
+      if ((await vm.exec("grep -q '^null_blk ' /proc/modules")).code === 0) throw new Error('null_blk is still loaded from an earlier row')
+      await vm.run(loadModule(`null_blk ${params}`))
+      await waitInVm(vm, 'test -b /dev/nullb0', 10_000)
+      return { device: '/dev/nullb0', note: params.replace(/ /g, ',') }
     },
     down: async (vm) => { await vm.run('busybox rmmod null_blk') },
   }
 }
 
-function kernelLoop(queues: number): Target {
+function kernelLoop(queues: number): Subject {
+  let device = ''
   return {
-    name: 'loop', queues,
-    up: async (vm) => (await vm.run(`${loadModule('loop')} && losetup --direct-io=on -f --show ${backing}`)).trim(),
-    down: async (vm) => { await vm.run('losetup -D') },
+    id: 'kernel_loop', label: 'kernel loop', kind: 'kernel', queues,
+    up: async (vm) => {
+      await vm.run(loadModule('loop'))
+      device = (await vm.run(`losetup --direct-io=on -f --show ${backingFile}`)).trim()
+      const dio = (await vm.exec(`cat /sys/block/${path.basename(device)}/loop/dio`)).stdout.trim()
+      return { device, note: `dio=${dio || '?'}` }
+    },
+    down: async (vm) => { if (device) await vm.run(`losetup -d ${device}`) },
   }
 }
 
-function ublkdTarget(target: string, queues: number, baseline: string, extra: string): Target {
+function ublkdSubject(target: 'null' | 'memory' | 'loop', queues: number, label = `ublkd ${target}`): Subject {
+  const args = target === 'loop' ? `-f ${backingFile}` : '--size 1G'
+  const counterpart = ({ null: 'null_blk', memory: 'null_blk_mem', loop: 'kernel_loop' } as const)[target]
   let id = -1
   return {
-    name: `ublkd ${target}`, queues, baseline,
+    id: target, label, kind: 'ublkd', queues, counterpart,
     up: async (vm) => {
-      const result = await ublkd(vm, `add -t ${target} ${extra} -q ${queues} --json`)
-      if (result.code !== 0) throw new Error(result.stderr.trim())
-      id = (JSON.parse(result.stdout) as { id: number }).id
-      return `/dev/ublkb${id}`
+      const summary = await addDevice(vm, `-t ${target} ${args} -q ${queues}`)
+      id = summary.id
+      const options = Object.entries(summary.options).map(([k, v]) => `${k}=${String(v)}`).join(',')
+      return { device: summary.blockDevice, note: `depth=${summary.depth}${options ? `,${options}` : ''}`, summary }
     },
-    down: async (vm) => { await ublkd(vm, `del -n ${id}`) },
+    down: async (vm) => {
+      if (id < 0) return
+      const result = await ublkd(vm, `del -n ${id}`)
+      if (result.code !== 0) throw new Error(`ublkd del -n ${id}: ${(result.stderr || result.stdout).trim()}`)
+    },
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// One measurement
 
 export interface Row {
   target: string
+  /** Filter id of the subject (null_blk, memory, ...). */
+  id: string
+  kind: Kind
   queues: number
   job: string
   iops: number
   mibPerSecond: number
-  meanUs: number
-  p99Us: number
+  meanLatUs: number
+  p99LatUs: number
+  /** ublkd rows: the filter id of the kernel row they are compared with. */
+  counterpart?: string
+  /** ublkd rows, against the counterpart of the same queue count and job. */
   iopsRatio?: number
   p99Ratio?: number
+  /** ublkd rows: mean CQEs reaped per loop turn over the job (from `ublkd stats`). */
+  cqesPerTurn?: number
+  /** ublkd rows: CPU of the queue threads, % of one CPU, in the steady part of the job. */
+  queueCpuPercent?: number
+  /** Busy share of all the VM's CPUs in the steady part of the job, %. */
+  vmBusyPercent?: number
+  /** fio's own CPU (usr + sys), % of one CPU per fio job. */
+  fioCpuPercent?: number
+  note?: string
   skipped?: string
+  /** Wall time of the row, fio and bookkeeping. */
+  seconds?: number
 }
 
-function sideOf(report: { read: FioJobSide; write: FioJobSide }, rw: string): FioJobSide {
-  return rw.includes('read') ? report.read : report.write
+interface FioSide {
+  iops: number
+  bw_bytes?: number
+  io_bytes: number
+  lat_ns?: { mean: number }
+  clat_ns?: { mean: number; percentile?: Record<string, number> }
+}
+interface FioJob { jobname: string; error: number; read: FioSide; write: FioSide; usr_cpu?: number; sys_cpu?: number }
+
+interface CpuSample { uptime: number; busy: number; total: number; threadTicks: number[] }
+
+/** A snapshot of /proc/stat's cpu line, /proc/uptime and the given threads' utime+stime. */
+function snapshotCommand(pid: number | undefined, tids: number[]): string {
+  const threads = tids.map((tid) => `(cut -d')' -f2 /proc/${pid}/task/${tid}/stat 2>/dev/null || echo ' X') | awk '{print "T", $12 + $13}'`).join('; ')
+  return `cut -d' ' -f1 /proc/uptime | sed 's/^/U /'; head -1 /proc/stat | sed 's/^cpu/C/'${threads ? `; ${threads}` : ''}`
 }
 
-async function measure(vm: Vm, device: string, job: Job, queues: number, runtime: number): Promise<Omit<Row, 'target' | 'queues' | 'job'>> {
+function parseSnapshot(text: string): CpuSample {
+  const sample: CpuSample = { uptime: 0, busy: 0, total: 0, threadTicks: [] }
+  for (const line of text.split('\n')) {
+    const fields = line.trim().split(/\s+/)
+    if (fields[0] === 'U') sample.uptime = Number(fields[1])
+    if (fields[0] === 'C') {
+      const ticks = fields.slice(1).map(Number)
+      sample.total = ticks.reduce((a, b) => a + b, 0)
+      sample.busy = sample.total - (ticks[3] ?? 0) - (ticks[4] ?? 0) // minus idle and iowait
+    }
+    if (fields[0] === 'T') sample.threadTicks.push(Number(fields[1]))
+  }
+  return sample
+}
+
+const kClockTicks = 100 // USER_HZ of Debian's kernels
+
+async function measure(vm: Vm, subject: Subject, device: string, job: Job, runtime: number, ramp: number,
+  summary: DeviceSummary | undefined): Promise<Pick<Row, 'iops' | 'mibPerSecond' | 'meanLatUs' | 'p99LatUs' | 'queueCpuPercent' | 'vmBusyPercent' | 'fioCpuPercent'>> {
+  const tids = (summary?.queueTids ?? []).filter((tid): tid is number => tid !== null)
+  const snap = snapshotCommand(summary?.daemonPid, tids)
+  // CPU is sampled beside fio, over the steady part of the job (after the ramp, before the end).
+  const window = Math.max(1, runtime - 2)
+  const sampler = vm.exec(`sleep ${ramp + 1.5}; ${snap}; echo ===; sleep ${window}; ${snap}`, { timeoutMs: (runtime + ramp + 60) * 1000 })
   const { result, report } = await fio(vm, `--name=${job.name} --filename=${device} --ioengine=io_uring --direct=1 ` +
-    `--rw=${job.rw} --bs=${job.bs} --iodepth=${job.depth} --numjobs=${queues} --group_reporting ` +
-    `--time_based --runtime=${runtime} --ramp_time=2 --size=${kBackingBytes}`, (runtime + 60) * 1000)
-  const side = report?.jobs[0] ? sideOf(report.jobs[0], job.rw) : undefined
-  if (result.code !== 0 || !side) throw new Error(`fio failed: ${result.stderr.trim().slice(0, 200)}`)
-  return {
+    `--rw=${job.rw} --bs=${job.bs} --iodepth=${job.depth} --numjobs=${subject.queues} --group_reporting ` +
+    `--time_based --runtime=${runtime} --ramp_time=${ramp} --size=${kBackingBytes} --norandommap --randrepeat=0 ` +
+    (process.env['BENCH_FIO_ARGS'] ?? ''),
+  (runtime + ramp + 120) * 1000)
+  const sampled = await sampler
+  const fioJob = (report?.jobs[0] as FioJob | undefined)
+  if (result.code !== 0 || !fioJob || fioJob.error !== 0) {
+    throw new Error(`fio exited ${result.code ?? result.signal}: ${(result.stderr || result.stdout).trim().split('\n').slice(-2).join(' ').slice(0, 160)}`)
+  }
+  const side = job.rw.includes('read') ? fioJob.read : fioJob.write
+  const out: Pick<Row, 'iops' | 'mibPerSecond' | 'meanLatUs' | 'p99LatUs' | 'queueCpuPercent' | 'vmBusyPercent' | 'fioCpuPercent'> = {
     iops: side.iops,
-    mibPerSecond: side.io_bytes / runtime / 2 ** 20,
-    meanUs: (side.lat_ns?.mean ?? 0) / 1000,
-    p99Us: (side.clat_ns?.percentile?.['99.000000'] ?? 0) / 1000,
+    mibPerSecond: (side.bw_bytes ?? side.io_bytes / runtime) / 2 ** 20,
+    meanLatUs: (side.lat_ns?.mean ?? 0) / 1000,
+    p99LatUs: (side.clat_ns?.percentile?.['99.000000'] ?? 0) / 1000,
+  }
+  if (fioJob.usr_cpu !== undefined && fioJob.sys_cpu !== undefined) out.fioCpuPercent = fioJob.usr_cpu + fioJob.sys_cpu
+  const halves = sampled.stdout.split('===')
+  if (sampled.code === 0 && halves.length === 2) {
+    const a = parseSnapshot(halves[0]!)
+    const b = parseSnapshot(halves[1]!)
+    const seconds = b.uptime - a.uptime
+    if (b.total > a.total) out.vmBusyPercent = (100 * (b.busy - a.busy)) / (b.total - a.total)
+    if (tids.length > 0 && seconds > 0 && a.threadTicks.length === tids.length && b.threadTicks.length === tids.length) {
+      const ticks = b.threadTicks.reduce((s, v) => s + v, 0) - a.threadTicks.reduce((s, v) => s + v, 0)
+      if (Number.isFinite(ticks)) out.queueCpuPercent = (100 * ticks) / kClockTicks / seconds
+    }
+  }
+  return out
+}
+
+/** Sum of every queue's cqes and loop_turns, from `ublkd stats -n ID --json`. */
+async function batchCounters(vm: Vm, id: number): Promise<{ cqes: number; turns: number } | null> {
+  const result = await ublkd(vm, `stats -n ${id} --json`)
+  if (result.code !== 0) return null
+  try {
+    const queues = JSON.parse(result.stdout) as { cqes: number; loop_turns: number }[]
+    return { cqes: queues.reduce((s, q) => s + q.cqes, 0), turns: queues.reduce((s, q) => s + q.loop_turns, 0) }
+  } catch {
+    return null
   }
 }
 
-function table(rows: Row[]): string {
-  const header = ['target', 'q', 'job', 'IOPS', 'MiB/s', 'mean us', 'p99 us', 'IOPS ratio', 'p99 ratio']
-  const cells = rows.map((r) => r.skipped
-    ? [r.target, String(r.queues), r.job, `skipped: ${r.skipped}`, '', '', '', '', '']
-    : [r.target, String(r.queues), r.job, r.iops.toFixed(0), r.mibPerSecond.toFixed(1), r.meanUs.toFixed(0),
-      r.p99Us.toFixed(0), r.iopsRatio === undefined ? '' : `${r.iopsRatio.toFixed(2)}x`,
-      r.p99Ratio === undefined ? '' : `${r.p99Ratio.toFixed(2)}x`])
-  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)))
-  return [header, ...cells].map((row) => row.map((c, i) => (i < 3 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n')
+// ---------------------------------------------------------------------------------------------
+// Output
+
+const fmt = (value: number | undefined, digits = 0): string => (value === undefined ? '' : value.toFixed(digits))
+const ratio = (value: number | undefined): string => (value === undefined ? '' : `${value.toFixed(2)}x`)
+
+export function renderTable(rows: readonly Row[]): string {
+  const header = ['target', 'q', 'job', 'IOPS', 'MiB/s', 'mean us', 'p99 us', 'IOPS ratio', 'p99 ratio', 'cqes/turn', 'qthr CPU%', 'VM busy%']
+  const cells = rows.map((r) => r.skipped !== undefined
+    ? [r.target, String(r.queues), r.job, `skipped: ${r.skipped}`]
+    : [r.target, String(r.queues), r.job, fmt(r.iops), fmt(r.mibPerSecond, 1), fmt(r.meanLatUs), fmt(r.p99LatUs),
+      ratio(r.iopsRatio), ratio(r.p99Ratio), fmt(r.cqesPerTurn, 1), fmt(r.queueCpuPercent), fmt(r.vmBusyPercent)])
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.filter((c) => c.length > 4).map((c) => (c[i] ?? '').length)))
+  const line = (row: string[]): string => row.map((cell, i) => (i === 3 && row.length === 4 ? cell
+    : i < 3 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ').trimEnd()
+  return [line(header), ...cells.map(line)].join('\n')
 }
 
-function svg(rows: Row[]): string {
+const escapeXml = (text: string): string => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
+
+/** Horizontal bars: each ublkd row's IOPS ratio and p99 ratio, with the 1.0x line. */
+export function renderSvg(rows: readonly Row[], title: string): string {
   const bars = rows.filter((r) => r.iopsRatio !== undefined)
-  const width = 760
-  const rowHeight = 22
-  const scale = (width - 330) / Math.max(1.2, ...bars.map((r) => r.iopsRatio!))
-  const items = bars.map((r, i) => {
-    const y = 40 + i * rowHeight
-    const w = r.iopsRatio! * scale
-    const colour = r.iopsRatio! >= 0.85 ? '#2e8b57' : r.iopsRatio! >= 0.6 ? '#d4a017' : '#c0392b'
-    return `<text x="10" y="${y + 14}" font-size="12">${r.target} q${r.queues} ${r.job}</text>` +
-      `<rect x="300" y="${y}" width="${w.toFixed(1)}" height="16" fill="${colour}"/>` +
-      `<text x="${(305 + w).toFixed(1)}" y="${y + 13}" font-size="11">${r.iopsRatio!.toFixed(2)}x</text>`
-  }).join('\n')
-  const one = 300 + scale
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${60 + bars.length * rowHeight}" font-family="sans-serif">
-<text x="10" y="20" font-size="14" font-weight="bold">ublkd IOPS relative to the kernel driver (same VM boot)</text>
-<line x1="${one}" y1="30" x2="${one}" y2="${40 + bars.length * rowHeight}" stroke="#555" stroke-dasharray="4 3"/>
-<text x="${one - 8}" y="34" font-size="10">1.0x</text>
-${items}
-</svg>
-`
+  const labelWidth = 270
+  const plotWidth = 420
+  const maxRatio = 2
+  const rowHeight = 30
+  const top = 56
+  const x = (value: number): number => labelWidth + (Math.min(value, maxRatio) / maxRatio) * plotWidth
+  const height = top + bars.length * rowHeight + 30
+  const width = labelWidth + plotWidth + 70
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
+    `<rect width="${width}" height="${height}" fill="#fff"/>`,
+    `<text x="10" y="18" font-size="13" font-weight="bold">${escapeXml(title)}</text>`,
+    `<rect x="10" y="28" width="10" height="8" fill="#3b6fb6"/><text x="24" y="36">IOPS ratio (higher is better)</text>`,
+    `<rect x="200" y="28" width="10" height="8" fill="#e08a2c"/><text x="214" y="36">p99 latency ratio (lower is better; bars end at ${maxRatio}x)</text>`,
+  ]
+  for (const tick of [0, 0.5, 1, 1.5, 2]) {
+    const tx = x(tick).toFixed(1)
+    parts.push(`<line x1="${tx}" y1="${top - 6}" x2="${tx}" y2="${top + bars.length * rowHeight}" stroke="${tick === 1 ? '#333' : '#ddd'}"${tick === 1 ? ' stroke-dasharray="4 3"' : ''}/>`,
+      `<text x="${tx}" y="${top + bars.length * rowHeight + 14}" text-anchor="middle">${tick}x</text>`)
+  }
+  bars.forEach((r, i) => {
+    const y = top + i * rowHeight
+    parts.push(`<text x="${labelWidth - 8}" y="${y + 15}" text-anchor="end">${escapeXml(`${r.target} q${r.queues} ${r.job}`)}</text>`)
+    parts.push(`<rect x="${labelWidth}" y="${y + 3}" width="${(x(r.iopsRatio!) - labelWidth).toFixed(1)}" height="11" fill="#3b6fb6"/>`,
+      `<text x="${(x(r.iopsRatio!) + 4).toFixed(1)}" y="${y + 12}">${r.iopsRatio!.toFixed(2)}x</text>`)
+    if (r.p99Ratio !== undefined) {
+      parts.push(`<rect x="${labelWidth}" y="${y + 15}" width="${(x(r.p99Ratio) - labelWidth).toFixed(1)}" height="9" fill="#e08a2c"/>`,
+        `<text x="${(x(r.p99Ratio) + 4).toFixed(1)}" y="${y + 23}" fill="#8a4b0f">${r.p99Ratio.toFixed(2)}x</text>`)
+    }
+  })
+  parts.push('</svg>')
+  return `${parts.join('\n')}\n`
 }
 
-/**
- * What publishing the queue stats every loop turn costs: ublkd null, 4k randread qd32, with a
- * daemon that publishes only with the heartbeat, against the row measured with the default.
- */
-async function measureStatsCost(vm: Vm, rows: Row[], runtime: number): Promise<string> {
-  const job = allJobs.find((candidate) => candidate.name === 'randread-4k-qd32')!
-  const everyTurn = rows.find((r) => r.target === 'ublkd null' && r.queues === 1 && r.job === job.name && !r.skipped)
-  if (!everyTurn) return ''
-  await vm.run(`kill -TERM $(pgrep -f '[c]li.js daemon') && while pgrep -f '[c]li.js daemon' > /dev/null; do sleep 0.2; done`)
-  await vm.run(`setsid sh -c '${ublkdCli} daemon --metrics off --stats-publish heartbeat > /tmp/daemon-quiet.log 2>&1' < /dev/null > /dev/null 2>&1 &`)
-  await waitInVm(vm, `grep -q '"msg":"daemon ready"' /tmp/daemon-quiet.log`, 60_000)
-  const target = ublkdTarget('null', 1, 'null_blk', '--size 1G')
-  const device = await target.up(vm)
-  const quiet = await measure(vm, device, job, 1, runtime)
-  await target.down(vm)
-  const cost = (quiet.iops - everyTurn.iops) / quiet.iops
-  const verdict = cost <= 0 ? 'publishing every turn measured no slower: the difference is noise'
-    : cost < 0.03 ? 'within the 3% budget' : 'OUTSIDE the 3% budget'
-  return `\n\nstats cost (ublkd null, ${job.name}): ${everyTurn.iops.toFixed(0)} IOPS publishing every turn, ` +
-    `${quiet.iops.toFixed(0)} publishing with the heartbeat only: cost ${(cost * 100).toFixed(1)}% (${verdict})`
+// ---------------------------------------------------------------------------------------------
+// Main
+
+function listEnv(name: string): string[] | undefined {
+  const value = process.env[name]?.trim()
+  return value ? value.split(',').map((s) => s.trim()).filter((s) => s.length > 0) : undefined
+}
+
+function numberEnv(name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const value = Number(raw)
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} must be a positive number, got '${raw}'`)
+  return value
+}
+
+function say(text: string): void {
+  process.stdout.write(`${text}\n`)
 }
 
 async function main(): Promise<void> {
-  const runtime = Number(process.env['BENCH_RUNTIME'] ?? 8)
-  const jobFilter = process.env['BENCH_JOBS']?.split(',')
-  const targetFilter = process.env['BENCH_TARGETS']?.split(',')
-  const jobs = allJobs.filter((job) => !jobFilter || jobFilter.includes(job.name))
-  const targets: Target[] = [
-    nullBlk('null_blk', 1, false), nullBlk('null_blk memory', 1, true), kernelLoop(1),
-    ublkdTarget('null', 1, 'null_blk', '--size 1G'), ublkdTarget('memory', 1, 'null_blk memory', '--size 1G'),
-    ublkdTarget('loop', 1, 'loop', `-f ${backing}`),
-    nullBlk('null_blk', 2, false), kernelLoop(2),
-    ublkdTarget('null', 2, 'null_blk', '--size 1G'), ublkdTarget('loop', 2, 'loop', `-f ${backing}`),
-  ].filter((target) => !targetFilter || targetFilter.includes(target.name.replace('ublkd ', '')) || targetFilter.includes(target.name))
+  const runtime = numberEnv('BENCH_RUNTIME', 10)
+  const ramp = numberEnv('BENCH_RAMP', 2)
+  const jobFilter = listEnv('BENCH_JOBS')
+  const targetFilter = listEnv('BENCH_TARGETS')
+  const queueFilter = listEnv('BENCH_QUEUES')?.map(Number)
+  const q2Jobs = listEnv('BENCH_Q2_JOBS') ?? kDefaultQ2Jobs
+  const statsCost = process.env['BENCH_STATS_COST'] !== '0'
+  const known = new Set(kJobs.map((j) => j.name))
+  for (const name of [...(jobFilter ?? []), ...q2Jobs]) if (!known.has(name)) throw new Error(`unknown job '${name}' (known: ${[...known].join(', ')})`)
 
-  const vm = await bootVm({ memMiB: 3072 })
+  // Each kernel subject right before the ublkd one it is compared with, so that the pair is
+  // measured close together in time (the host's noise drifts).
+  const subjects: Subject[] = []
+  for (const queues of [1, 2]) {
+    subjects.push(nullBlk(false, queues), ublkdSubject('null', queues), nullBlk(true, queues), ublkdSubject('memory', queues),
+      kernelLoop(queues), ublkdSubject('loop', queues))
+  }
+  const selected = subjects.filter((s) => (!targetFilter || targetFilter.includes(s.id)) && (!queueFilter || queueFilter.includes(s.queues)))
+  const jobsFor = (s: Subject): Job[] => kJobs.filter((j) => (!jobFilter || jobFilter.includes(j.name)) && (s.queues === 1 || q2Jobs.includes(j.name)))
+  const plannedJobs = selected.reduce((n, s) => n + jobsFor(s).length, 0)
+  if (plannedJobs === 0) throw new Error('the filters leave nothing to run')
+
+  const started = Date.now()
+  say(`ublkd bench: ${plannedJobs} fio jobs of ${runtime} s (+${ramp} s ramp), about ${Math.ceil((plannedJobs * (runtime + ramp + 4)) / 60) + 1} min; booting the VM...`)
+  const vm = await bootVm({ cpus: 2, memMiB: 4096 })
   const rows: Row[] = []
+  let header = ''
   try {
-    await vm.run(`fallocate -l ${kBackingBytes} ${backing}`)
-    await vm.run(`setsid sh -c '${ublkdCli} daemon --metrics off > /tmp/daemon.log 2>&1' < /dev/null > /dev/null 2>&1 &`)
-    await waitInVm(vm, `grep -q '"msg":"daemon ready"' /tmp/daemon.log`, 60_000)
-    const kernel = (await vm.run('uname -r')).trim()
-    const fioVersion = (await vm.run('fio --version')).trim()
-    process.stdout.write(`ublkd bench: Linux ${kernel}, ${(await vm.run('nproc')).trim()} vCPU (QEMU TCG), ${fioVersion}, ` +
-      `${runtime} s per job, ${new Date().toISOString()}\nAbsolute numbers under emulation are meaningless; compare the ratios.\n\n`)
-    for (const target of targets) {
-      const targetJobs = jobs.filter((job) => target.queues === 1 || twoQueueJobs.has(job.name))
-      if (targetJobs.length === 0) continue
-      let device: string
-      try {
-        device = await target.up(vm)
-      } catch (error) {
-        for (const job of targetJobs) rows.push({ target: target.name, queues: target.queues, job: job.name, iops: 0, mibPerSecond: 0, meanUs: 0, p99Us: 0, skipped: (error as Error).message })
-        continue
-      }
-      for (const job of targetJobs) {
-        const row: Row = { target: target.name, queues: target.queues, job: job.name, iops: 0, mibPerSecond: 0, meanUs: 0, p99Us: 0 }
-        try {
-          Object.assign(row, await measure(vm, device, job, target.queues, runtime))
-        } catch (error) {
-          row.skipped = (error as Error).message
-        }
-        const base = rows.find((r) => r.target === target.baseline && r.queues === target.queues && r.job === job.name && !r.skipped)
-        if (base && !row.skipped) {
-          row.iopsRatio = row.iops / base.iops
-          if (base.p99Us > 0) row.p99Ratio = row.p99Us / base.p99Us
-        }
+    const env = (await vm.run('uname -r; nproc; fio --version; date -u +%Y-%m-%dT%H:%M:%SZ')).trim().split('\n')
+    const hostCpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU'
+    header = [
+      `ublkd bench, ${env[3]}: Linux ${env[0]} in QEMU TCG (software emulation), ${env[1]} vCPU, 4 GiB; ${env[2]}`,
+      `host: ${os.cpus().length} x ${hostCpu}, load average at start ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`,
+      `fio: io_uring, direct=1, time_based ${runtime} s after a ${ramp} s ramp; q 2 rows run 2 fio jobs (one per vCPU)` +
+        `${process.env['BENCH_FIO_ARGS'] ? `; extra: ${process.env['BENCH_FIO_ARGS']}` : ''}`,
+      'Absolute numbers under TCG are meaningless (everything is emulated, ~20x slower than hardware);',
+      'only the ratios between rows of this one boot count: ublkd row / its kernel counterpart',
+      '(null -> null_blk, memory -> null_blk mem, loop -> kernel loop, same queue count and job).',
+    ].join('\n')
+    say(`\n${header}\n`)
+
+    await vm.run(`fallocate -l ${kBackingBytes} ${backingFile}`)
+    await vm.run(`setsid sh -c '${ublkdCli} daemon --metrics off > /tmp/ublkd.log 2>&1' < /dev/null > /dev/null 2>&1 &`)
+    await waitInVm(vm, `grep -q '"msg":"daemon ready"' /tmp/ublkd.log`, 60_000)
+    let daemonPid: number | undefined
+
+    const runSubject = async (subject: Subject, jobs: Job[]): Promise<void> => {
+      const push = (row: Row): void => {
         rows.push(row)
-        process.stdout.write(`  ${target.name} q${target.queues} ${job.name}: ${row.skipped ?? `${row.iops.toFixed(0)} IOPS`}\n`)
+        const result = row.skipped !== undefined ? `skipped (${row.skipped})`
+          : `${row.iops.toFixed(0)} IOPS, p99 ${row.p99LatUs.toFixed(0)} us${row.cqesPerTurn !== undefined ? `, ${row.cqesPerTurn.toFixed(1)} cqes/turn` : ''}`
+        say(`  ${subject.label} q${subject.queues} ${row.job}: ${result}${row.seconds !== undefined ? ` [${row.seconds} s]` : ''}`)
       }
-      await target.down(vm)
+      const base: Omit<Row, 'job'> = { target: subject.label, id: subject.id, kind: subject.kind, queues: subject.queues, iops: 0, mibPerSecond: 0, meanLatUs: 0, p99LatUs: 0 }
+      if (subject.counterpart !== undefined) base.counterpart = subject.counterpart
+      let up: Awaited<ReturnType<Subject['up']>>
+      try {
+        up = await subject.up(vm)
+      } catch (error) {
+        const reason = firstLine(error)
+        for (const job of jobs) push({ ...base, job: job.name, skipped: `device not created: ${reason}` })
+        await subject.down(vm).catch(() => {})
+        return
+      }
+      if (up.summary) daemonPid = up.summary.daemonPid
+      let counters = up.summary ? await batchCounters(vm, up.summary.id) : null
+      for (const job of jobs) {
+        const jobStarted = Date.now()
+        const row: Row = { ...base, job: job.name, note: up.note }
+        try {
+          Object.assign(row, await measure(vm, subject, up.device, job, runtime, ramp, up.summary))
+          if (up.summary && counters) {
+            const now = await batchCounters(vm, up.summary.id)
+            if (now && now.turns > counters.turns) row.cqesPerTurn = (now.cqes - counters.cqes) / (now.turns - counters.turns)
+            counters = now
+          }
+        } catch (error) {
+          row.skipped = firstLine(error)
+        }
+        row.seconds = Math.round((Date.now() - jobStarted) / 100) / 10
+        push(row)
+      }
+      try {
+        await subject.down(vm)
+      } catch (error) {
+        say(`  warning: removing ${subject.label} q${subject.queues} failed: ${firstLine(error)}`)
+      }
     }
-    const statsCost = await measureStatsCost(vm, rows, runtime)
-    const text = `${table(rows)}${statsCost}`
-    process.stdout.write(`\n${text}\n`)
-    const results = path.join(repoRoot, 'bench', 'results')
-    fs.mkdirSync(results, { recursive: true })
-    fs.writeFileSync(path.join(results, 'latest.json'), `${JSON.stringify({ kernel, fio: fioVersion, runtime, date: new Date().toISOString(), rows }, null, 2)}\n`)
-    fs.writeFileSync(path.join(results, 'latest.txt'), `${text}\n`)
-    fs.writeFileSync(path.join(results, 'latest.svg'), svg(rows))
-    process.stdout.write(`\nwritten: bench/results/latest.{json,txt,svg}\n`)
+
+    for (const subject of selected) {
+      const jobs = jobsFor(subject)
+      if (jobs.length > 0) await runSubject(subject, jobs)
+    }
+
+    // What publishing the queue counters every loop turn costs: the same null row from a daemon
+    // that publishes only with its twice-a-second heartbeat (`--stats-publish heartbeat`).
+    const costJob = kJobs.find((j) => j.name === 'randread-4k-qd32')!
+    if (statsCost && daemonPid !== undefined && selected.some((s) => s.id === 'null' && s.queues === 1) && jobsFor(ublkdSubject('null', 1)).includes(costJob)) {
+      await vm.run(`kill -TERM ${daemonPid}; for i in $(seq 300); do kill -0 ${daemonPid} 2>/dev/null || exit 0; sleep 0.1; done; exit 1`)
+      await vm.run(`setsid sh -c '${ublkdCli} daemon --metrics off --stats-publish heartbeat > /tmp/ublkd-heartbeat.log 2>&1' < /dev/null > /dev/null 2>&1 &`)
+      await waitInVm(vm, `grep -q '"msg":"daemon ready"' /tmp/ublkd-heartbeat.log`, 60_000)
+      await runSubject(ublkdSubject('null', 1, 'ublkd null hb-stats'), [costJob])
+    }
+
+    // Ratios: each ublkd row against its counterpart's row with the same queue count and job.
+    for (const row of rows) {
+      if (row.kind !== 'ublkd' || row.skipped !== undefined) continue
+      const base = rows.find((r) => r.id === row.counterpart && r.queues === row.queues && r.job === row.job && r.skipped === undefined)
+      if (!base) continue
+      if (base.iops > 0) row.iopsRatio = row.iops / base.iops
+      if (base.p99LatUs > 0) row.p99Ratio = row.p99LatUs / base.p99LatUs
+    }
   } finally {
     await vm.shutdown()
   }
+
+  const minutes = ((Date.now() - started) / 60_000).toFixed(1)
+  const table = renderTable(rows)
+  say(`\n${header}\n\n${table}\n\n(${minutes} min)`)
+  const results = path.join(repoRoot, 'bench', 'results')
+  fs.mkdirSync(results, { recursive: true })
+  const date = new Date().toISOString()
+  fs.writeFileSync(path.join(results, 'latest.json'), `${JSON.stringify({ date, header, runtime, ramp, minutes: Number(minutes), rows }, null, 2)}\n`)
+  fs.writeFileSync(path.join(results, 'latest.txt'), `${header}\n\n${table}\n`)
+  fs.writeFileSync(path.join(results, 'latest.svg'), renderSvg(rows, `ublkd relative to the kernel driver, same VM boot (${date.slice(0, 10)}, QEMU TCG)`))
+  say('written: bench/results/latest.{txt,json,svg}')
+}
+
+function firstLine(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error)
+  return text.trim().split('\n').filter((l) => l.trim().length > 0).slice(0, 2).join(' / ').slice(0, 200)
 }
 
 await main()
