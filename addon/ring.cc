@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,6 +33,14 @@ int SysEnter(int fd, uint32_t to_submit, uint32_t min_complete, uint32_t flags, 
 
 uint32_t LoadAcquire(const uint32_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 void StoreRelease(uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+// CLOCK_MONOTONIC in microseconds, truncated to 32 bits: JS subtracts two stamps modulo 2^32.
+int32_t MonotonicMicros() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  uint64_t micros = static_cast<uint64_t>(now.tv_sec) * 1000000u + static_cast<uint64_t>(now.tv_nsec) / 1000u;
+  return static_cast<int32_t>(static_cast<uint32_t>(micros));
+}
 
 void* MapRing(int fd, size_t bytes, off_t offset) {
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, offset);
@@ -111,13 +120,17 @@ Ring::Ring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ring>(info), env_(
 
   Napi::ArrayBuffer sqes = Napi::ArrayBuffer::New(env, sq_entries_ * kSqeBytes);
   Napi::ArrayBuffer cqes = Napi::ArrayBuffer::New(env, cq_entries_ * kCqeBytes);
+  Napi::ArrayBuffer clock = Napi::ArrayBuffer::New(env, sizeof(int32_t) * kClockStamps);
   staged_sqes_ = static_cast<uint8_t*>(sqes.Data());
   reaped_cqes_ = static_cast<uint8_t*>(cqes.Data());
+  clock_ = static_cast<int32_t*>(clock.Data());
   reaped_capacity_ = cq_entries_;
   sqes_ref_ = Napi::Persistent(sqes);
   cqes_ref_ = Napi::Persistent(cqes);
+  clock_ref_ = Napi::Persistent(clock);
   info.This().As<Napi::Object>().Set("sqes", sqes);
   info.This().As<Napi::Object>().Set("cqes", cqes);
+  info.This().As<Napi::Object>().Set("clock", clock);
   info.This().As<Napi::Object>().Set("sqEntries", Napi::Number::New(env, sq_entries_));
   info.This().As<Napi::Object>().Set("cqEntries", Napi::Number::New(env, cq_entries_));
   native_ = Native::From(env);
@@ -153,7 +166,8 @@ uint32_t Ring::ReapCompletions() {
 
 // enter(stagedCount, minComplete, timeoutNs) -> number of CQEs copied into `cqes`.
 // Submits every SQE not yet consumed by the kernel (staged now or left over from a busy turn),
-// waits for minComplete completions or timeoutNs (0 = no limit when minComplete > 0).
+// waits for minComplete completions or timeoutNs (0 = no limit when minComplete > 0). Stamps
+// `clock` before submitting and after waiting, so JS needs no clock read of its own.
 Napi::Value Ring::Enter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (ring_fd_ < 0) return ThrowErrno(env, "io_uring_enter", EBADF);
@@ -164,6 +178,7 @@ Napi::Value Ring::Enter(const Napi::CallbackInfo& info) {
     return ThrowType(env, "enter: staged count, minComplete or timeout out of range");
   }
 
+  clock_[kClockSubmitted] = MonotonicMicros();
   uint32_t tail = *sq_tail_;
   uint32_t unconsumed = tail - LoadAcquire(sq_head_);
   if (staged > sq_entries_ - unconsumed) return ThrowErrno(env, "io_uring_enter(sq full)", EBUSY);
@@ -200,6 +215,7 @@ Napi::Value Ring::Enter(const Napi::CallbackInfo& info) {
       return ThrowErrno(env, "io_uring_enter", errno);
     }
   }
+  clock_[kClockReaped] = MonotonicMicros();
   return Napi::Number::New(env, ReapCompletions());
 }
 

@@ -3,7 +3,9 @@
 // Mechanism only. JS encodes SQEs into `sqes` (a staging ArrayBuffer owned by the ring) and calls
 // enter(count, minComplete, timeoutNs): the ring copies the staged SQEs into the kernel's SQ,
 // makes one io_uring_enter, and copies every visible CQE (16 bytes each, kernel layout) into
-// `cqes`, returning how many. One JS/C++ crossing per loop turn.
+// `cqes`, returning how many. One JS/C++ crossing per loop turn. `clock` holds two
+// CLOCK_MONOTONIC stamps of the last enter in microseconds (low 32 bits): [0] when its SQEs
+// went to the kernel, [1] when its wait ended.
 //
 // A ring belongs to the thread that created it; every method throws EBADF after close().
 #pragma once
@@ -32,7 +34,6 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value GetFd(const Napi::CallbackInfo& info);
   Napi::Value GetClosed(const Napi::CallbackInfo& info);
 
-  bool Setup(Napi::Env env, uint32_t entries, uint32_t cq_entries);
   uint32_t ReapCompletions();
   static void OnEventFdReadable(uv_poll_t* handle, int status, int events);
   void StopWatching();
@@ -58,9 +59,15 @@ class Ring : public Napi::ObjectWrap<Ring> {
   uint32_t cq_mask_ = 0;
   io_uring_cqe* kernel_cqes_ = nullptr;
 
-  // JS-visible staging (SQEs in) and result (CQEs out) buffers; the references keep them alive.
+  // JS-visible staging (SQEs in), result (CQEs out) and clock buffers; the references keep
+  // them alive.
+  static constexpr int kClockSubmitted = 0;
+  static constexpr int kClockReaped = 1;
+  static constexpr int kClockStamps = 2;
   Napi::Reference<Napi::ArrayBuffer> sqes_ref_;
   Napi::Reference<Napi::ArrayBuffer> cqes_ref_;
+  Napi::Reference<Napi::ArrayBuffer> clock_ref_;
+  int32_t* clock_ = nullptr;
   uint8_t* staged_sqes_ = nullptr;
   uint8_t* reaped_cqes_ = nullptr;
   uint32_t reaped_capacity_ = 0;

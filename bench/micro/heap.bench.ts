@@ -40,6 +40,7 @@ class BusyDeviceRing implements NativeRing {
   readonly cqEntries = 4 * kDepth
   readonly sqes = new ArrayBuffer(this.sqEntries * kSqeWords * 4)
   readonly cqes = new ArrayBuffer(this.cqEntries * kCqeWords * 4)
+  readonly clock = new ArrayBuffer(8)
   readonly fd = -1
   closed = false
   served = 0

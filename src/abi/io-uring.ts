@@ -6,7 +6,7 @@
 //   words 2-3: off / cmd_op (cmd_op = word 2)          words 4-5: addr
 //   word  6: len                                       word  7: rw_flags / uring_cmd_flags
 //   words 8-9: user_data (lo, hi)                      words 10-11: buf_index, personality, file_index
-//   words 12-31: the uring_cmd payload (80 bytes) for IORING_OP_URING_CMD
+//   words 12-31: the uring_cmd payload (80 bytes) for IORING_OP_URING_CMD; ublk uses 12-15
 
 export const IORING_OP_NOP = 0
 export const IORING_OP_FSYNC = 3
@@ -34,14 +34,19 @@ export const kSqeWords = 32
 export const kCqeWords = 4
 export const kSqeCmdWord = 12
 
-/** Zero SQE `slot` and set the fields every opcode has. */
+/**
+ * Write the 64-byte base of SQE `slot` (words 0-15): the fields every opcode has, the rest zero.
+ * Words 16-31 only ever hold a URING_CMD payload whose encoder writes all of its own bytes
+ * (ublksrv_ctrl_cmd); otherwise they stay zero from the staging buffer's allocation. So 16
+ * stores do, instead of clearing 128 bytes per SQE.
+ */
 export function encodeSqeHeader(
   sqes: Uint32Array, slot: number, opcode: number, fd: number, userDataLo: number, userDataHi: number,
 ): number {
   const base = slot * kSqeWords
-  sqes.fill(0, base, base + kSqeWords)
   sqes[base] = opcode
   sqes[base + 1] = fd
+  for (let word = 2; word < 16; word++) sqes[base + word] = 0
   sqes[base + 8] = userDataLo
   sqes[base + 9] = userDataHi
   return base

@@ -59,11 +59,18 @@ export const kStatLatencySumNs = statIndex('latency_sum_ns')
 export const kStatLatencyFirstBucket = statIndex('latency_bucket_0')
 export const kStatBatchFirstBucket = statIndex('batch_bucket_0')
 
-/** Latency histogram bucket of a service time: ceil(2 log2(ns / 1 µs)), clamped. */
-export function latencyBucket(ns: number): number {
-  if (ns <= 1000) return 0
-  // The epsilon keeps a time equal to a bound in that bound's bucket despite rounding in log2.
-  const bucket = Math.ceil(2 * Math.log2(ns / 1000) - 1e-9)
+// floor(2^k * sqrt(2)) for k = 0..31: an integer number of µs above 2^k is at most the odd
+// bound 2^(k + 1/2) exactly when it is at most this.
+const kOddBoundMicros = Int32Array.from({ length: 32 }, (_, k) => Math.min(Math.floor(2 ** k * Math.SQRT2), 0x7fffffff))
+
+/**
+ * Latency histogram bucket of a service time in whole µs: the smallest i with
+ * us <= 2^(i/2), clamped. Integer arithmetic only: it runs once per request.
+ */
+export function latencyBucketMicros(us: number): number {
+  if (us <= 1) return 0
+  const k = 31 - Math.clz32(us)
+  const bucket = us === 1 << k ? 2 * k : us <= kOddBoundMicros[k]! ? 2 * k + 1 : 2 * k + 2
   return bucket < kLatencyBuckets - 1 ? bucket : kLatencyBuckets - 1
 }
 

@@ -58,6 +58,8 @@ Options:
       --logical-block-size N    512, 1024, 2048 or 4096 (default 512, loop: the backing device's)
       --recovery                survive a queue thread or daemon death without losing I/O
                                 (UBLK_F_USER_RECOVERY + REISSUE; see docs/operations.md)
+      --io-scheduler NAME       the block layer's I/O scheduler of the device: none, mq-deadline,
+                                kyber, bfq (default ${deviceDefaults.ioScheduler}, as the kernel loop driver)
       --json                    print the device as JSON
       --state-dir DIR           see 'ublkd --help'
 
@@ -125,7 +127,7 @@ terminal). At start it re-attaches the devices a previous daemon left (created w
 Options:
   --stats-publish turn|heartbeat
                        publish queue counters every loop turn (default), or only with the
-                       twice-a-second heartbeat: a knob to measure what stats cost
+                       heartbeat (ten times a second): a knob to measure what stats cost
   --keep-devices-on-exit  on SIGTERM/SIGINT leave devices created with --recovery (and not
                        memory-backed) to the next daemon instead of deleting them
   --metrics HOST:PORT  serve Prometheus metrics at /metrics and a live status page at /
@@ -242,6 +244,7 @@ async function commandAdd(args: string[]): Promise<void> {
     depth: { type: 'string', short: 'd' },
     number: { type: 'string', short: 'n' },
     'logical-block-size': { type: 'string' },
+    'io-scheduler': { type: 'string' },
     json: { type: 'boolean' },
   })
   if (values['help']) return print(addHelp())
@@ -253,6 +256,7 @@ async function commandAdd(args: string[]): Promise<void> {
     depth: stringValue(values, 'depth'),
     id: stringValue(values, 'number'),
     logicalBlockSize: stringValue(values, 'logical-block-size'),
+    ioScheduler: stringValue(values, 'io-scheduler'),
   }
   if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
   // The daemon has its own working directory: send it an absolute path.

@@ -14,17 +14,27 @@ export interface DeviceRequest {
   maxIoBufBytes: number
   /** UBLK_F_USER_RECOVERY (+ REISSUE): survive queue and daemon deaths without losing I/O. */
   recovery: boolean
+  /** The block layer's I/O scheduler for /dev/ublkbN, set once the device is started. */
+  ioScheduler: string
 }
 
-/** Defaults as ublksrv's: one queue of depth 128, 512 KiB per I/O. */
+/**
+ * Defaults as ublksrv's: one queue of depth 128, 512 KiB per I/O. The I/O scheduler is 'none',
+ * as the kernel's own loop and null_blk drivers choose: the kernel would give a one-queue ublk
+ * device mq-deadline, whose lock and sorting cost more than they save in front of a server
+ * that has a scheduler of its own below (the backing's) or needs none.
+ */
 export const deviceDefaults = {
   queues: 1,
   depth: 128,
   maxIoBufBytes: 512 * 1024,
+  ioScheduler: 'none',
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler']
+// A block-layer elevator name (none, mq-deadline, kyber, bfq): also what may go into sysfs.
+const kSchedulerName = /^[a-z][a-z0-9_-]{0,31}$/
 
 function integerField(raw: Record<string, unknown>, name: string, flag: string, min: number, max: number): number | undefined {
   const value = raw[name]
@@ -35,6 +45,15 @@ function integerField(raw: Record<string, unknown>, name: string, flag: string, 
   }
   if (number < min || number > max) throw new UsageError(`${flag} must be between ${min} and ${max}, got ${number}`)
   return number
+}
+
+function schedulerField(raw: Record<string, unknown>): string | undefined {
+  const value = raw['ioScheduler']
+  if (value === undefined) return undefined
+  if (typeof value !== 'string' || !kSchedulerName.test(value)) {
+    throw new UsageError(`--io-scheduler must be a scheduler name such as none or mq-deadline, got '${String(value)}'`)
+  }
+  return value
 }
 
 function booleanField(raw: Record<string, unknown>, name: string, flag: string): boolean | undefined {
@@ -64,6 +83,7 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
     depth: integerField(raw, 'depth', '--depth', 1, UBLK_MAX_QUEUE_DEPTH) ?? deviceDefaults.depth,
     maxIoBufBytes: deviceDefaults.maxIoBufBytes,
     recovery: booleanField(raw, 'recovery', '--recovery') ?? false,
+    ioScheduler: schedulerField(raw) ?? deviceDefaults.ioScheduler,
   }
   if (logical !== undefined) request.logicalBlockSize = logical
   const devId = integerField(raw, 'id', '--number', 0, UBLK_MAX_UBLKS - 1)

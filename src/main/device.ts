@@ -51,6 +51,8 @@ export interface DeviceSummary {
   recovery: boolean
   /** Times the device was healed or re-attached by this daemon. */
   recoveries: number
+  /** The block layer's I/O scheduler of the device as sysfs shows it now; null if unreadable. */
+  ioScheduler: string | null
   options: Record<string, string | number | boolean>
 }
 
@@ -194,6 +196,7 @@ export class Device {
       await deps.control.setParams(device.id, paramsFromGeometry(setup.geometry, info.maxIoBufBytes))
       await device.startQueues()
       await Promise.race([deps.control.startDev(device.id, process.pid), device.pool!.firstExit()])
+      device.setIoScheduler(request.ioScheduler)
     } catch (error) {
       device.log.warn({ err: messageOf(error) }, 'add failed, unwinding')
       await device.teardown()
@@ -262,6 +265,35 @@ export class Device {
     const release = this.releaseTarget
     this.releaseTarget = () => {}
     await release()
+  }
+
+  private schedulerFile(): string {
+    return `/sys/block/ublkb${this.id}/queue/scheduler`
+  }
+
+  /** The kernel chose a scheduler at START_DEV; replace it with the requested one. */
+  private setIoScheduler(name: string): void {
+    try {
+      fs.writeFileSync(this.schedulerFile(), name)
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? messageOf(error)
+      const offered = this.ioScheduler()?.available.join(', ') ?? 'unknown'
+      throw new UsageError(`--io-scheduler ${name}: the kernel refused it (${code}); this kernel offers: ${offered}`)
+    }
+    this.log.info({ ioScheduler: name }, 'I/O scheduler set')
+  }
+
+  /** sysfs lists the schedulers with the current one in brackets: "[none] mq-deadline kyber". */
+  private ioScheduler(): { current: string | null; available: string[] } | null {
+    let text: string
+    try {
+      text = fs.readFileSync(this.schedulerFile(), 'utf8')
+    } catch {
+      return null
+    }
+    const names = text.trim().split(/\s+/)
+    const current = names.find((name) => name.startsWith('[')) ?? null
+    return { current: current === null ? null : current.slice(1, -1), available: names.map((name) => name.replace(/[[\]]/g, '')) }
   }
 
   /** Open the char device, start one worker per queue, wait until every tag is fetched. */
@@ -463,6 +495,7 @@ export class Device {
       queueTids: this.pool ? this.pool.tasks.map((task) => task.tid) : [],
       recovery: this.request.recovery,
       recoveries: this.recoveries,
+      ioScheduler: this.ioScheduler()?.current ?? null,
       options: this.setup.describe,
     }
     if (options.withStats) summary.queueStats = this.queueStats()

@@ -10,6 +10,11 @@ export interface NativeRing {
   readonly sqes: ArrayBuffer
   /** Reaped CQEs in kernel layout (16 bytes each): user_data u64, res s32, flags u32. */
   readonly cqes: ArrayBuffer
+  /**
+   * Two int32 stamps of the last enter(), CLOCK_MONOTONIC in µs modulo 2^32: [0] when its SQEs
+   * went to the kernel, [1] when its wait ended.
+   */
+  readonly clock: ArrayBuffer
   readonly sqEntries: number
   readonly cqEntries: number
   readonly fd: number

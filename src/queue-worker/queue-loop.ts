@@ -7,15 +7,19 @@
 //   ublk CQE, ABORT      the device is going away: the tag is dead, never re-armed
 //   target CQE           one of the target's own SQEs (file I/O) finished: the target is told
 //   stop CQE             the stop eventfd fired: leave at once (closing the ring cancels the rest)
-// The loop ends when every tag is dead or a stop was requested. Nothing here allocates per I/O.
+// The loop ends when every tag is dead or a stop was requested.
+//
+// The per-request work is integer arithmetic on typed arrays and small integers: nothing is
+// allocated, no clock is read (the ring stamps each enter), and the shared counters (doubles)
+// are updated once per turn from the integer tallies of the turn.
 import { IORING_OP_READ, encodeReadWrite, encodeUringCmd, kCqeWords, kSqeCmdWord } from '../abi/io-uring.js'
 import {
   UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_RES_ABORT, UBLK_IO_RES_OK,
   UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ,
 } from '../abi/ublk-cmd.js'
 import {
-  QueueStatsWriter, batchBucket, kStatBatchFirstBucket, kStatCqes, kStatHeartbeatMs, kStatInflight,
-  kStatLatencyFirstBucket, kStatLatencySumNs, kStatLoopTurns, latencyBucket, opStatIndex,
+  QueueStatsWriter, batchBucket, ioOps, kStatBatchFirstBucket, kStatCqes, kStatHeartbeatMs, kStatInflight,
+  kStatLatencyFirstBucket, kStatLatencySumNs, kStatLoopTurns, latencyBucketMicros, opStatIndex,
 } from '../common/stats-layout.js'
 import type { Logger } from '../common/log.js'
 import type { NativeRing } from '../native/addon.js'
@@ -24,9 +28,13 @@ import { ErrorBurst } from './error-burst.js'
 import { descFlags, descNrSectors, descOp, descStartSector } from './io-desc.js'
 import { kUserDataStop, kUserDataTarget, kUserDataUblk } from '../common/user-data.js'
 
-/** The loop wakes at least this often to publish its heartbeat. */
-const kHeartbeatIntervalNs = 500_000_000
-const kOtherOpIndex = 5 // stats-layout ioOps: read, write, flush, discard, write_zeroes, other
+/** The loop wakes at least this often, so its heartbeat shows it alive while idle. */
+const kWaitTimeoutNs = 500_000_000
+/** heartbeat_ms (a wall-clock read) is refreshed at most this often. */
+const kHeartbeatIntervalMicros = 100_000
+const kOtherOpIndex = ioOps.indexOf('other')
+const kClockSubmitted = 0
+const kClockReaped = 1
 
 export interface QueueLoopParts {
   queueId: number
@@ -54,23 +62,39 @@ export class QueueLoop {
   private readonly sqes: Uint32Array
   private readonly cqes: Uint32Array
   private readonly cqeResults: Int32Array
+  private readonly clock: Int32Array
   private staged = 0
   private liveTags: number
   private stopRequested = false
   private handler: QueueHandler | null = null
   private readonly request: IoRequest
   private readonly errors: ErrorBurst
-  /** performance.now() when each tag's request arrived, for the service-time histogram. */
-  private readonly arrivalMs: Float64Array
+
+  /** µs stamp (ring clock) of the turn each tag's request arrived in. */
+  private readonly arrivalMicros: Int32Array
+  /** Arrival stamps of the requests committed this turn: their service time ends when the next
+   *  enter hands the commits to the kernel. */
+  private readonly committedArrivals: Int32Array
+  private committed = 0
+  private turnMicros = 0
+  private heartbeatMicros = 0
+  private inflight = 0
+  /** This turn's requests and sectors per op (ioOps order), folded into the shared stats. */
+  private readonly turnOps: Int32Array
+  private readonly turnSectors: Int32Array
   requestsServed = 0
 
   constructor(private readonly parts: QueueLoopParts) {
     this.sqes = new Uint32Array(parts.ring.sqes)
     this.cqes = new Uint32Array(parts.ring.cqes)
     this.cqeResults = new Int32Array(parts.ring.cqes)
+    this.clock = new Int32Array(parts.ring.clock)
     this.liveTags = parts.depth
     this.errors = new ErrorBurst(parts.log)
-    this.arrivalMs = new Float64Array(parts.depth)
+    this.arrivalMicros = new Int32Array(parts.depth)
+    this.committedArrivals = new Int32Array(parts.depth)
+    this.turnOps = new Int32Array(ioOps.length)
+    this.turnSectors = new Int32Array(ioOps.length)
     this.request = { tag: 0, op: 0, flags: 0, startSector: 0, nrSectors: 0, buffer: parts.tagBuffers[0]! }
   }
 
@@ -86,20 +110,21 @@ export class QueueLoop {
   /** Serve requests until every tag is aborted or a stop is requested. */
   run(): LoopEnd {
     const ring = this.parts.ring
-    const stats = this.parts.stats
-    const values = stats.values
+    const clock = this.clock
+    const values = this.parts.stats.values
+    this.heartbeatMicros = clock[kClockReaped]! - kHeartbeatIntervalMicros
     while (this.liveTags > 0 && !this.stopRequested) {
-      const reaped = ring.enter(this.staged, 1, kHeartbeatIntervalNs)
+      const reaped = ring.enter(this.staged, 1, kWaitTimeoutNs)
       this.staged = 0
+      this.turnMicros = clock[kClockReaped]!
+      this.countServiceTimes(clock[kClockSubmitted]!)
       for (let i = 0; i < reaped; i++) this.dispatch(i)
       values[kStatLoopTurns]! += 1
-      values[kStatCqes]! += reaped
-      if (reaped > 0) values[kStatBatchFirstBucket + batchBucket(reaped)]! += 1
-      const now = Date.now()
-      if (this.parts.publishEveryTurn || now - values[kStatHeartbeatMs]! >= kHeartbeatIntervalNs / 1e6) {
-        values[kStatHeartbeatMs] = now
-        stats.publish()
+      if (reaped > 0) {
+        values[kStatCqes]! += reaped
+        values[kStatBatchFirstBucket + batchBucket(reaped)]! += 1
       }
+      this.foldTurn(values)
       this.errors.tick()
     }
     return this.stopRequested ? 'stopped' : 'aborted'
@@ -140,38 +165,90 @@ export class QueueLoop {
   private serve(tag: number): void {
     const descs = this.parts.descs
     const request = this.request
+    const op = descOp(descs, tag)
+    const nrSectors = descNrSectors(descs, tag)
     request.tag = tag
-    request.op = descOp(descs, tag)
+    request.op = op
     request.flags = descFlags(descs, tag)
     request.startSector = descStartSector(descs, tag)
-    request.nrSectors = descNrSectors(descs, tag)
+    request.nrSectors = nrSectors
     request.buffer = this.parts.tagBuffers[tag]!
-    const values = this.parts.stats.values
-    values[kStatInflight]! += 1
-    this.arrivalMs[tag] = performance.now()
-    const op = request.op <= 4 ? request.op : kOtherOpIndex
-    values[opStatIndex(op, 0)]! += 1
-    if (request.op === UBLK_IO_OP_READ || request.op === UBLK_IO_OP_WRITE) {
-      values[opStatIndex(op, 1)]! += request.nrSectors * 512
-    }
+    this.inflight++
+    this.arrivalMicros[tag] = this.turnMicros
+    const opIndex = op <= kOtherOpIndex ? op : kOtherOpIndex
+    this.turnOps[opIndex]!++
+    if (op === UBLK_IO_OP_READ || op === UBLK_IO_OP_WRITE) this.turnSectors[opIndex]! += nrSectors
     const result = this.handler!.handleIo(request)
     if (result !== kIoPending) this.commit(tag, result)
   }
 
   private commit(tag: number, result: number): void {
-    const values = this.parts.stats.values
-    values[kStatInflight]! -= 1
-    const serviceNs = (performance.now() - this.arrivalMs[tag]!) * 1e6
-    values[kStatLatencyFirstBucket + latencyBucket(serviceNs)]! += 1
-    values[kStatLatencySumNs]! += serviceNs
-    if (result < 0) {
-      const op = descOp(this.parts.descs, tag)
-      const opIndex = op <= 4 ? op : kOtherOpIndex
-      values[opStatIndex(opIndex, 2)]! += 1
-      this.errors.note(opIndex, result)
-    }
+    this.inflight--
+    this.committedArrivals[this.committed++] = this.arrivalMicros[tag]!
+    if (result < 0) this.countError(tag, result)
     this.requestsServed++
     this.stageIoCmd(UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, result)
+  }
+
+  private countError(tag: number, result: number): void {
+    const op = descOp(this.parts.descs, tag)
+    const opIndex = op <= kOtherOpIndex ? op : kOtherOpIndex
+    this.parts.stats.values[opStatIndex(opIndex, 2)]! += 1
+    this.errors.note(opIndex, result)
+  }
+
+  /**
+   * The commits staged last turn reached the kernel at `submittedMicros`: each request's service
+   * time ran from the turn it arrived in to then. Requests of one batch share their arrival, so
+   * the histogram is touched once per run of equal arrivals.
+   */
+  private countServiceTimes(submittedMicros: number): void {
+    const count = this.committed
+    if (count === 0) return
+    const values = this.parts.stats.values
+    const arrivals = this.committedArrivals
+    let sumMicros = 0
+    let runArrival = arrivals[0]!
+    let runLength = 0
+    for (let i = 0; i < count; i++) {
+      const arrival = arrivals[i]!
+      if (arrival !== runArrival) {
+        sumMicros += this.countRun(values, submittedMicros, runArrival, runLength)
+        runArrival = arrival
+        runLength = 0
+      }
+      runLength++
+    }
+    sumMicros += this.countRun(values, submittedMicros, runArrival, runLength)
+    values[kStatLatencySumNs]! += sumMicros * 1000
+    this.committed = 0
+  }
+
+  private countRun(values: Float64Array, submittedMicros: number, arrival: number, length: number): number {
+    const micros = (submittedMicros - arrival) | 0
+    values[kStatLatencyFirstBucket + latencyBucketMicros(micros)]! += length
+    return micros * length
+  }
+
+  /** Add this turn's integer tallies to the shared counters and publish them. */
+  private foldTurn(values: Float64Array): void {
+    const ops = this.turnOps
+    const sectors = this.turnSectors
+    for (let op = 0; op < ops.length; op++) {
+      const count = ops[op]!
+      if (count === 0) continue
+      values[opStatIndex(op, 0)]! += count
+      values[opStatIndex(op, 1)]! += sectors[op]! * 512
+      ops[op] = 0
+      sectors[op] = 0
+    }
+    values[kStatInflight] = this.inflight
+    const heartbeatDue = ((this.turnMicros - this.heartbeatMicros) | 0) >= kHeartbeatIntervalMicros
+    if (heartbeatDue) {
+      this.heartbeatMicros = this.turnMicros
+      values[kStatHeartbeatMs] = Date.now()
+    }
+    if (heartbeatDue || this.parts.publishEveryTurn) this.parts.stats.publish()
   }
 
   /** The kernel ended this tag's command: ABORT when the device stops, any other error is a bug

@@ -10,6 +10,9 @@ t.test('defaults follow ublksrv: 1 queue, depth 128; the block size is the targe
   t.equal(request.logicalBlockSize, undefined)
   t.equal(request.maxIoBufBytes, deviceDefaults.maxIoBufBytes)
   t.equal(request.id, undefined)
+  t.equal(request.ioScheduler, 'none', 'no block-layer scheduler, as the kernel loop driver')
+  t.equal(parseDeviceRequest({ target: 'null', ioScheduler: 'mq-deadline' }).ioScheduler, 'mq-deadline')
+  t.same(parseDeviceRequest({ target: 'null', ioScheduler: 'kyber' }).targetOptions, {}, 'not a target option')
 })
 
 t.test('strings from the CLI and numbers from the API are both accepted', async (t) => {
@@ -30,6 +33,9 @@ t.test('bad common fields are usage errors with the flag named', async (t) => {
     [{ target: 'null', id: -1 }, /--number/],
     [{ target: 'null', logicalBlockSize: 1000 }, /--logical-block-size must be one of/],
     [{ target: 'null', depth: 1.5 }, /--depth must be an integer/],
+    [{ target: 'null', ioScheduler: '../../x' }, /--io-scheduler must be a scheduler name/],
+    [{ target: 'null', ioScheduler: 'None' }, /--io-scheduler/],
+    [{ target: 'null', ioScheduler: 3 }, /--io-scheduler/],
   ]
   for (const [raw, message] of cases) {
     t.throws(() => parseDeviceRequest(raw), { code: 'UBLKD_ERR_USAGE', message }, JSON.stringify(raw))

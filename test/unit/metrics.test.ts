@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import t from 'tap'
 
 import {
-  QueueStatsWriter, allocQueueStats, kStatLatencyFirstBucket, kStatLatencySumNs, latencyBucket,
+  QueueStatsWriter, allocQueueStats, kStatLatencyFirstBucket, kStatLatencySumNs, latencyBucketMicros,
   queueStatsView, readQueueStats, statIndex,
 } from '../../src/common/stats-layout.js'
 import type { Device } from '../../src/main/device.js'
@@ -16,8 +16,8 @@ function fakeDevice(): Device {
   writer.values[statIndex('write_ops')] = 3
   writer.values[statIndex('write_bytes')] = 12288
   writer.values[statIndex('inflight')] = 1
-  writer.values[kStatLatencyFirstBucket + latencyBucket(1500)] = 2 // 1.5 µs -> le 2 µs bucket
-  writer.values[kStatLatencyFirstBucket + latencyBucket(3e9)] = 1 // slower than every bound
+  writer.values[kStatLatencyFirstBucket + latencyBucketMicros(2)] = 2 // 2 µs -> le 2 µs bucket
+  writer.values[kStatLatencyFirstBucket + latencyBucketMicros(3e6)] = 1 // slower than every bound
   writer.values[kStatLatencySumNs] = 3e9 + 3000
   writer.publish()
   const device = {

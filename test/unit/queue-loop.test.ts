@@ -8,11 +8,14 @@ import {
   UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_RES_ABORT, UBLK_U_IO_COMMIT_AND_FETCH_REQ,
   UBLK_U_IO_FETCH_REQ,
 } from '../../src/abi/ublk-cmd.js'
-import { QueueStatsWriter, allocQueueStats, queueStatsView, readQueueStats, statIndex } from '../../src/common/stats-layout.js'
+import {
+  QueueStatsWriter, allocQueueStats, kStatLatencyFirstBucket, latencyBucketMicros, queueStatsView, readQueueStats,
+  statIndex,
+} from '../../src/common/stats-layout.js'
 import type { NativeRing } from '../../src/native/addon.js'
 import { QueueLoop } from '../../src/queue-worker/queue-loop.js'
-import { kUserDataStop, kUserDataUblk } from '../../src/common/user-data.js'
-import type { IoRequest, QueueHandler } from '../../src/targets/target.js'
+import { kUserDataStop, kUserDataTarget, kUserDataUblk } from '../../src/common/user-data.js'
+import { kIoPending, type IoRequest, type QueueHandler } from '../../src/targets/target.js'
 
 interface Staged { cmdOp: number; tag: number; queue: number; result: number; userData: [number, number] }
 
@@ -20,14 +23,19 @@ interface Staged { cmdOp: number; tag: number; queue: number; result: number; us
 class FakeRing implements NativeRing {
   readonly sqes = new ArrayBuffer(64 * 128)
   readonly cqes = new ArrayBuffer(128 * 16)
+  readonly clock = new ArrayBuffer(8)
   readonly sqEntries = 64
   readonly cqEntries = 128
   readonly fd = 99
   closed = false
   submitted: Staged[][] = []
   batches: [lo: number, hi: number, res: number][][] = []
+  /** Per enter: the µs stamps it leaves in `clock` (submitted, reaped); 0, 0 when unscripted. */
+  stamps: [submitted: number, reaped: number][] = []
 
   enter(staged: number): number {
+    const [submitted, reaped] = this.stamps.shift() ?? [0, 0]
+    new Int32Array(this.clock).set([submitted, reaped])
     const words = new Uint32Array(this.sqes)
     const turn: Staged[] = []
     for (let slot = 0; slot < staged; slot++) {
@@ -52,7 +60,7 @@ class FakeRing implements NativeRing {
   close(): void { this.closed = true }
 }
 
-function setup(depth: number, handle: (request: IoRequest) => number) {
+function setup(depth: number, handle: (request: IoRequest) => number, onCompletion?: (cookie: number, res: number) => void) {
   const ring = new FakeRing()
   const descs = new Uint32Array(depth * 6)
   const stats = allocQueueStats(1)
@@ -64,6 +72,7 @@ function setup(depth: number, handle: (request: IoRequest) => number) {
     },
     close() {},
   }
+  if (onCompletion) handler.onCompletion = onCompletion
   const loop = new QueueLoop({
     queueId: 1, depth, charFd: 42, ring, descs,
     tagBuffers: Array.from({ length: depth }, () => Buffer.alloc(4096)),
@@ -111,6 +120,26 @@ t.test('requests are served from their descriptors and committed in one turn', a
   t.equal(values[statIndex('write_bytes')], 8192)
   t.equal(values[statIndex('inflight')], 0)
   t.equal(values[statIndex('loop_turns')], 2)
+})
+
+t.test('service times run from the turn a request arrived in to the enter that submits its commit', async (t) => {
+  const parts = setup(4, (request) => (request.tag === 2 ? kIoPending : 4096), () => parts.loop.complete(2, 4096))
+  const { ring, descs, loop, stats } = parts
+  for (const tag of [0, 1, 2]) descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], tag * 6)
+  // (setup() already armed.) The µs clock is 32 bits and wraps: start just below 2^31. Turn 1 (reaped at t0) brings
+  // tags 0, 1 and 2; 0 and 1 are served at once, 2 is left pending. Turn 2 submits at t0 + 150
+  // and brings the target CQE that completes tag 2. Turn 3 submits at t0 + 700 (past the wrap
+  // of the signed stamp) and aborts every tag.
+  const t0 = 0x7ffffe00
+  ring.stamps.push([t0 - 50, t0], [t0 + 150, t0 + 200], [(t0 + 700) | 0, (t0 + 710) | 0])
+  ring.batches.push([[0, kUserDataUblk, 0], [1, kUserDataUblk, 0], [2, kUserDataUblk, 0]])
+  ring.batches.push([[7, kUserDataTarget, 0]])
+  ring.batches.push([0, 1, 2, 3].map((tag) => [tag, kUserDataUblk, UBLK_IO_RES_ABORT]))
+  loop.run()
+  const values = readQueueStats(queueStatsView(stats, 0))
+  t.equal(values[kStatLatencyFirstBucket + latencyBucketMicros(150)], 2, 'tags 0 and 1: 150 µs')
+  t.equal(values[kStatLatencyFirstBucket + latencyBucketMicros(700)], 1, 'tag 2: 700 µs, across the wrap')
+  t.equal(values[statIndex('latency_sum_ns')], (2 * 150 + 700) * 1000)
 })
 
 t.test('negative results are committed and counted as errors', async (t) => {

@@ -24,15 +24,25 @@ t.test('a reader does not spin forever on a writer that died mid-publish', async
 })
 
 t.test('latency buckets grow by sqrt(2) from 1 us and clamp both ends', async (t) => {
-  const { latencyBucket, kLatencyBucketBoundsNs, kLatencyBuckets, batchBucket } = await import('../../src/common/stats-layout.js')
-  t.equal(latencyBucket(0), 0)
-  t.equal(latencyBucket(1000), 0)
-  t.equal(latencyBucket(1001), 1)
-  t.equal(latencyBucket(2000), 2)
-  for (let i = 0; i < kLatencyBucketBoundsNs.length; i++) {
-    t.equal(latencyBucket(kLatencyBucketBoundsNs[i]!), i, `bound ${i} falls in its own bucket`)
+  const { latencyBucketMicros, kLatencyBucketBoundsNs, kLatencyBuckets, batchBucket } = await import('../../src/common/stats-layout.js')
+  t.equal(latencyBucketMicros(-5), 0, 'a clock step backwards counts as fastest')
+  t.equal(latencyBucketMicros(0), 0)
+  t.equal(latencyBucketMicros(1), 0)
+  t.equal(latencyBucketMicros(2), 2, '2 us is the third bound')
+  t.equal(latencyBucketMicros(3), 4, '3 us is above 2.83 us, at most 4 us')
+  t.equal(latencyBucketMicros(181), 15, '181 us is at most 2^7.5 = 181.02 us')
+  t.equal(latencyBucketMicros(182), 16)
+  // Every whole number of µs up to 2^22 (past the last bound, 2^20) lands in the first bucket
+  // whose bound holds it, or in the last bucket when none does.
+  const boundsMicros = kLatencyBucketBoundsNs.map((ns) => ns / 1000)
+  let expected = 0
+  let wrong = 0
+  for (let us = 1; us <= 2 ** 22; us++) {
+    while (expected < boundsMicros.length && us > boundsMicros[expected]! * (1 + 1e-12)) expected++
+    if (latencyBucketMicros(us) !== expected) wrong++
   }
-  t.equal(latencyBucket(1e12), kLatencyBuckets - 1, 'slower than every bound')
+  t.equal(wrong, 0, 'no µs value between 1 and 2^22 is misfiled')
+  t.equal(latencyBucketMicros(0x7fffffff), kLatencyBuckets - 1, 'slower than every bound')
   t.equal(batchBucket(1), 0)
   t.equal(batchBucket(3), 2)
   t.equal(batchBucket(1e6), 11)

@@ -25,6 +25,10 @@ const cases: [args: string, message: RegExp, exitCode: number][] = [
   ['add -t null -n abc', /--number must be an integer/, 2],
   ['add -t null --bogus', /Unknown option '--bogus'/, 2],
   ['add -t null extra', /unexpected argument 'extra'/, 2],
+  ['add -t null --io-scheduler ../queue', /--io-scheduler must be a scheduler name/, 2],
+  // A well-formed name the kernel does not know is only found out once the device exists: the
+  // add must undo it all the same.
+  ['add -t null --io-scheduler nosuch', /--io-scheduler nosuch: the kernel refused it \(EINVAL\); this kernel offers: .*none/, 2],
   ['del', /exactly one of -n ID or --all/, 2],
   ['del -n 99', /no device 99/, 1],
   ['frobnicate', /unknown command 'frobnicate'/, 2],

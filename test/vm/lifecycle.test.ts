@@ -40,6 +40,8 @@ t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right ge
   t.equal((await vm.run(`cat /sys/block/${name}/size`)).trim(), String((256 * 2 ** 20) / 512))
   t.equal((await vm.run(`cat /sys/block/${name}/queue/logical_block_size`)).trim(), '512')
   t.equal((await vm.run(`test -b ${device.blockDevice} && echo block`)).trim(), 'block')
+  t.equal(device.ioScheduler, 'none', 'no block-layer scheduler by default')
+  t.match(await vm.run(`cat /sys/block/${name}/queue/scheduler`), /\[none\]/)
 
   t.test('each queue thread is pinned to its queue affinity', async (t) => {
     t.equal(device.queueTids.length, 2)
@@ -78,8 +80,10 @@ t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right ge
 })
 
 t.test('add null with an explicit id, then del --all', async (t) => {
-  const device = await addDevice(vm, '-t null -n 7 --size 1T -d 64')
+  const device = await addDevice(vm, '-t null -n 7 --size 1T -d 64 --io-scheduler mq-deadline')
   t.equal(device.id, 7)
+  t.equal(device.ioScheduler, 'mq-deadline', '--io-scheduler is applied')
+  t.match(await vm.run('cat /sys/block/ublkb7/queue/scheduler'), /\[mq-deadline\]/)
   t.equal(device.depth, 64)
   t.equal(device.sizeBytes, 2 ** 40)
   const nonZeroBytes = await vm.run("dd if=/dev/ublkb7 bs=4k count=16 iflag=direct status=none | tr -d '\\000' | wc -c")
