@@ -6,6 +6,7 @@
         "addon/addon.cc",
         "addon/ring.cc",
         "addon/sys.cc",
+        "addon/inline_io.cc",
         "addon/abi_layout.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

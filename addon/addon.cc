@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "abi_layout.h"
+#include "inline_io.h"
 #include "native.h"
 #include "ring.h"
 #include "sys.h"
@@ -26,6 +27,7 @@ Native::Native(Napi::Env env, Napi::Object exports) {
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("eventFd", Napi::Function::New<EventFd>(env, "eventFd"));
   exports.Set("eventFdWrite", Napi::Function::New<EventFdWrite>(env, "eventFdWrite"));
+  exports.Set("executeSqes", Napi::Function::New<ExecuteSqes>(env, "executeSqes"));
 }
 
 // Runs when this environment (main thread or a worker) is torn down.

@@ -41,6 +41,12 @@ export interface NativeAddon {
   gettid(): number
   eventFd(): number
   eventFdWrite(fd: number): void
+  /**
+   * Perform SQEs 0..count-1 of `sqes` (128-byte slots) synchronously, in order, with the
+   * matching system call (READ, WRITE, FSYNC, FALLOCATE); results[i] gets what the CQE would
+   * carry. For backings whose io_uring I/O would go to a kernel worker thread anyway.
+   */
+  executeSqes(sqes: ArrayBuffer, count: number, results: Int32Array): void
 }
 
 const require = createRequire(import.meta.url)

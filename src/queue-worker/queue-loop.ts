@@ -119,6 +119,7 @@ export class QueueLoop {
       this.turnMicros = clock[kClockReaped]!
       this.countServiceTimes(clock[kClockSubmitted]!)
       for (let i = 0; i < reaped; i++) this.dispatch(i)
+      this.handler!.endTurn?.()
       values[kStatLoopTurns]! += 1
       if (reaped > 0) {
         values[kStatCqes]! += reaped

@@ -1,6 +1,7 @@
 // loop: a regular file or a block device exposed as a ublk device, with the semantics of the
 // kernel's loop driver. The backing is opened once per device (main thread); every queue
-// submits its file I/O on its own ring, in the same turn as its commits:
+// submits its file I/O on its own ring, in the same turn as its commits, or performs it inline
+// (below):
 //   READ / WRITE    IORING_OP_READ / WRITE at the request's offset; partial transfers are
 //                   resubmitted for the rest; a read that meets end-of-file is zero-filled;
 //                   FUA writes carry RWF_DSYNC so they are durable before they complete
@@ -8,13 +9,19 @@
 //   DISCARD         punch hole (regular file) or a real discard (block device)
 //   WRITE_ZEROES    zero range; without NOUNMAP a regular file's range is punched instead
 // A backing error completes the request with its negative errno.
+//
+// Inline I/O: a file without FMODE_NOWAIT (tmpfs and ramfs in Linux 6.12) cannot be read or
+// written from io_uring without blocking, so the kernel hands every such SQE to an io-wq worker
+// thread: one more thread hop per request. On a memory filesystem the I/O is a memory copy that
+// never waits, so the queue thread performs the same SQEs itself, a turn's batch in one call
+// (native.executeSqes) at the end of the turn. --inline-io on|off overrides the choice.
 import fs from 'node:fs'
 import path from 'node:path'
 
 import {
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_NO_HIDE_STALE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   IORING_FSYNC_DATASYNC, IORING_OP_READ, IORING_OP_WRITE, RWF_DSYNC, encodeFallocate, encodeFsync,
-  encodeReadWrite,
+  encodeReadWrite, kSqeWords,
 } from '../abi/io-uring.js'
 import {
   UBLK_IO_F_FUA, UBLK_IO_F_NOUNMAP, UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ,
@@ -22,6 +29,7 @@ import {
 } from '../abi/ublk-cmd.js'
 import { UsageError } from '../common/errors.js'
 import { kUserDataTarget } from '../common/user-data.js'
+import { native } from '../native/addon.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import {
   kIoPending, requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target,
@@ -51,12 +59,22 @@ interface LoopOptions {
   readOnly: boolean
   /** undefined: O_DIRECT where the backing supports it, buffered otherwise. */
   directIo: boolean | undefined
+  /** undefined: inline for a file on a memory filesystem, on the ring otherwise. */
+  inlineIo: boolean | undefined
 }
 
 interface LoopSpec {
   fd: number
   isBlockDevice: boolean
   directIo: boolean
+  inlineIo: boolean
+}
+
+// statfs f_type of the filesystems whose files are memory: their reads and writes never wait.
+const kMemoryFilesystems = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */])
+
+function onMemoryFilesystem(backing: Backing): boolean {
+  return !backing.isBlockDevice && kMemoryFilesystems.has(Number(fs.statfsSync(backing.path).type))
 }
 
 function readSysfsNumber(file: string): number {
@@ -141,6 +159,9 @@ class LoopQueue implements QueueHandler {
   private readonly total: Uint32Array
   private readonly done: Uint32Array
   private readonly buffers: (Buffer | null)[]
+  /** Where this queue's SQEs are encoded: the ring's staging area, or the inline batch. */
+  private readonly sqes: Uint32Array
+  private readonly inline: InlineBatch | null
 
   constructor(private readonly spec: LoopSpec, private readonly queue: QueueContext) {
     this.op = new Uint8Array(queue.depth)
@@ -149,6 +170,22 @@ class LoopQueue implements QueueHandler {
     this.total = new Uint32Array(queue.depth)
     this.done = new Uint32Array(queue.depth)
     this.buffers = new Array<Buffer | null>(queue.depth).fill(null)
+    this.inline = spec.inlineIo ? new InlineBatch(queue.depth) : null
+    this.sqes = this.inline ? this.inline.sqes : queue.sqes
+  }
+
+  private reserveSqe(tag: number): number {
+    return this.inline ? this.inline.reserve(tag) : this.queue.reserveSqe()
+  }
+
+  /** Inline mode: perform the turn's SQEs, and those their completions stage (partial transfers). */
+  endTurn(): void {
+    const inline = this.inline
+    if (!inline) return
+    while (inline.count > 0) {
+      const count = inline.execute()
+      for (let i = 0; i < count; i++) this.onCompletion(inline.doneTags[i]!, inline.doneResults[i]!)
+    }
   }
 
   handleIo(request: IoRequest): number {
@@ -167,18 +204,18 @@ class LoopQueue implements QueueHandler {
         this.stageTransfer(tag)
         return kIoPending
       case UBLK_IO_OP_FLUSH:
-        encodeFsync(this.queue.sqes, this.queue.reserveSqe(), this.spec.fd, IORING_FSYNC_DATASYNC, tag, kUserDataTarget)
+        encodeFsync(this.sqes, this.reserveSqe(tag), this.spec.fd, IORING_FSYNC_DATASYNC, tag, kUserDataTarget)
         return kIoPending
       case UBLK_IO_OP_DISCARD: {
         const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE | (this.spec.isBlockDevice ? FALLOC_FL_NO_HIDE_STALE : 0)
-        encodeFallocate(this.queue.sqes, this.queue.reserveSqe(), this.spec.fd, mode, offset, bytes, tag, kUserDataTarget)
+        encodeFallocate(this.sqes, this.reserveSqe(tag), this.spec.fd, mode, offset, bytes, tag, kUserDataTarget)
         return kIoPending
       }
       case UBLK_IO_OP_WRITE_ZEROES: {
         // A punched hole reads as zeros and frees the space, unless the caller wants it kept.
         const unmap = !this.spec.isBlockDevice && (request.flags & UBLK_IO_F_NOUNMAP) === 0
         const mode = (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE
-        encodeFallocate(this.queue.sqes, this.queue.reserveSqe(), this.spec.fd, mode, offset, bytes, tag, kUserDataTarget)
+        encodeFallocate(this.sqes, this.reserveSqe(tag), this.spec.fd, mode, offset, bytes, tag, kUserDataTarget)
         return kIoPending
       }
       default:
@@ -223,7 +260,7 @@ class LoopQueue implements QueueHandler {
     const addressLo = sum % 0x1_0000_0000
     const addressHi = this.queue.tagAddressHi[tag]! + (sum >= 0x1_0000_0000 ? 1 : 0)
     const write = this.op[tag] === UBLK_IO_OP_WRITE
-    encodeReadWrite(this.queue.sqes, this.queue.reserveSqe(), write ? IORING_OP_WRITE : IORING_OP_READ,
+    encodeReadWrite(this.sqes, this.reserveSqe(tag), write ? IORING_OP_WRITE : IORING_OP_READ,
       this.spec.fd, addressLo, addressHi, this.total[tag]! - done, this.offset[tag]! + done, tag, kUserDataTarget,
       write && this.fua[tag] ? RWF_DSYNC : 0)
   }
@@ -236,6 +273,42 @@ class LoopQueue implements QueueHandler {
   close(): void {}
 }
 
+/** SQEs staged for inline execution this turn: at most one per tag. */
+class InlineBatch {
+  readonly sqes: Uint32Array
+  private readonly tags: Int32Array
+  private readonly results: Int32Array
+  /** The last executed batch, copied out: completions may stage new SQEs over the batch. */
+  readonly doneTags: Int32Array
+  readonly doneResults: Int32Array
+  count = 0
+
+  constructor(depth: number) {
+    this.sqes = new Uint32Array(depth * kSqeWords)
+    this.tags = new Int32Array(depth)
+    this.results = new Int32Array(depth)
+    this.doneTags = new Int32Array(depth)
+    this.doneResults = new Int32Array(depth)
+  }
+
+  reserve(tag: number): number {
+    this.tags[this.count] = tag
+    return this.count++
+  }
+
+  /** Perform the staged SQEs; returns how many, their tags and results in done*. */
+  execute(): number {
+    const count = this.count
+    native.executeSqes(this.sqes.buffer as ArrayBuffer, count, this.results)
+    for (let i = 0; i < count; i++) {
+      this.doneTags[i] = this.tags[i]!
+      this.doneResults[i] = this.results[i]!
+    }
+    this.count = 0
+    return count
+  }
+}
+
 export const loopTarget: Target<LoopOptions, LoopSpec> = {
   name: 'loop',
   survivesRestart: true,
@@ -244,16 +317,20 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
     '-f, --file PATH          backing regular file or block device (required)',
     '--size SIZE              device size (default: the backing\'s size)',
     '--direct-io on|off       O_DIRECT on the backing (default: on where supported)',
+    '--inline-io on|off       the queue threads perform the file I/O themselves instead of',
+    '                         through io_uring (default: on for tmpfs/ramfs files, whose',
+    '                         io_uring I/O the kernel hands to a worker thread)',
     '--read-only              serve the backing read-only',
   ],
   flags: [
     { name: 'file', field: 'file', type: 'string', short: 'f' },
     { name: 'size', field: 'size', type: 'string', short: 's' },
     { name: 'direct-io', field: 'directIo', type: 'string' },
+    { name: 'inline-io', field: 'inlineIo', type: 'string' },
     { name: 'read-only', field: 'readOnly', type: 'boolean' },
   ],
   parseOptions(raw, requestedBlockSize) {
-    rejectUnknownOptions(raw, ['file', 'size', 'directIo', 'readOnly'], 'loop')
+    rejectUnknownOptions(raw, ['file', 'size', 'directIo', 'inlineIo', 'readOnly'], 'loop')
     const file = raw['file']
     if (typeof file !== 'string' || file.length === 0) throw new UsageError('loop needs a backing file: -f PATH')
     const backing = inspectBacking(file)
@@ -269,9 +346,14 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
       throw new UsageError(`--size ${sizeBytes} is larger than ${backing.path} (${backing.sizeBytes} bytes)`)
     }
     const readOnly = onOff(raw['readOnly'], '--read-only') ?? false
-    return { backing, sizeBytes, logicalBlockSize, readOnly, directIo: onOff(raw['directIo'], '--direct-io') }
+    return {
+      backing, sizeBytes, logicalBlockSize, readOnly,
+      directIo: onOff(raw['directIo'], '--direct-io'),
+      inlineIo: onOff(raw['inlineIo'], '--inline-io'),
+    }
   },
   setup(options) {
+    const inlineIo = options.inlineIo ?? onMemoryFilesystem(options.backing)
     const { fd, directIo } = openBacking(options)
     const stat = fs.fstatSync(fd)
     const backing = options.backing
@@ -290,8 +372,8 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
           maxWriteZeroesSectors: maxSectors,
         },
       },
-      spec: { fd, isBlockDevice: backing.isBlockDevice, directIo },
-      describe: { file: backing.path, directIo, readOnly: options.readOnly },
+      spec: { fd, isBlockDevice: backing.isBlockDevice, directIo, inlineIo },
+      describe: { file: backing.path, directIo, inlineIo, readOnly: options.readOnly },
       exclusiveKey: backing.isBlockDevice ? `block:${stat.rdev}` : `file:${stat.dev}:${stat.ino}`,
     }
   },

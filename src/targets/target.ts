@@ -90,6 +90,12 @@ export interface QueueHandler {
   handleIo(request: IoRequest): number
   /** A CQE of an SQE this target staged (targets that stage none need not implement it). */
   onCompletion?(cookie: number, res: number): void
+  /**
+   * Called once per loop turn, after the turn's CQEs were dispatched and before its SQEs are
+   * submitted: a target that batches work across a turn's requests does it here, completing
+   * them with QueueContext.complete().
+   */
+  endTurn?(): void
   close(): void
 }
 

@@ -33,13 +33,19 @@ t.test('a batch of NOPs completes in one enter with every user_data back', async
   t.same(seen.sort(), [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009])
 })
 
-t.test('waiting with nothing in flight returns after the timeout', async (t) => {
+t.test('waiting with nothing in flight returns after the timeout; the clock stamps the wait', async (t) => {
   const ring = newRing()
   t.teardown(() => ring.close())
+  const clock = new Int32Array(ring.clock)
   const started = process.hrtime.bigint()
   t.equal(ring.enter(0, 1, 30_000_000), 0)
   const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
   t.ok(elapsedMs >= 25, `waited ${elapsedMs} ms`)
+  const waitedMicros = (clock[1]! - clock[0]!) | 0
+  t.ok(waitedMicros >= 25_000 && waitedMicros <= elapsedMs * 1000 + 1000,
+    `submitted and reaped stamps ${waitedMicros} µs apart (hrtime: ${elapsedMs} ms)`)
+  const monotonicMicros = Number((process.hrtime.bigint() / 1000n) & 0xffffffffn) | 0
+  t.ok(Math.abs((monotonicMicros - clock[1]!) | 0) < 1_000_000, 'the stamps are CLOCK_MONOTONIC µs, low 32 bits')
 })
 
 t.test('IORING_OP_READ fills a buffer from allocBuffer at its address', async (t) => {

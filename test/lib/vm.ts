@@ -67,6 +67,15 @@ async function freeHostPort(): Promise<number> {
   })
 }
 
+/**
+ * QEMU's most capable emulated CPU, without ERMS. TCG emulates `rep movsb` one byte per
+ * translated-block iteration, and with ERMS the guest kernel copies to and from user memory
+ * (copy_to_user) and clears pages that way: a 4 KiB pread into a user buffer then costs about
+ * ten times a 4 KiB memcpy, where on hardware the two are alike. Without ERMS the kernel uses
+ * 8-byte moves. The kernel's own drivers copy with memcpy either way, so ERMS under TCG taxes
+ * exactly the copies a userspace server makes (docs/performance.md measures both).
+ */
+const kCpuModel = process.env['UBLKD_VM_CPU'] ?? 'max,-erms'
 const cacheDir = process.env['UBLKD_VM_CACHE'] ?? path.join(repoRoot, '.cache', 'vm')
 const kDefaultExecTimeoutMs = 300_000
 
@@ -89,7 +98,7 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
   const agentSocket = path.join(workDir, 'agent.sock')
   const append = ['console=ttyS0', 'quiet', 'panic=-1', `ublkd.repo=${repoRoot}`]
   const args = [
-    '-accel', 'tcg', '-cpu', 'max', '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
+    '-accel', 'tcg', '-cpu', kCpuModel, '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
     '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
     '-kernel', kernel, '-initrd', initramfs,
     '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',

@@ -1,5 +1,5 @@
-// The loop target with real clients: fio verify at several block sizes and depths, the backing
-// file checked from the host, a filesystem through mkfs/mount/fsck, discard, sync writes
+// The loop target with real clients: fio verify at several block sizes and depths with the file
+// I/O on the ring and inline, the backing file checked from the host, a filesystem through mkfs/mount/fsck, discard, sync writes
 // surviving a killed client, ENOSPC, a block-device backing, and bad input.
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
@@ -29,24 +29,40 @@ async function del(id: number): Promise<void> {
   if (result.code !== 0) throw new Error(`del -n ${id}: ${result.stderr}`)
 }
 
-t.test('fio random write + crc32c verify at 512, 4k, 64k and 1M, 2 queues; the backing holds it', async (t) => {
-  const backing = path.join(shareDir, 'verify.img')
-  fs.writeFileSync(backing, '')
-  fs.truncateSync(backing, 64 * 2 ** 20)
-  const device = await addDevice(vm, `-t loop -f ${backing} -q 2`)
-  t.equal(device.sizeBytes, 64 * 2 ** 20, 'size defaults to the file size')
-  t.equal(device.options['file'], backing)
-  for (const [bs, depth, size] of [['512', 4, '2M'], ['4k', 32, '8M'], ['64k', 8, '16M'], ['1M', 2, '32M']] as const) {
-    const { result, report } = await fio(vm, `--name=v${bs} --filename=${device.blockDevice} --ioengine=io_uring ` +
-      `--direct=1 --rw=randwrite --bs=${bs} --iodepth=${depth} --size=${size} --verify=crc32c --verify_fatal=1`)
-    t.equal(result.code, 0, `bs=${bs} qd=${depth}: ${result.stderr}`)
-    t.equal(report?.jobs[0]?.error, 0)
-  }
-  const deviceSum = (await vm.run(`md5sum < ${device.blockDevice}`)).split(' ')[0]
-  await del(device.id)
-  const fileSum = createHash('md5').update(fs.readFileSync(backing)).digest('hex')
-  t.equal(fileSum, deviceSum, 'the backing file read on the host equals the device')
-})
+// The same verify for each way the loop target can do its file I/O: on the queue's ring (a 9p
+// file, and a tmpfs file with --inline-io off: both go to io-wq workers), and inline (a tmpfs
+// file, the default there).
+const verifyCases = [
+  { name: 'ring, 9p file', backing: path.join(shareDir, 'verify.img'), flags: '', inline: false, onHost: true },
+  { name: 'ring, tmpfs file', backing: '/tmp/verify-ring.img', flags: '--inline-io off', inline: false, onHost: false },
+  { name: 'inline, tmpfs file', backing: '/tmp/verify-inline.img', flags: '', inline: true, onHost: false },
+]
+for (const mode of verifyCases) {
+  t.test(`fio random write + crc32c verify at 512, 4k, 64k and 1M, 2 queues (${mode.name})`, async (t) => {
+    if (mode.onHost) {
+      fs.writeFileSync(mode.backing, '')
+      fs.truncateSync(mode.backing, 64 * 2 ** 20)
+    } else {
+      await vm.run(`truncate -s 64M ${mode.backing}`)
+    }
+    const device = await addDevice(vm, `-t loop -f ${mode.backing} -q 2 ${mode.flags}`)
+    t.equal(device.sizeBytes, 64 * 2 ** 20, 'size defaults to the file size')
+    t.equal(device.options['file'], mode.backing)
+    t.equal(device.options['inlineIo'], mode.inline, `inline I/O ${mode.inline ? 'on' : 'off'}`)
+    for (const [bs, depth, size] of [['512', 4, '2M'], ['4k', 32, '8M'], ['64k', 8, '16M'], ['1M', 2, '32M']] as const) {
+      const { result, report } = await fio(vm, `--name=v${bs} --filename=${device.blockDevice} --ioengine=io_uring ` +
+        `--direct=1 --rw=randwrite --bs=${bs} --iodepth=${depth} --size=${size} --verify=crc32c --verify_fatal=1`)
+      t.equal(result.code, 0, `bs=${bs} qd=${depth}: ${result.stderr}`)
+      t.equal(report?.jobs[0]?.error, 0)
+    }
+    const deviceSum = (await vm.run(`md5sum < ${device.blockDevice}`)).split(' ')[0]
+    await del(device.id)
+    const fileSum = mode.onHost
+      ? createHash('md5').update(fs.readFileSync(mode.backing)).digest('hex')
+      : (await vm.run(`md5sum < ${mode.backing}`)).split(' ')[0]
+    t.equal(fileSum, deviceSum, `the backing file read ${mode.onHost ? 'on the host' : 'directly'} equals the device`)
+  })
+}
 
 t.test('mkfs.ext4, mount, write a tree, umount, fsck clean, remount, same checksums', async (t) => {
   await vm.run(`${repoRoot}/scripts/vm/load-module.sh ext4`)
@@ -151,6 +167,7 @@ t.test('bad input is refused clearly and leaves nothing behind', async (t) => {
     ['-t loop -f /tmp/odd.img', /not a multiple of the logical block size 512/],
     ['-t loop -f /tmp/ok.img --size 0', /--size must be greater than 0/],
     ['-t loop -f /tmp/ok.img --direct-io maybe', /--direct-io must be on or off/],
+    ['-t loop -f /tmp/ok.img --inline-io sometimes', /--inline-io must be on or off/],
     [`-t loop -f ${repoRoot}/package.json --size 4096`, /cannot open .* for reading and writing \(EROFS\); use --read-only/],
     ['-t loop -f /dev/null', /neither a regular file nor a block device/],
     ['-t memory --size 1M -f /tmp/ok.img', /target memory does not take --file/],
