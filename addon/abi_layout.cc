@@ -188,6 +188,7 @@ Napi::Object AbiLayout(Napi::Env env) {
   PUT_CONST(constants, IORING_SETUP_SUBMIT_ALL);
   PUT_CONST(constants, IORING_SETUP_COOP_TASKRUN);
   PUT_CONST(constants, IORING_SETUP_SINGLE_ISSUER);
+  PUT_CONST(constants, IOSQE_FIXED_FILE);
   layout.Set("constants", constants);
   return layout;
 }

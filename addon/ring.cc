@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <vector>
 #include <cerrno>
 #include <cstring>
 
@@ -54,6 +55,7 @@ Napi::Function Ring::Define(Napi::Env env) {
                      {
                          InstanceMethod<&Ring::Enter>("enter"),
                          InstanceMethod<&Ring::WatchCompletions>("watchCompletions"),
+                         InstanceMethod<&Ring::RegisterFiles>("registerFiles"),
                          InstanceMethod<&Ring::Close>("close"),
                          InstanceAccessor<&Ring::GetFd>("fd"),
                          InstanceAccessor<&Ring::GetClosed>("closed"),
@@ -256,6 +258,26 @@ Napi::Value Ring::WatchCompletions(const Napi::CallbackInfo& info) {
   uv_poll_init(loop, poll_, event_fd_);
   uv_poll_start(poll_, UV_READABLE, &Ring::OnEventFdReadable);
   on_completion_ = Napi::Persistent(info[0].As<Napi::Function>());
+  return env.Undefined();
+}
+
+// registerFiles(fds): the ring's fixed-file table (IORING_REGISTER_FILES); an SQE with
+// IOSQE_FIXED_FILE names a file by its index here, and the kernel skips fget/fput for it.
+Napi::Value Ring::RegisterFiles(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (ring_fd_ < 0) return ThrowErrno(env, "io_uring_register", EBADF);
+  if (!info[0].IsArray()) return ThrowType(env, "registerFiles(fds: number[])");
+  Napi::Array list = info[0].As<Napi::Array>();
+  std::vector<int32_t> fds(list.Length());
+  for (uint32_t i = 0; i < fds.size(); i++) {
+    Napi::Value fd = list.Get(i);
+    if (!fd.IsNumber()) return ThrowType(env, "registerFiles: fds must be numbers");
+    fds[i] = fd.As<Napi::Number>().Int32Value();
+  }
+  if (syscall(__NR_io_uring_register, ring_fd_, IORING_REGISTER_FILES, fds.data(),
+              static_cast<unsigned>(fds.size())) < 0) {
+    return ThrowErrno(env, "io_uring_register(files)", errno);
+  }
   return env.Undefined();
 }
 

@@ -102,6 +102,7 @@ class BusyDeviceRing implements NativeRing {
     return tag
   }
 
+  registerFiles(): void {}
   watchCompletions(): void {}
   close(): void { this.closed = true }
 }

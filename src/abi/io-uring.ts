@@ -15,6 +15,9 @@ export const IORING_OP_READ = 22
 export const IORING_OP_WRITE = 23
 export const IORING_OP_URING_CMD = 46
 
+/** sqe.flags (word 0, bits 8-15): `fd` is an index into the ring's registered files. */
+export const IOSQE_FIXED_FILE = 1 << 0
+
 export const IORING_SETUP_SUBMIT_ALL = 1 << 7
 export const IORING_SETUP_COOP_TASKRUN = 1 << 8
 export const IORING_SETUP_SINGLE_ISSUER = 1 << 12
@@ -52,11 +55,15 @@ export function encodeSqeHeader(
   return base
 }
 
-/** IORING_OP_URING_CMD header; the caller writes the payload at words 12.. of the returned base. */
+/**
+ * IORING_OP_URING_CMD header; the caller writes the payload at words 12.. of the returned base.
+ * `sqeFlags` (IOSQE_*), e.g. IOSQE_FIXED_FILE when `fd` is a registered file's index.
+ */
 export function encodeUringCmd(
-  sqes: Uint32Array, slot: number, fd: number, cmdOp: number, userDataLo: number, userDataHi: number,
+  sqes: Uint32Array, slot: number, fd: number, cmdOp: number, userDataLo: number, userDataHi: number, sqeFlags = 0,
 ): number {
   const base = encodeSqeHeader(sqes, slot, IORING_OP_URING_CMD, fd, userDataLo, userDataHi)
+  sqes[base] = IORING_OP_URING_CMD | (sqeFlags << 8)
   sqes[base + 2] = cmdOp
   return base
 }

@@ -21,6 +21,8 @@ export interface NativeRing {
   readonly closed: boolean
   /** Submit `staged` SQEs from `sqes`, wait for `minComplete` CQEs (or `timeoutNs`), reap into `cqes`. */
   enter(staged: number, minComplete: number, timeoutNs: number): number
+  /** The fixed-file table: an SQE with IOSQE_FIXED_FILE gives an index into `fds` as its fd. */
+  registerFiles(fds: readonly number[]): void
   /** Call `callback` from the event loop whenever CQEs were posted (eventfd + uv_poll). */
   watchCompletions(callback: () => void): void
   close(): void

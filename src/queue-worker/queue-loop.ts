@@ -12,7 +12,7 @@
 // The per-request work is integer arithmetic on typed arrays and small integers: nothing is
 // allocated, no clock is read (the ring stamps each enter), and the shared counters (doubles)
 // are updated once per turn from the integer tallies of the turn.
-import { IORING_OP_READ, encodeReadWrite, encodeUringCmd, kCqeWords, kSqeCmdWord } from '../abi/io-uring.js'
+import { IORING_OP_READ, IOSQE_FIXED_FILE, encodeReadWrite, encodeUringCmd, kCqeWords, kSqeCmdWord } from '../abi/io-uring.js'
 import {
   UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_RES_ABORT, UBLK_IO_RES_OK,
   UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ,
@@ -33,12 +33,16 @@ const kWaitTimeoutNs = 500_000_000
 /** heartbeat_ms (a wall-clock read) is refreshed at most this often. */
 const kHeartbeatIntervalMicros = 100_000
 const kOtherOpIndex = ioOps.indexOf('other')
+/** The ring's fixed-file index of the char device: every ublk command names it, so the kernel
+ *  looks up no descriptor per command. */
+const kCharFileIndex = 0
 const kClockSubmitted = 0
 const kClockReaped = 1
 
 export interface QueueLoopParts {
   queueId: number
   depth: number
+  /** The ublk char device: arm() registers it as the ring's fixed file kCharFileIndex. */
   charFd: number
   ring: NativeRing
   descs: Uint32Array
@@ -98,9 +102,11 @@ export class QueueLoop {
     this.request = { tag: 0, op: 0, flags: 0, startSector: 0, nrSectors: 0, buffer: parts.tagBuffers[0]! }
   }
 
-  /** Stage a FETCH_REQ for every tag and the stop-eventfd read, and submit them. */
+  /** Register the char device, stage a FETCH_REQ for every tag and the stop-eventfd read, and
+   *  submit them. */
   arm(handler: QueueHandler): void {
     this.handler = handler
+    this.parts.ring.registerFiles([this.parts.charFd])
     for (let tag = 0; tag < this.parts.depth; tag++) this.stageIoCmd(UBLK_U_IO_FETCH_REQ, tag, 0)
     this.stageStopRead()
     this.parts.ring.enter(this.staged, 0, 0)
@@ -263,7 +269,7 @@ export class QueueLoop {
 
   private stageIoCmd(cmdOp: number, tag: number, result: number): void {
     const p = this.parts
-    const base = encodeUringCmd(this.sqes, this.staged++, p.charFd, cmdOp, tag, kUserDataUblk)
+    const base = encodeUringCmd(this.sqes, this.staged++, kCharFileIndex, cmdOp, tag, kUserDataUblk, IOSQE_FIXED_FILE)
     // struct ublksrv_io_cmd: q_id u16 | tag u16, result s32, addr u64
     this.sqes[base + kSqeCmdWord] = p.queueId | (tag << 16)
     this.sqes[base + kSqeCmdWord + 1] = result

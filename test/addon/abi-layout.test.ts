@@ -130,6 +130,7 @@ t.test('every opcode and flag equals the C macro', async (t) => {
     ['IORING_SETUP_SUBMIT_ALL', io.IORING_SETUP_SUBMIT_ALL],
     ['IORING_SETUP_COOP_TASKRUN', io.IORING_SETUP_COOP_TASKRUN],
     ['IORING_SETUP_SINGLE_ISSUER', io.IORING_SETUP_SINGLE_ISSUER],
+    ['IOSQE_FIXED_FILE', io.IOSQE_FIXED_FILE],
   ]
   for (const [name, value] of pairs) t.equal(value, c[name], name)
 })

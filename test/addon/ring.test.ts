@@ -7,7 +7,7 @@ import path from 'node:path'
 import t from 'tap'
 
 import {
-  IORING_OP_NOP, IORING_OP_READ, IORING_SETUP_SQE128, IORING_SETUP_SUBMIT_ALL, encodeReadWrite,
+  IORING_OP_NOP, IORING_OP_READ, IORING_SETUP_SQE128, IOSQE_FIXED_FILE, IORING_SETUP_SUBMIT_ALL, encodeReadWrite,
   encodeSqeHeader, kCqeWords,
 } from '../../src/abi/io-uring.js'
 import { native } from '../../src/native/addon.js'
@@ -65,6 +65,29 @@ t.test('IORING_OP_READ fills a buffer from allocBuffer at its address', async (t
   t.equal(new Int32Array(ring.cqes)[2], 11)
   t.equal(Buffer.from(buffer, 0, 11).toString(), 'hello, ring')
   native.munmap(buffer)
+})
+
+t.test('a registered file is read through its fixed-file index', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-ring-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true }))
+  fs.writeFileSync(path.join(dir, 'a'), 'first')
+  fs.writeFileSync(path.join(dir, 'b'), 'second')
+  const fds = ['a', 'b'].map((name) => fs.openSync(path.join(dir, name), 'r'))
+  t.teardown(() => fds.forEach((fd) => fs.closeSync(fd)))
+  const ring = newRing()
+  t.teardown(() => ring.close())
+  ring.registerFiles(fds)
+  const buffer = native.allocBuffer(native.pageSize)
+  t.teardown(() => native.munmap(buffer))
+  const address = native.bufferAddress(buffer, 0)
+  const sqes = new Uint32Array(ring.sqes)
+  encodeReadWrite(sqes, 0, IORING_OP_READ, 1, Number(address & 0xffffffffn), Number(address >> 32n), 6, 0, 1, 0)
+  sqes[0] = sqes[0]! | (IOSQE_FIXED_FILE << 8)
+  t.equal(ring.enter(1, 1, 0), 1)
+  t.equal(new Int32Array(ring.cqes)[2], 6)
+  t.equal(Buffer.from(buffer, 0, 6).toString(), 'second', 'index 1 is the second file')
+  t.throws(() => ring.registerFiles(fds), { code: 'EBUSY' }, 'a ring has one table')
+  t.throws(() => ring.registerFiles(['x' as unknown as number]), TypeError)
 })
 
 t.test('a closed ring throws EBADF instead of crashing', async (t) => {

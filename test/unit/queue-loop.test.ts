@@ -3,7 +3,7 @@
 import { pino } from 'pino'
 import t from 'tap'
 
-import { kCqeWords, kSqeCmdWord, kSqeWords } from '../../src/abi/io-uring.js'
+import { IORING_OP_URING_CMD, IOSQE_FIXED_FILE, kCqeWords, kSqeCmdWord, kSqeWords } from '../../src/abi/io-uring.js'
 import {
   UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_RES_ABORT, UBLK_U_IO_COMMIT_AND_FETCH_REQ,
   UBLK_U_IO_FETCH_REQ,
@@ -17,7 +17,10 @@ import { QueueLoop } from '../../src/queue-worker/queue-loop.js'
 import { kUserDataStop, kUserDataTarget, kUserDataUblk } from '../../src/common/user-data.js'
 import { kIoPending, type IoRequest, type QueueHandler } from '../../src/targets/target.js'
 
-interface Staged { cmdOp: number; tag: number; queue: number; result: number; userData: [number, number] }
+interface Staged {
+  opcode: number; sqeFlags: number; fd: number; cmdOp: number; tag: number; queue: number; result: number
+  userData: [number, number]
+}
 
 /** A ring that records what is submitted and replays scripted CQE batches. */
 class FakeRing implements NativeRing {
@@ -41,6 +44,7 @@ class FakeRing implements NativeRing {
     for (let slot = 0; slot < staged; slot++) {
       const base = slot * kSqeWords
       turn.push({
+        opcode: words[base]! & 0xff, sqeFlags: (words[base]! >>> 8) & 0xff, fd: new Int32Array(this.sqes)[base + 1]!,
         cmdOp: words[base + 2]!, tag: words[base + kSqeCmdWord]! >>> 16, queue: words[base + kSqeCmdWord]! & 0xffff,
         result: new Int32Array(this.sqes)[base + kSqeCmdWord + 1]!, userData: [words[base + 8]!, words[base + 9]!],
       })
@@ -56,6 +60,8 @@ class FakeRing implements NativeRing {
     return batch.length
   }
 
+  registeredFiles: number[] = []
+  registerFiles(fds: readonly number[]): void { this.registeredFiles = [...fds] }
   watchCompletions(): void {}
   close(): void { this.closed = true }
 }
@@ -89,9 +95,12 @@ function setup(depth: number, handle: (request: IoRequest) => number, onCompleti
 
 t.test('arm fetches every tag with its buffer address, plus the stop read', async (t) => {
   const { ring } = setup(4, () => 0)
+  t.same(ring.registeredFiles, [42], 'the char device is the ring\'s fixed file 0')
   const first = ring.submitted[0]!
   t.equal(first.length, 5)
-  t.same(first.slice(0, 4).map((s) => [s.cmdOp, s.tag, s.queue]), [0, 1, 2, 3].map((tag) => [UBLK_U_IO_FETCH_REQ, tag, 1]))
+  t.same(first.slice(0, 4).map((s) => [s.opcode, s.sqeFlags, s.fd, s.cmdOp, s.tag, s.queue]),
+    [0, 1, 2, 3].map((tag) => [IORING_OP_URING_CMD, IOSQE_FIXED_FILE, 0, UBLK_U_IO_FETCH_REQ, tag, 1]),
+    'URING_CMDs on fixed file 0')
   t.same(first[4]!.userData, [0, kUserDataStop])
   const words = new Uint32Array(ring.sqes)
   t.equal(words[2 * kSqeWords + kSqeCmdWord + 2], 0x3000, 'tag 2 buffer address, low word')
