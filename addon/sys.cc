@@ -35,7 +35,10 @@ Napi::Value ExposeMapping(Napi::Env env, void* address, size_t bytes) {
 }  // namespace
 
 // allocBuffer(bytes): page-aligned, zeroed anonymous memory for I/O buffers; its address is
-// stable for its lifetime, so the kernel may be handed it (FETCH_REQ addr).
+// stable for its lifetime, so the kernel may be handed it (FETCH_REQ addr). Never backed by
+// transparent huge pages: a queue's buffers are one mapping of depth x 512 KiB, and with THP the
+// first 4 KiB request on a tag would make 2 MiB resident; with 4 KiB pages only what requests
+// touch is.
 Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber()) return ThrowType(env, "allocBuffer(bytes)");
@@ -44,6 +47,11 @@ Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
   void* address = mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (address == MAP_FAILED) return ThrowErrno(env, "mmap(anonymous)", errno);
+  if (madvise(address, static_cast<size_t>(bytes), MADV_NOHUGEPAGE) != 0) {
+    int err = errno;
+    munmap(address, static_cast<size_t>(bytes));
+    return ThrowErrno(env, "madvise(MADV_NOHUGEPAGE)", err);
+  }
   return ExposeMapping(env, address, static_cast<size_t>(bytes));
 }
 

@@ -1,14 +1,17 @@
 // `npm run bench`: boots the test VM once and runs the same fio jobs against the kernel's own
 // drivers (null_blk, null_blk memory-backed, loop) and against ublkd's null, memory and loop
 // targets, then prints each ublkd row's ratio to its kernel counterpart measured in that same
-// boot. Under QEMU TCG absolute numbers mean little; same-boot ratios are the yardstick.
+// boot. Under QEMU TCG absolute numbers mean little and drift by 10-20% within minutes, so a
+// ublkd device and its kernel counterpart exist side by side and their fio runs alternate,
+// BENCH_REPEAT times per job; rows give the medians.
 //
-//   BENCH_RUNTIME=10            seconds per job after a BENCH_RAMP=2 s ramp
+//   BENCH_RUNTIME=6             seconds per fio run after a BENCH_RAMP=1 s ramp
+//   BENCH_REPEAT=3              fio runs per device and job, alternating with its counterpart
 //   BENCH_JOBS=a,b              only these jobs (names below)
 //   BENCH_TARGETS=null,null_blk only these targets: null_blk null_blk_mem kernel_loop null memory loop
 //   BENCH_QUEUES=1,2            only these queue counts
 //   BENCH_Q2_JOBS=a,b           jobs that also run with 2 queues (default: the two qd32 4k jobs)
-//   BENCH_STATS_COST=0          skip the extra `--stats-publish heartbeat` row
+//   BENCH_VARIANTS=0            skip the rows that show what the tuning flags do
 //   BENCH_FIO_ARGS='...'        extra fio arguments for every job (experiments, e.g. --cpus_allowed=1)
 import fs from 'node:fs'
 import os from 'node:os'
@@ -44,6 +47,10 @@ interface Subject {
   queues: number
   /** ublkd rows: the id of the kernel subject they are compared with. */
   counterpart?: string
+  /** Only these jobs (the tuning-flag rows run one). */
+  onlyJobs?: readonly string[]
+  /** ublkd rows served by a second daemon: its --state-dir. */
+  stateDir?: string
   up(vm: Vm): Promise<{ device: string; note: string; summary?: DeviceSummary }>
   down(vm: Vm): Promise<void>
 }
@@ -84,24 +91,37 @@ function kernelLoop(queues: number): Subject {
   }
 }
 
-function ublkdSubject(target: 'null' | 'memory' | 'loop', queues: number, label = `ublkd ${target}`): Subject {
-  const args = target === 'loop' ? `-f ${backingFile}` : '--size 1G'
+interface Variant {
+  label: string
+  /** Further `ublkd add` options. */
+  addArgs?: string
+  /** The daemon to create the device in (`--state-dir`): the one started with other options. */
+  stateDir?: string
+  onlyJobs?: readonly string[]
+}
+
+function ublkdSubject(target: 'null' | 'memory' | 'loop', queues: number, variant: Variant = { label: `ublkd ${target}` }): Subject {
+  const args = `${target === 'loop' ? `-f ${backingFile}` : '--size 1G'} ${variant.addArgs ?? ''}`.trim()
+  const stateDir = variant.stateDir ? ` --state-dir ${variant.stateDir}` : ''
   const counterpart = ({ null: 'null_blk', memory: 'null_blk_mem', loop: 'kernel_loop' } as const)[target]
   let id = -1
-  return {
-    id: target, label, kind: 'ublkd', queues, counterpart,
+  const subject: Subject = {
+    id: target, label: variant.label, kind: 'ublkd', queues, counterpart,
     up: async (vm) => {
-      const summary = await addDevice(vm, `-t ${target} ${args} -q ${queues}`)
+      const summary = await addDevice(vm, `-t ${target} ${args} -q ${queues}${stateDir}`)
       id = summary.id
       const options = Object.entries(summary.options).map(([k, v]) => `${k}=${String(v)}`).join(',')
       return { device: summary.blockDevice, note: `depth=${summary.depth}${options ? `,${options}` : ''}`, summary }
     },
     down: async (vm) => {
       if (id < 0) return
-      const result = await ublkd(vm, `del -n ${id}`)
+      const result = await ublkd(vm, `del -n ${id}${stateDir}`)
       if (result.code !== 0) throw new Error(`ublkd del -n ${id}: ${(result.stderr || result.stdout).trim()}`)
     },
   }
+  if (variant.onlyJobs) subject.onlyJobs = variant.onlyJobs
+  if (variant.stateDir) subject.stateDir = variant.stateDir
+  return subject
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -129,8 +149,13 @@ export interface Row {
   queueCpuPercent?: number
   /** Busy share of all the VM's CPUs in the steady part of the job, %. */
   vmBusyPercent?: number
+  /** ublkd rows: growth of the daemon's resident memory since the device was added, MiB. */
+  rssGrowthMiB?: number
   /** fio's own CPU (usr + sys), % of one CPU per fio job. */
   fioCpuPercent?: number
+  /** Runs behind the medians, and (max - min) / median of their IOPS, %. */
+  runs?: number
+  spreadPercent?: number
   note?: string
   skipped?: string
   /** Wall time of the row, fio and bookkeeping. */
@@ -211,8 +236,8 @@ async function measure(vm: Vm, subject: Subject, device: string, job: Job, runti
 }
 
 /** Sum of every queue's cqes and loop_turns, from `ublkd stats -n ID --json`. */
-async function batchCounters(vm: Vm, id: number): Promise<{ cqes: number; turns: number } | null> {
-  const result = await ublkd(vm, `stats -n ${id} --json`)
+async function batchCounters(vm: Vm, id: number, subject: Subject): Promise<{ cqes: number; turns: number } | null> {
+  const result = await ublkd(vm, `stats -n ${id} --json${subject.stateDir ? ` --state-dir ${subject.stateDir}` : ''}`)
   if (result.code !== 0) return null
   try {
     const queues = JSON.parse(result.stdout) as { cqes: number; loop_turns: number }[]
@@ -229,11 +254,14 @@ const fmt = (value: number | undefined, digits = 0): string => (value === undefi
 const ratio = (value: number | undefined): string => (value === undefined ? '' : `${value.toFixed(2)}x`)
 
 export function renderTable(rows: readonly Row[]): string {
-  const header = ['target', 'q', 'job', 'IOPS', 'MiB/s', 'mean us', 'p99 us', 'IOPS ratio', 'p99 ratio', 'cqes/turn', 'qthr CPU%', 'VM busy%']
+  const header = ['target', 'q', 'job', 'IOPS', 'spread', 'MiB/s', 'mean us', 'p99 us', 'IOPS ratio', 'p99 ratio', 'cqes/turn',
+    'qthr CPU%', 'VM busy%', 'RSS+ MiB']
   const cells = rows.map((r) => r.skipped !== undefined
     ? [r.target, String(r.queues), r.job, `skipped: ${r.skipped}`]
-    : [r.target, String(r.queues), r.job, fmt(r.iops), fmt(r.mibPerSecond, 1), fmt(r.meanLatUs), fmt(r.p99LatUs),
-      ratio(r.iopsRatio), ratio(r.p99Ratio), fmt(r.cqesPerTurn, 1), fmt(r.queueCpuPercent), fmt(r.vmBusyPercent)])
+    : [r.target, String(r.queues), r.job, fmt(r.iops), r.spreadPercent === undefined ? '' : `±${fmt(r.spreadPercent / 2)}%`,
+      fmt(r.mibPerSecond, 1), fmt(r.meanLatUs), fmt(r.p99LatUs),
+      ratio(r.iopsRatio), ratio(r.p99Ratio), fmt(r.cqesPerTurn, 1), fmt(r.queueCpuPercent), fmt(r.vmBusyPercent),
+      fmt(r.rssGrowthMiB, 1)])
   const widths = header.map((h, i) => Math.max(h.length, ...cells.filter((c) => c.length > 4).map((c) => (c[i] ?? '').length)))
   const line = (row: string[]): string => row.map((cell, i) => (i === 3 && row.length === 4 ? cell
     : i < 3 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ').trimEnd()
@@ -299,42 +327,83 @@ function say(text: string): void {
   process.stdout.write(`${text}\n`)
 }
 
+/** A kernel device and the ublkd devices compared with it: up together, runs alternating. */
+interface Group { subjects: Subject[]; jobs: Job[] }
+
+const median = (values: number[]): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
+type Measurement = Awaited<ReturnType<typeof measure>>
+
+/** The row of `runs` fio runs of one device and job: the median of each figure. */
+function medianRow(base: Row, runs: Measurement[]): Row {
+  const row: Row = { ...base, runs: runs.length }
+  const pick = (key: keyof Measurement): number | undefined => {
+    const values = runs.map((run) => run[key]).filter((value): value is number => value !== undefined)
+    return values.length > 0 ? median(values) : undefined
+  }
+  for (const key of ['iops', 'mibPerSecond', 'meanLatUs', 'p99LatUs', 'queueCpuPercent', 'vmBusyPercent', 'fioCpuPercent'] as const) {
+    const value = pick(key)
+    if (value !== undefined) row[key] = value
+  }
+  const iops = runs.map((run) => run.iops)
+  if (runs.length > 1 && row.iops > 0) row.spreadPercent = (100 * (Math.max(...iops) - Math.min(...iops))) / row.iops
+  return row
+}
+
 async function main(): Promise<void> {
-  const runtime = numberEnv('BENCH_RUNTIME', 10)
-  const ramp = numberEnv('BENCH_RAMP', 2)
+  const runtime = numberEnv('BENCH_RUNTIME', 6)
+  const ramp = numberEnv('BENCH_RAMP', 1)
+  const repeat = numberEnv('BENCH_REPEAT', 3)
   const jobFilter = listEnv('BENCH_JOBS')
   const targetFilter = listEnv('BENCH_TARGETS')
   const queueFilter = listEnv('BENCH_QUEUES')?.map(Number)
   const q2Jobs = listEnv('BENCH_Q2_JOBS') ?? kDefaultQ2Jobs
-  const statsCost = process.env['BENCH_STATS_COST'] !== '0'
+  const variants = process.env['BENCH_VARIANTS'] !== '0'
   const known = new Set(kJobs.map((j) => j.name))
   for (const name of [...(jobFilter ?? []), ...q2Jobs]) if (!known.has(name)) throw new Error(`unknown job '${name}' (known: ${[...known].join(', ')})`)
 
-  // Each kernel subject right before the ublkd one it is compared with, so that the pair is
-  // measured close together in time (the host's noise drifts).
-  const subjects: Subject[] = []
+  // The tuning-flag rows: ublkd null with one setting off its default, beside the default.
+  const variantJob = ['randread-4k-qd32']
+  const statsDaemonDir = '/tmp/ublkd-stats-per-turn'
+  const nullVariants: Variant[] = variants ? [
+    { label: 'ublkd null event-loop', addArgs: '--queue-mode event-loop', onlyJobs: variantJob },
+    { label: 'ublkd null mq-deadline', addArgs: '--io-scheduler mq-deadline', onlyJobs: variantJob },
+    { label: 'ublkd null stats/turn', stateDir: statsDaemonDir, onlyJobs: variantJob },
+  ] : []
+  const groups: Group[] = []
   for (const queues of [1, 2]) {
-    subjects.push(nullBlk(false, queues), ublkdSubject('null', queues), nullBlk(true, queues), ublkdSubject('memory', queues),
-      kernelLoop(queues), ublkdSubject('loop', queues))
+    const pairs: Subject[][] = [
+      [nullBlk(false, queues), ublkdSubject('null', queues), ...(queues === 1 ? nullVariants.map((v) => ublkdSubject('null', 1, v)) : [])],
+      [nullBlk(true, queues), ublkdSubject('memory', queues)],
+      [kernelLoop(queues), ublkdSubject('loop', queues)],
+    ]
+    for (const pair of pairs) {
+      const subjects = pair.filter((s) => (!targetFilter || targetFilter.includes(s.id)) && (!queueFilter || queueFilter.includes(s.queues)))
+      const jobs = kJobs.filter((j) => (!jobFilter || jobFilter.includes(j.name)) && (queues === 1 || q2Jobs.includes(j.name)))
+      if (subjects.length > 0 && jobs.length > 0) groups.push({ subjects, jobs })
+    }
   }
-  const selected = subjects.filter((s) => (!targetFilter || targetFilter.includes(s.id)) && (!queueFilter || queueFilter.includes(s.queues)))
-  const jobsFor = (s: Subject): Job[] => kJobs.filter((j) => (!jobFilter || jobFilter.includes(j.name)) && (s.queues === 1 || q2Jobs.includes(j.name)))
-  const plannedJobs = selected.reduce((n, s) => n + jobsFor(s).length, 0)
-  if (plannedJobs === 0) throw new Error('the filters leave nothing to run')
+  const runsOf = (subject: Subject, jobs: Job[]): number => jobs.filter((j) => !subject.onlyJobs || subject.onlyJobs.includes(j.name)).length
+  const plannedRuns = repeat * groups.reduce((n, g) => n + g.subjects.reduce((m, s) => m + runsOf(s, g.jobs), 0), 0)
+  if (plannedRuns === 0) throw new Error('the filters leave nothing to run')
 
   const started = Date.now()
-  say(`ublkd bench: ${plannedJobs} fio jobs of ${runtime} s (+${ramp} s ramp), about ${Math.ceil((plannedJobs * (runtime + ramp + 4)) / 60) + 1} min; booting the VM...`)
+  say(`ublkd bench: ${plannedRuns} fio runs of ${runtime} s (+${ramp} s ramp), about ${Math.ceil((plannedRuns * (runtime + ramp + 5)) / 60) + 1} min; booting the VM...`)
   const vm = await bootVm({ cpus: 2, memMiB: 4096 })
   const rows: Row[] = []
   let header = ''
   try {
     const env = (await vm.run('uname -r; nproc; fio --version; date -u +%Y-%m-%dT%H:%M:%SZ')).trim().split('\n')
-    const hostCpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU'
     header = [
       `ublkd bench, ${env[3]}: Linux ${env[0]} in QEMU TCG (software emulation), ${env[1]} vCPU, 4 GiB; ${env[2]}`,
-      `host: ${os.cpus().length} x ${hostCpu}, load average at start ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`,
+      `host: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, load average at start ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`,
       `fio: io_uring, direct=1, time_based ${runtime} s after a ${ramp} s ramp; q 2 rows run 2 fio jobs (one per vCPU)` +
-        `${process.env['BENCH_FIO_ARGS'] ? `; extra: ${process.env['BENCH_FIO_ARGS']}` : ''}`,
+        (process.env['BENCH_FIO_ARGS'] ? `; extra: ${process.env['BENCH_FIO_ARGS']}` : ''),
+      `each device and its kernel counterpart exist together; their fio runs alternate, ${repeat} per job; figures are medians`,
       'Absolute numbers under TCG are meaningless (everything is emulated, ~20x slower than hardware);',
       'only the ratios between rows of this one boot count: ublkd row / its kernel counterpart',
       '(null -> null_blk, memory -> null_blk mem, loop -> kernel loop, same queue count and job).',
@@ -342,66 +411,72 @@ async function main(): Promise<void> {
     say(`\n${header}\n`)
 
     await vm.run(`fallocate -l ${kBackingBytes} ${backingFile}`)
-    await vm.run(`setsid sh -c '${ublkdCli} daemon --metrics off > /tmp/ublkd.log 2>&1' < /dev/null > /dev/null 2>&1 &`)
-    await waitInVm(vm, `grep -q '"msg":"daemon ready"' /tmp/ublkd.log`, 60_000)
-    let daemonPid: number | undefined
+    const daemonPid = await startDaemon(vm, '/run/ublkd', '')
+    const statsDaemonPid = nullVariants.length > 0 ? await startDaemon(vm, statsDaemonDir, '--stats-publish-us 0') : undefined
+    const rssKiB = async (pid: number | undefined): Promise<number | undefined> => {
+      const result = await vm.exec(`awk '/^VmRSS:/ {print $2}' /proc/${pid}/status`)
+      const kib = Number(result.stdout.trim())
+      return result.code === 0 && kib > 0 ? kib : undefined
+    }
 
-    const runSubject = async (subject: Subject, jobs: Job[]): Promise<void> => {
-      const push = (row: Row): void => {
-        rows.push(row)
-        const result = row.skipped !== undefined ? `skipped (${row.skipped})`
-          : `${row.iops.toFixed(0)} IOPS, p99 ${row.p99LatUs.toFixed(0)} us${row.cqesPerTurn !== undefined ? `, ${row.cqesPerTurn.toFixed(1)} cqes/turn` : ''}`
-        say(`  ${subject.label} q${subject.queues} ${row.job}: ${result}${row.seconds !== undefined ? ` [${row.seconds} s]` : ''}`)
-      }
-      const base: Omit<Row, 'job'> = { target: subject.label, id: subject.id, kind: subject.kind, queues: subject.queues, iops: 0, mibPerSecond: 0, meanLatUs: 0, p99LatUs: 0 }
-      if (subject.counterpart !== undefined) base.counterpart = subject.counterpart
-      let up: Awaited<ReturnType<Subject['up']>>
-      try {
-        up = await subject.up(vm)
-      } catch (error) {
-        const reason = firstLine(error)
-        for (const job of jobs) push({ ...base, job: job.name, skipped: `device not created: ${reason}` })
-        await subject.down(vm).catch(() => {})
-        return
-      }
-      if (up.summary) daemonPid = up.summary.daemonPid
-      let counters = up.summary ? await batchCounters(vm, up.summary.id) : null
-      for (const job of jobs) {
-        const jobStarted = Date.now()
-        const row: Row = { ...base, job: job.name, note: up.note }
+    for (const group of groups) {
+      interface Live { subject: Subject; up: Awaited<ReturnType<Subject['up']>>; pid: number | undefined; rssBefore: number | undefined }
+      const live: Live[] = []
+      for (const subject of group.subjects) {
+        const pid = subject.kind === 'kernel' ? undefined : subject.stateDir === statsDaemonDir ? statsDaemonPid : daemonPid
+        const rssBefore = pid === undefined ? undefined : await rssKiB(pid)
         try {
-          Object.assign(row, await measure(vm, subject, up.device, job, runtime, ramp, up.summary))
-          if (up.summary && counters) {
-            const now = await batchCounters(vm, up.summary.id)
-            if (now && now.turns > counters.turns) row.cqesPerTurn = (now.cqes - counters.cqes) / (now.turns - counters.turns)
-            counters = now
-          }
+          live.push({ subject, up: await subject.up(vm), pid, rssBefore })
         } catch (error) {
-          row.skipped = firstLine(error)
+          for (const job of group.jobs) {
+            rows.push({ target: subject.label, id: subject.id, kind: subject.kind, queues: subject.queues, job: job.name, iops: 0,
+              mibPerSecond: 0, meanLatUs: 0, p99LatUs: 0, skipped: `device not created: ${firstLine(error)}` })
+          }
+          await subject.down(vm).catch(() => {})
         }
-        row.seconds = Math.round((Date.now() - jobStarted) / 100) / 10
-        push(row)
       }
-      try {
-        await subject.down(vm)
-      } catch (error) {
-        say(`  warning: removing ${subject.label} q${subject.queues} failed: ${firstLine(error)}`)
+      for (const job of group.jobs) {
+        const here = live.filter((l) => !l.subject.onlyJobs || l.subject.onlyJobs.includes(job.name))
+        const runs = new Map<Live, Measurement[]>(here.map((l) => [l, []]))
+        const failures = new Map<Live, string>()
+        const counters = new Map<Live, { cqes: number; turns: number } | null>()
+        for (const l of here) counters.set(l, l.up.summary ? await batchCounters(vm, l.up.summary.id, l.subject) : null)
+        const jobStarted = Date.now()
+        for (let run = 0; run < repeat; run++) {
+          for (const l of here) {
+            try {
+              runs.get(l)!.push(await measure(vm, l.subject, l.up.device, job, runtime, ramp, l.up.summary))
+            } catch (error) {
+              failures.set(l, firstLine(error))
+            }
+          }
+        }
+        for (const l of here) {
+          const base: Row = { target: l.subject.label, id: l.subject.id, kind: l.subject.kind, queues: l.subject.queues, job: job.name,
+            iops: 0, mibPerSecond: 0, meanLatUs: 0, p99LatUs: 0, note: l.up.note }
+          if (l.subject.counterpart !== undefined) base.counterpart = l.subject.counterpart
+          const measured = runs.get(l)!
+          const row = measured.length > 0 ? medianRow(base, measured) : { ...base, skipped: failures.get(l) ?? 'no run' }
+          const before = counters.get(l)
+          const after = l.up.summary && before ? await batchCounters(vm, l.up.summary.id, l.subject) : null
+          if (before && after && after.turns > before.turns) row.cqesPerTurn = (after.cqes - before.cqes) / (after.turns - before.turns)
+          const rssAfter = l.rssBefore === undefined ? undefined : await rssKiB(l.pid)
+          if (l.rssBefore !== undefined && rssAfter !== undefined) row.rssGrowthMiB = (rssAfter - l.rssBefore) / 1024
+          row.seconds = Math.round((Date.now() - jobStarted) / 100) / 10
+          rows.push(row)
+          const result = row.skipped !== undefined ? `skipped (${row.skipped})`
+            : `${row.iops.toFixed(0)} IOPS (${measured.map((m) => m.iops.toFixed(0)).join(', ')}), p99 ${row.p99LatUs.toFixed(0)} us` +
+              (row.cqesPerTurn !== undefined ? `, ${row.cqesPerTurn.toFixed(1)} cqes/turn` : '')
+          say(`  ${l.subject.label} q${l.subject.queues} ${job.name}: ${result}`)
+        }
       }
-    }
-
-    for (const subject of selected) {
-      const jobs = jobsFor(subject)
-      if (jobs.length > 0) await runSubject(subject, jobs)
-    }
-
-    // What publishing the queue counters every loop turn costs: the same null row from a daemon
-    // that publishes only with its twice-a-second heartbeat (`--stats-publish heartbeat`).
-    const costJob = kJobs.find((j) => j.name === 'randread-4k-qd32')!
-    if (statsCost && daemonPid !== undefined && selected.some((s) => s.id === 'null' && s.queues === 1) && jobsFor(ublkdSubject('null', 1)).includes(costJob)) {
-      await vm.run(`kill -TERM ${daemonPid}; for i in $(seq 300); do kill -0 ${daemonPid} 2>/dev/null || exit 0; sleep 0.1; done; exit 1`)
-      await vm.run(`setsid sh -c '${ublkdCli} daemon --metrics off --stats-publish heartbeat > /tmp/ublkd-heartbeat.log 2>&1' < /dev/null > /dev/null 2>&1 &`)
-      await waitInVm(vm, `grep -q '"msg":"daemon ready"' /tmp/ublkd-heartbeat.log`, 60_000)
-      await runSubject(ublkdSubject('null', 1, 'ublkd null hb-stats'), [costJob])
+      for (const l of live) {
+        try {
+          await l.subject.down(vm)
+        } catch (error) {
+          say(`  warning: removing ${l.subject.label} q${l.subject.queues} failed: ${firstLine(error)}`)
+        }
+      }
     }
 
     // Ratios: each ublkd row against its counterpart's row with the same queue count and job.
@@ -422,10 +497,19 @@ async function main(): Promise<void> {
   const results = path.join(repoRoot, 'bench', 'results')
   fs.mkdirSync(results, { recursive: true })
   const date = new Date().toISOString()
-  fs.writeFileSync(path.join(results, 'latest.json'), `${JSON.stringify({ date, header, runtime, ramp, minutes: Number(minutes), rows }, null, 2)}\n`)
+  fs.writeFileSync(path.join(results, 'latest.json'), `${JSON.stringify({ date, header, runtime, ramp, repeat, minutes: Number(minutes), rows }, null, 2)}\n`)
   fs.writeFileSync(path.join(results, 'latest.txt'), `${header}\n\n${table}\n`)
   fs.writeFileSync(path.join(results, 'latest.svg'), renderSvg(rows, `ublkd relative to the kernel driver, same VM boot (${date.slice(0, 10)}, QEMU TCG)`))
   say('written: bench/results/latest.{txt,json,svg}')
+}
+
+/** Start `ublkd daemon --state-dir DIR` in the VM (metrics off, `args` added); its pid once ready. */
+async function startDaemon(vm: Vm, stateDir: string, args: string): Promise<number> {
+  const log = `${stateDir}/bench-daemon.log`
+  await vm.run(`mkdir -p ${stateDir} && setsid sh -c 'echo $$ > ${stateDir}/bench-daemon.pid; ` +
+    `exec ${ublkdCli} daemon --metrics off --state-dir ${stateDir} ${args} > ${log} 2>&1' < /dev/null > /dev/null 2>&1 &`)
+  await waitInVm(vm, `grep -q '"msg":"daemon ready"' ${log}`, 60_000)
+  return Number((await vm.run(`cat ${stateDir}/bench-daemon.pid`)).trim())
 }
 
 function firstLine(error: unknown): string {

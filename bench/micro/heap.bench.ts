@@ -126,7 +126,7 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
     tagBuffers: Array.from({ length: kDepth }, () => Buffer.alloc(kIoBytes)),
     tagAddressLo, tagAddressHi,
     stopEventFd: -1, stopReadAddressLo: 0, stopReadAddressHi: 0,
-    stats: new QueueStatsWriter(queueStatsView(allocQueueStats(1), 0)), publishEveryTurn: true,
+    stats: new QueueStatsWriter(queueStatsView(allocQueueStats(1), 0)), statsPublishMicros: 0,
     log: pino({ level: 'silent' }),
   })
   const handler = target.openQueue(setup.spec, {

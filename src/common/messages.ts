@@ -4,6 +4,14 @@ import type { MessagePort } from 'node:worker_threads'
 
 import type { LogLevel } from './log.js'
 
+/**
+ * How a queue thread waits for work: `ring` blocks in io_uring_enter (fastest; the thread runs
+ * nothing else), `event-loop` is woken through an eventfd by the worker's event loop (targets
+ * may then complete requests from timers and promises).
+ */
+export const queueModes = ['ring', 'event-loop'] as const
+export type QueueMode = (typeof queueModes)[number]
+
 /** What the main thread hands a queue worker (one piscina task per hardware queue). */
 export interface QueueTaskInput {
   devId: number
@@ -21,8 +29,9 @@ export interface QueueTaskInput {
   /** Writing this eventfd makes the queue loop exit at once (forced stop). */
   stopEventFd: number
   logLevel: LogLevel
-  /** Publish stats every loop turn (default), or only with the heartbeat (a benchmarking knob). */
-  publishEveryTurn: boolean
+  /** A busy queue publishes its counters at most this often (µs); 0: every loop turn. */
+  statsPublishMicros: number
+  queueMode: QueueMode
   /** Carries QueueEvent messages to the main thread. */
   port: MessagePort
 }

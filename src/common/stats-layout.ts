@@ -81,6 +81,13 @@ export function batchBucket(count: number): number {
   return bucket < kBatchBuckets - 1 ? bucket : kBatchBuckets - 1
 }
 
+/**
+ * A busy queue publishes its counters at most this often: a publish is a seqlocked copy of
+ * every value, so doing it every loop turn (tens of µs apart under load) costs more than the
+ * freshness is worth. An idle queue publishes within this long of its last request.
+ */
+export const kDefaultStatsPublishMicros = 1000
+
 export function allocQueueStats(queues: number): SharedArrayBuffer {
   return new SharedArrayBuffer(queues * kQueueStatsBytes)
 }

@@ -10,6 +10,7 @@ import { ublkFeatureNames } from '../abi/ublk-cmd.js'
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
 import { isLogLevel, resolveLogLevel } from '../common/log.js'
 import { formatSize } from '../common/size.js'
+import { kDefaultStatsPublishMicros } from '../common/stats-layout.js'
 import { allTargetFlags, allTargets } from '../targets/registry.js'
 import { callDaemon, isNoDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
@@ -58,6 +59,10 @@ Options:
       --logical-block-size N    512, 1024, 2048 or 4096 (default 512, loop: the backing device's)
       --recovery                survive a queue thread or daemon death without losing I/O
                                 (UBLK_F_USER_RECOVERY + REISSUE; see docs/operations.md)
+      --queue-mode ring|event-loop
+                                ring (default): each queue thread blocks in io_uring_enter, the
+                                fastest; event-loop: it is woken through the worker's event loop,
+                                so targets may complete requests from timers and promises
       --io-scheduler NAME       the block layer's I/O scheduler of the device: none, mq-deadline,
                                 kyber, bfq (default ${deviceDefaults.ioScheduler}, as the kernel loop driver)
       --json                    print the device as JSON
@@ -125,9 +130,9 @@ terminal). At start it re-attaches the devices a previous daemon left (created w
 --recovery). SIGTERM or SIGINT stops and deletes every device, then exits 0.
 
 Options:
-  --stats-publish turn|heartbeat
-                       publish queue counters every loop turn (default), or only with the
-                       heartbeat (ten times a second): a knob to measure what stats cost
+  --stats-publish-us N  a busy queue publishes its counters (ublkd stats, metrics) at most
+                       every N µs, an idle one within N µs of its last request (default
+                       ${kDefaultStatsPublishMicros}); 0 publishes every loop turn: a knob to measure what stats cost
   --keep-devices-on-exit  on SIGTERM/SIGINT leave devices created with --recovery (and not
                        memory-backed) to the next daemon instead of deleting them
   --metrics HOST:PORT  serve Prometheus metrics at /metrics and a live status page at /
@@ -245,6 +250,7 @@ async function commandAdd(args: string[]): Promise<void> {
     number: { type: 'string', short: 'n' },
     'logical-block-size': { type: 'string' },
     'io-scheduler': { type: 'string' },
+    'queue-mode': { type: 'string' },
     json: { type: 'boolean' },
   })
   if (values['help']) return print(addHelp())
@@ -257,6 +263,7 @@ async function commandAdd(args: string[]): Promise<void> {
     id: stringValue(values, 'number'),
     logicalBlockSize: stringValue(values, 'logical-block-size'),
     ioScheduler: stringValue(values, 'io-scheduler'),
+    queueMode: stringValue(values, 'queue-mode'),
   }
   if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
   // The daemon has its own working directory: send it an absolute path.
@@ -384,11 +391,13 @@ async function commandFeatures(args: string[]): Promise<void> {
 async function commandDaemon(args: string[]): Promise<void> {
   const { values } = parse(args, {
     'log-level': { type: 'string' }, metrics: { type: 'string' }, 'keep-devices-on-exit': { type: 'boolean' },
-    'stats-publish': { type: 'string' },
+    'stats-publish-us': { type: 'string' },
   })
-  const publish = stringValue(values, 'stats-publish') ?? 'turn'
-  if (publish !== 'turn' && publish !== 'heartbeat') throw new UsageError(`--stats-publish must be turn or heartbeat, got '${publish}'`)
   if (values['help']) return print(daemonHelp)
+  const publish = stringValue(values, 'stats-publish-us') ?? String(kDefaultStatsPublishMicros)
+  if (!/^\d+$/.test(publish) || Number(publish) > 1_000_000) {
+    throw new UsageError(`--stats-publish-us must be an integer from 0 to 1000000, got '${publish}'`)
+  }
   const level = stringValue(values, 'log-level')
   if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level '${level}' is not a pino level`)
   await runDaemon({
@@ -396,7 +405,7 @@ async function commandDaemon(args: string[]): Promise<void> {
     logLevel: resolveLogLevel(level),
     metrics: parseListenAddress(stringValue(values, 'metrics') ?? kDefaultMetricsAddress),
     keepDevicesOnExit: values['keep-devices-on-exit'] === true,
-    publishEveryTurn: publish === 'turn',
+    statsPublishMicros: Number(publish),
   })
 }
 

@@ -24,8 +24,8 @@ export interface DaemonOptions {
   logLevel: LogLevel
   /** Where to serve /metrics and the status page; null for nowhere. */
   metrics: ListenAddress | null
-  /** Queue stats published every loop turn, or only with the heartbeat (--stats-publish). */
-  publishEveryTurn: boolean
+  /** How often a busy queue publishes its counters, µs (--stats-publish-us). */
+  statsPublishMicros: number
   /** On SIGTERM/SIGINT, leave devices created with --recovery for the next daemon to re-attach. */
   keepDevicesOnExit: boolean
 }
@@ -46,13 +46,13 @@ class Daemon {
     private readonly log: Logger,
     private readonly logLevel: LogLevel,
     private readonly store: StateStore,
-    private readonly publishEveryTurn: boolean,
+    private readonly statsPublishMicros: number,
   ) {}
 
   private deps(): DeviceDeps {
     return {
       control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys,
-      store: this.store, publishEveryTurn: this.publishEveryTurn,
+      store: this.store, statsPublishMicros: this.statsPublishMicros,
     }
   }
 
@@ -215,7 +215,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   const socket = socketPath(options.stateDir)
   await claimSocket(socket)
   const control = UblkControl.open()
-  const daemon = new Daemon(control, log, options.logLevel, new StateStore(options.stateDir), options.publishEveryTurn)
+  const daemon = new Daemon(control, log, options.logLevel, new StateStore(options.stateDir), options.statsPublishMicros)
   try {
     if (options.metrics) await daemon.serveMetrics(options.metrics)
     await daemon.reattachAll()

@@ -1,6 +1,7 @@
 // A validated request to create a device: the common options every target shares.
 import { UBLK_MAX_QUEUE_DEPTH, UBLK_MAX_UBLKS } from '../abi/ublk-cmd.js'
 import { UsageError } from '../common/errors.js'
+import { queueModes, type QueueMode } from '../common/messages.js'
 import type { RawTargetOptions } from '../targets/target.js'
 
 export interface DeviceRequest {
@@ -16,6 +17,8 @@ export interface DeviceRequest {
   recovery: boolean
   /** The block layer's I/O scheduler for /dev/ublkbN, set once the device is started. */
   ioScheduler: string
+  /** --queue-mode when given; otherwise ring, or event-loop for a target that needs it. */
+  queueMode?: QueueMode
 }
 
 /**
@@ -32,7 +35,7 @@ export const deviceDefaults = {
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode']
 // A block-layer elevator name (none, mq-deadline, kyber, bfq): also what may go into sysfs.
 const kSchedulerName = /^[a-z][a-z0-9_-]{0,31}$/
 
@@ -54,6 +57,14 @@ function schedulerField(raw: Record<string, unknown>): string | undefined {
     throw new UsageError(`--io-scheduler must be a scheduler name such as none or mq-deadline, got '${String(value)}'`)
   }
   return value
+}
+
+function queueModeField(raw: Record<string, unknown>): QueueMode | undefined {
+  const value = raw['queueMode']
+  if (value === undefined) return undefined
+  const mode = queueModes.find((candidate) => candidate === value)
+  if (mode === undefined) throw new UsageError(`--queue-mode must be ${queueModes.join(' or ')}, got '${String(value)}'`)
+  return mode
 }
 
 function booleanField(raw: Record<string, unknown>, name: string, flag: string): boolean | undefined {
@@ -86,6 +97,8 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
     ioScheduler: schedulerField(raw) ?? deviceDefaults.ioScheduler,
   }
   if (logical !== undefined) request.logicalBlockSize = logical
+  const queueMode = queueModeField(raw)
+  if (queueMode !== undefined) request.queueMode = queueMode
   const devId = integerField(raw, 'id', '--number', 0, UBLK_MAX_UBLKS - 1)
   if (devId !== undefined) request.id = devId
   return request

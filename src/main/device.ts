@@ -20,6 +20,7 @@ import {
 import type { Params } from '../abi/structs.js'
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
 import type { LogLevel, Logger } from '../common/log.js'
+import type { QueueMode } from '../common/messages.js'
 import { allocQueueStats, kStatHeartbeatMs, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
 import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
@@ -53,6 +54,7 @@ export interface DeviceSummary {
   recoveries: number
   /** The block layer's I/O scheduler of the device as sysfs shows it now; null if unreadable. */
   ioScheduler: string | null
+  queueMode: QueueMode
   options: Record<string, string | number | boolean>
 }
 
@@ -60,8 +62,8 @@ export interface DeviceDeps {
   control: UblkControl
   log: Logger
   logLevel: LogLevel
-  /** See QueueTaskInput.publishEveryTurn. */
-  publishEveryTurn: boolean
+  /** See QueueTaskInput.statsPublishMicros. */
+  statsPublishMicros: number
   /** Backings in use (TargetSetup.exclusiveKey -> device id), shared by the daemon's devices. */
   exclusiveKeys: Map<string, number>
   store: StateStore
@@ -146,6 +148,7 @@ export class Device {
     private readonly request: DeviceRequest,
     private readonly target: Target,
     private readonly setup: TargetSetup<unknown>,
+    private readonly queueMode: QueueMode,
     private readonly deps: DeviceDeps,
     readonly log: Logger,
     private readonly queues: number,
@@ -161,7 +164,7 @@ export class Device {
     if (request.queues > cpuCount) {
       throw new UsageError(`--queues ${request.queues} is more than the ${cpuCount} CPUs of this machine`)
     }
-    const { target, setup, release } = Device.prepareTarget(request, deps)
+    const { target, setup, queueMode, release } = Device.prepareTarget(request, deps)
     const info = await deps.control.addDev({
       nrHwQueues: request.queues,
       queueDepth: request.depth,
@@ -180,7 +183,7 @@ export class Device {
       }
       throw error
     })
-    const device = new Device(info.devId, request, target, setup, deps, deps.log.child({ devId: info.devId }),
+    const device = new Device(info.devId, request, target, setup, queueMode, deps, deps.log.child({ devId: info.devId }),
       info.nrHwQueues, info.queueDepth, info.maxIoBufBytes)
     device.releaseTarget = release
     device.claimBacking()
@@ -221,8 +224,8 @@ export class Device {
     if ((info.flags & UBLK_F_USER_RECOVERY) === 0n) {
       throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} was not created with --recovery`)
     }
-    const { setup, release } = Device.prepareTarget(request, deps)
-    const device = new Device(id, request, target, setup, deps, deps.log.child({ devId: id }),
+    const { setup, queueMode, release } = Device.prepareTarget(request, deps)
+    const device = new Device(id, request, target, setup, queueMode, deps, deps.log.child({ devId: id }),
       info.nrHwQueues, info.queueDepth, info.maxIoBufBytes)
     device.releaseTarget = release
     device.claimBacking()
@@ -252,7 +255,12 @@ export class Device {
       target.undo(setup.spec)
       throw new UsageError(`${setup.describe['file'] ?? 'the backing'} is already served by device ${holder}`)
     }
-    return { target, setup, release: () => target.undo(setup.spec) }
+    if (setup.needsEventLoop && request.queueMode === 'ring') {
+      target.undo(setup.spec)
+      throw new UsageError(`target ${target.name} with these options completes requests from timers or promises: it needs --queue-mode event-loop`)
+    }
+    const queueMode: QueueMode = setup.needsEventLoop ? 'event-loop' : request.queueMode ?? 'ring'
+    return { target, setup, queueMode, release: () => target.undo(setup.spec) }
   }
 
   private claimBacking(): void {
@@ -316,7 +324,8 @@ export class Device {
       targetSpec: this.setup.spec,
       stats: this.stats,
       logLevel: this.deps.logLevel,
-      publishEveryTurn: this.deps.publishEveryTurn,
+      statsPublishMicros: this.deps.statsPublishMicros,
+      queueMode: this.queueMode,
     })
     await Promise.race([this.pool.whenReady(), this.pool.firstExit()])
   }
@@ -496,6 +505,7 @@ export class Device {
       recovery: this.request.recovery,
       recoveries: this.recoveries,
       ioScheduler: this.ioScheduler()?.current ?? null,
+      queueMode: this.queueMode,
       options: this.setup.describe,
     }
     if (options.withStats) summary.queueStats = this.queueStats()

@@ -7,7 +7,7 @@ import { Piscina } from 'piscina'
 
 import { UblkdError } from '../common/errors.js'
 import type { LogLevel } from '../common/log.js'
-import type { QueueEvent, QueueExit, QueueTaskInput } from '../common/messages.js'
+import type { QueueEvent, QueueExit, QueueMode, QueueTaskInput } from '../common/messages.js'
 import { native } from '../native/addon.js'
 
 const queueWorkerUrl = new URL('../queue-worker/entry.js', import.meta.url).href
@@ -34,7 +34,8 @@ export interface QueuePoolSpec {
   targetSpec: unknown
   stats: SharedArrayBuffer
   logLevel: LogLevel
-  publishEveryTurn: boolean
+  statsPublishMicros: number
+  queueMode: QueueMode
 }
 
 export interface QueueTask {
@@ -80,7 +81,8 @@ export class QueuePool {
         stats: spec.stats,
         stopEventFd,
         logLevel: spec.logLevel,
-        publishEveryTurn: spec.publishEveryTurn,
+        statsPublishMicros: spec.statsPublishMicros,
+        queueMode: spec.queueMode,
         port: port2,
       }
       const task: QueueTask = {

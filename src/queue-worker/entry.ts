@@ -62,7 +62,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       stopReadAddressLo: Number(stopAddress & 0xffffffffn),
       stopReadAddressHi: Number(stopAddress >> 32n),
       stats: new QueueStatsWriter(queueStatsView(input.stats, input.queueId)),
-      publishEveryTurn: input.publishEveryTurn,
+      statsPublishMicros: input.statsPublishMicros,
       log,
     })
     const handler = target.openQueue(input.targetSpec, {
@@ -79,8 +79,8 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       loop.arm(handler)
       const ready: QueueReady = { type: 'ready', queueId: input.queueId, tid }
       input.port.postMessage(ready)
-      log.info({ tid, cpus: input.cpus, sqEntries }, 'queue ready')
-      const reason = loop.run()
+      log.info({ tid, cpus: input.cpus, sqEntries, queueMode: input.queueMode }, 'queue ready')
+      const reason = input.queueMode === 'event-loop' ? await loop.runOnEventLoop() : loop.run()
       log.info({ reason, requestsServed: loop.requestsServed }, 'queue stopped')
       return { queueId: input.queueId, tid, reason, requestsServed: loop.requestsServed }
     } finally {

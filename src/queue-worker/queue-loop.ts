@@ -30,6 +30,8 @@ import { kUserDataStop, kUserDataTarget, kUserDataUblk } from '../common/user-da
 
 /** The loop wakes at least this often, so its heartbeat shows it alive while idle. */
 const kWaitTimeoutNs = 500_000_000
+/** Event-loop mode: an idle loop turns this often (heartbeat, last counts published). */
+const kEventLoopTickMs = 100
 /** heartbeat_ms (a wall-clock read) is refreshed at most this often. */
 const kHeartbeatIntervalMicros = 100_000
 const kOtherOpIndex = ioOps.indexOf('other')
@@ -55,8 +57,8 @@ export interface QueueLoopParts {
   stopReadAddressLo: number
   stopReadAddressHi: number
   stats: QueueStatsWriter
-  /** false: publish only when the heartbeat is due (measures what per-turn publishing costs). */
-  publishEveryTurn: boolean
+  /** A busy loop publishes its counters at most this often, µs; 0: every turn with requests. */
+  statsPublishMicros: number
   log: Logger
 }
 
@@ -81,7 +83,14 @@ export class QueueLoop {
   private readonly committedArrivals: Int32Array
   private committed = 0
   private turnMicros = 0
+  /** Dispatching a turn's CQEs: commits made now go out with the turn's. */
+  private inTurn = false
+  /** Event-loop mode: have staged SQEs submitted once the current callback returns. */
+  private submitSoon: (() => void) | null = null
   private heartbeatMicros = 0
+  private publishedMicros = 0
+  /** Requests were counted since the last publish. */
+  private unpublished = false
   private inflight = 0
   /** This turn's requests and sectors per op (ioOps order), folded into the shared stats. */
   private readonly turnOps: Int32Array
@@ -113,33 +122,99 @@ export class QueueLoop {
     this.staged = 0
   }
 
-  /** Serve requests until every tag is aborted or a stop is requested. */
+  /**
+   * Ring mode: serve requests until every tag is aborted or a stop is requested, blocking in
+   * io_uring_enter between turns. The thread runs nothing else meanwhile.
+   */
   run(): LoopEnd {
-    const ring = this.parts.ring
-    const clock = this.clock
-    const values = this.parts.stats.values
-    this.heartbeatMicros = clock[kClockReaped]! - kHeartbeatIntervalMicros
-    while (this.liveTags > 0 && !this.stopRequested) {
-      const reaped = ring.enter(this.staged, 1, kWaitTimeoutNs)
-      this.staged = 0
-      this.turnMicros = clock[kClockReaped]!
-      this.countServiceTimes(clock[kClockSubmitted]!)
-      for (let i = 0; i < reaped; i++) this.dispatch(i)
-      this.handler!.endTurn?.()
-      values[kStatLoopTurns]! += 1
-      if (reaped > 0) {
-        values[kStatCqes]! += reaped
-        values[kStatBatchFirstBucket + batchBucket(reaped)]! += 1
-      }
-      this.foldTurn(values)
-      this.errors.tick()
+    this.startServing()
+    const publishWaitNs = Math.max(this.parts.statsPublishMicros, 1) * 1000
+    while (this.serving()) {
+      // With counts still unpublished, wait no longer than the publish interval: a queue that
+      // goes idle publishes its last requests within that time.
+      this.turn(1, this.unpublished ? publishWaitNs : kWaitTimeoutNs)
     }
+    return this.end()
+  }
+
+  /**
+   * Event-loop mode: serve requests from the worker's event loop, woken by an eventfd the ring
+   * signals on every completion; between wake-ups the thread runs timers and promises, so a
+   * target may complete requests from them (QueueContext.complete at any time).
+   */
+  runOnEventLoop(): Promise<LoopEnd> {
+    this.startServing()
+    return new Promise((resolve) => {
+      let finished = false
+      let submitScheduled = false
+      const serve = (): void => {
+        if (finished) return
+        // Submit what is staged and handle what completed, until a turn brings nothing.
+        while (this.serving() && (this.turn(0, 0) > 0 || this.staged > 0)) { /* next turn */ }
+        if (this.serving()) return
+        finished = true
+        clearInterval(ticker)
+        resolve(this.end())
+      }
+      this.submitSoon = () => {
+        if (submitScheduled) return
+        submitScheduled = true
+        setImmediate(() => {
+          submitScheduled = false
+          serve()
+        })
+      }
+      // An idle queue still turns, to refresh its heartbeat and publish its last counts.
+      const ticker = setInterval(serve, kEventLoopTickMs)
+      this.parts.ring.watchCompletions(serve)
+      serve()
+    })
+  }
+
+  private startServing(): void {
+    this.heartbeatMicros = this.clock[kClockReaped]! - kHeartbeatIntervalMicros
+  }
+
+  private serving(): boolean {
+    return this.liveTags > 0 && !this.stopRequested
+  }
+
+  private end(): LoopEnd {
     return this.stopRequested ? 'stopped' : 'aborted'
   }
 
-  /** A pending request finished (targets with their own async I/O). */
+  /** One enter (submit the staged SQEs, wait for `minComplete` CQEs), then handle what it reaped. */
+  private turn(minComplete: number, timeoutNs: number): number {
+    const clock = this.clock
+    const values = this.parts.stats.values
+    const reaped = this.parts.ring.enter(this.staged, minComplete, timeoutNs)
+    this.staged = 0
+    this.turnMicros = clock[kClockReaped]!
+    this.countServiceTimes(clock[kClockSubmitted]!)
+    this.inTurn = true
+    for (let i = 0; i < reaped; i++) this.dispatch(i)
+    this.handler!.endTurn?.()
+    this.inTurn = false
+    values[kStatLoopTurns]! += 1
+    if (reaped > 0) {
+      values[kStatCqes]! += reaped
+      values[kStatBatchFirstBucket + batchBucket(reaped)]! += 1
+    }
+    this.foldTurn(values, reaped)
+    this.errors.tick()
+    return reaped
+  }
+
+  /**
+   * A pending request finished (targets with their own async I/O). Within a turn (onCompletion,
+   * endTurn) the commit goes with the turn's; outside one (event-loop mode only: a timer, a
+   * promise) it is submitted as soon as the current callback returns.
+   */
   complete(tag: number, result: number): void {
     this.commit(tag, result)
+    if (this.inTurn) return
+    if (!this.submitSoon) throw new Error(`queue ${this.parts.queueId}: a request completed outside a loop turn in ring mode`)
+    this.submitSoon()
   }
 
   /** The staging SQEs, for targets that stage their own. */
@@ -237,8 +312,11 @@ export class QueueLoop {
     return micros * length
   }
 
-  /** Add this turn's integer tallies to the shared counters and publish them. */
-  private foldTurn(values: Float64Array): void {
+  /**
+   * Add this turn's integer tallies to the counters; publish them when the heartbeat is due, the
+   * publish interval has passed, or the loop woke without work (it went idle).
+   */
+  private foldTurn(values: Float64Array, reaped: number): void {
     const ops = this.turnOps
     const sectors = this.turnSectors
     for (let op = 0; op < ops.length; op++) {
@@ -255,7 +333,13 @@ export class QueueLoop {
       this.heartbeatMicros = this.turnMicros
       values[kStatHeartbeatMs] = Date.now()
     }
-    if (heartbeatDue || this.parts.publishEveryTurn) this.parts.stats.publish()
+    if (reaped > 0) this.unpublished = true
+    const intervalDue = ((this.turnMicros - this.publishedMicros) | 0) >= this.parts.statsPublishMicros
+    if (heartbeatDue || (this.unpublished && (intervalDue || reaped === 0))) {
+      this.parts.stats.publish()
+      this.publishedMicros = this.turnMicros
+      this.unpublished = false
+    }
   }
 
   /** The kernel ended this tag's command: ABORT when the device stops, any other error is a bug

@@ -5,13 +5,15 @@
 //   throw   throws from the queue thread: the queue task fails
 //   exit    exits the queue thread (process.exit in a worker ends that thread only)
 //   stall   spins the queue thread for --fault-stall-ms (default 60000): a stuck queue
+//   delay   serves the request, but completes it --fault-delay-ms (default 100) later from a
+//           timer, the thread serving others meanwhile: a slow backend (event-loop mode)
 // Not for data you care about.
 import { UsageError } from '../common/errors.js'
 import { MemoryQueue, memorySetup, type MemorySpec } from './memory.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
-import type { IoRequest, QueueHandler, Target } from './target.js'
+import { kIoPending, type IoRequest, type QueueContext, type QueueHandler, type Target } from './target.js'
 
-const kFaults = ['error', 'throw', 'exit', 'stall'] as const
+const kFaults = ['error', 'throw', 'exit', 'stall', 'delay'] as const
 type Fault = (typeof kFaults)[number]
 
 interface FaultOptions {
@@ -22,6 +24,7 @@ interface FaultOptions {
   count: number
   errno: number
   stallMs: number
+  delayMs: number
 }
 
 interface FaultSpec {
@@ -31,6 +34,7 @@ interface FaultSpec {
   count: number
   errno: number
   stallMs: number
+  delayMs: number
   /** Requests seen by the whole device: one Int32 shared by every queue. */
   seen: SharedArrayBuffer
 }
@@ -49,7 +53,7 @@ class FaultQueue implements QueueHandler {
   private readonly memory: MemoryQueue
   private readonly seen: Int32Array
 
-  constructor(private readonly spec: FaultSpec) {
+  constructor(private readonly spec: FaultSpec, private readonly queue: QueueContext) {
     this.memory = new MemoryQueue(spec.memory)
     this.seen = new Int32Array(spec.seen)
   }
@@ -72,6 +76,12 @@ class FaultQueue implements QueueHandler {
         }
         return this.memory.handleIo(request)
       }
+      case 'delay': {
+        const tag = request.tag
+        const result = this.memory.handleIo(request)
+        setTimeout(() => this.queue.complete(tag, result), spec.delayMs)
+        return kIoPending
+      }
     }
   }
 
@@ -84,11 +94,12 @@ export const faultTarget: Target<FaultOptions, FaultSpec> = {
   summary: 'a RAM disk that fails on purpose (testing tool, see docs/operations.md)',
   optionHelp: [
     '--size SIZE            device size (required)',
-    '--fault error|throw|exit|stall   what to do (required)',
+    '--fault error|throw|exit|stall|delay   what to do (required)',
     '--fault-at N           from the Nth request of the device on (default 1000)',
     '--fault-count N        for this many requests (default 1)',
     '--fault-errno N        errno for --fault error (default 5, EIO)',
     '--fault-stall-ms MS    how long --fault stall spins (default 60000)',
+    '--fault-delay-ms MS    how late --fault delay completes (default 100; event-loop mode)',
   ],
   flags: [
     { name: 'size', field: 'size', type: 'string', short: 's' },
@@ -97,9 +108,10 @@ export const faultTarget: Target<FaultOptions, FaultSpec> = {
     { name: 'fault-count', field: 'faultCount', type: 'string' },
     { name: 'fault-errno', field: 'faultErrno', type: 'string' },
     { name: 'fault-stall-ms', field: 'faultStallMs', type: 'string' },
+    { name: 'fault-delay-ms', field: 'faultDelayMs', type: 'string' },
   ],
   parseOptions(raw, requestedBlockSize) {
-    rejectUnknownOptions(raw, ['size', 'fault', 'faultAt', 'faultCount', 'faultErrno', 'faultStallMs'], 'fault')
+    rejectUnknownOptions(raw, ['size', 'fault', 'faultAt', 'faultCount', 'faultErrno', 'faultStallMs', 'faultDelayMs'], 'fault')
     const fault = raw['fault']
     if (typeof fault !== 'string' || !(kFaults as readonly string[]).includes(fault)) {
       throw new UsageError(`--fault must be one of ${kFaults.join(', ')}`)
@@ -115,19 +127,21 @@ export const faultTarget: Target<FaultOptions, FaultSpec> = {
       count: positiveInteger(raw, 'faultCount', '--fault-count', 1),
       errno,
       stallMs: positiveInteger(raw, 'faultStallMs', '--fault-stall-ms', 60_000),
+      delayMs: positiveInteger(raw, 'faultDelayMs', '--fault-delay-ms', 100),
     }
   },
   setup(options) {
     const memory = memorySetup(options.sizeBytes, options.logicalBlockSize)
-    const { fault, at, count, errno, stallMs } = options
+    const { fault, at, count, errno, stallMs, delayMs } = options
     return {
       geometry: memory.geometry,
-      spec: { memory: memory.spec, fault, at, count, errno, stallMs, seen: new SharedArrayBuffer(4) },
+      spec: { memory: memory.spec, fault, at, count, errno, stallMs, delayMs, seen: new SharedArrayBuffer(4) },
       describe: { fault, faultAt: at, faultCount: count },
+      needsEventLoop: fault === 'delay',
     }
   },
   undo() {},
-  openQueue(spec) {
-    return new FaultQueue(spec)
+  openQueue(spec, queue) {
+    return new FaultQueue(spec, queue)
   },
 }

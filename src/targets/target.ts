@@ -40,6 +40,8 @@ export interface TargetSetup<Spec> {
   describe: Record<string, string | number | boolean>
   /** Two devices with the same key may not exist at once (e.g. the backing file's dev:ino). */
   exclusiveKey?: string
+  /** The queues complete requests from timers or promises: they need --queue-mode event-loop. */
+  needsEventLoop?: boolean
 }
 
 /** One request, reused for every I/O of a queue (no allocation per I/O). */
@@ -78,7 +80,10 @@ export interface QueueContext {
    * in flight (the ring is sized for that).
    */
   reserveSqe(): number
-  /** Report the result of a request handleIo() left pending. */
+  /**
+   * Report the result of a request handleIo() left pending. In ring mode only from
+   * onCompletion() or endTurn(); in event-loop mode at any time (a timer, a promise).
+   */
   complete(tag: number, result: number): void
 }
 

@@ -36,7 +36,14 @@ class FakeRing implements NativeRing {
   /** Per enter: the µs stamps it leaves in `clock` (submitted, reaped); 0, 0 when unscripted. */
   stamps: [submitted: number, reaped: number][] = []
 
-  enter(staged: number): number {
+  /** The wait timeout of every enter, ns. */
+  timeouts: number[] = []
+  /** Called at each enter, before it returns its batch. */
+  onEnter: () => void = () => {}
+
+  enter(staged: number, _minComplete: number, timeoutNs: number): number {
+    this.timeouts.push(timeoutNs)
+    this.onEnter()
     const [submitted, reaped] = this.stamps.shift() ?? [0, 0]
     new Int32Array(this.clock).set([submitted, reaped])
     const words = new Uint32Array(this.sqes)
@@ -62,11 +69,14 @@ class FakeRing implements NativeRing {
 
   registeredFiles: number[] = []
   registerFiles(fds: readonly number[]): void { this.registeredFiles = [...fds] }
-  watchCompletions(): void {}
+  /** Event-loop mode: the loop's wake-up callback. */
+  wake: (() => void) | null = null
+  watchCompletions(callback: () => void): void { this.wake = callback }
   close(): void { this.closed = true }
 }
 
-function setup(depth: number, handle: (request: IoRequest) => number, onCompletion?: (cookie: number, res: number) => void) {
+function setup(depth: number, handle: (request: IoRequest) => number, onCompletion?: (cookie: number, res: number) => void,
+  statsPublishMicros = 0) {
   const ring = new FakeRing()
   const descs = new Uint32Array(depth * 6)
   const stats = allocQueueStats(1)
@@ -86,7 +96,7 @@ function setup(depth: number, handle: (request: IoRequest) => number, onCompleti
     tagAddressHi: new Uint32Array(depth).fill(0x7f),
     stopEventFd: 5, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(stats, 0)),
-    publishEveryTurn: true,
+    statsPublishMicros,
     log: pino({ level: 'silent' }),
   })
   loop.arm(handler)
@@ -149,6 +159,51 @@ t.test('service times run from the turn a request arrived in to the enter that s
   t.equal(values[kStatLatencyFirstBucket + latencyBucketMicros(150)], 2, 'tags 0 and 1: 150 µs')
   t.equal(values[kStatLatencyFirstBucket + latencyBucketMicros(700)], 1, 'tag 2: 700 µs, across the wrap')
   t.equal(values[statIndex('latency_sum_ns')], (2 * 150 + 700) * 1000)
+})
+
+t.test('a busy loop publishes its counters once per interval, and at once when it goes idle', async (t) => {
+  const { ring, descs, loop, stats } = setup(4, () => 4096, undefined, 1000)
+  descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 0)
+  const published: number[] = []
+  ring.onEnter = () => published.push(readQueueStats(queueStatsView(stats, 0))[statIndex('read_ops')]!)
+  // Turn 1 (t 5000): the heartbeat is due, so it publishes. Turn 2 (t 5100) serves a read: not
+  // published yet, and the next wait is cut to the 1 ms interval. Turn 3 (t 6050) wakes idle:
+  // it publishes. Turn 4 serves a read at t 6200, turn 5 another at t 7300 (interval passed).
+  ring.stamps.push([4990, 5000], [5090, 5100], [6040, 6050], [6190, 6200], [7290, 7300], [7390, 7400])
+  ring.batches.push([], [[0, kUserDataUblk, 0]], [], [[0, kUserDataUblk, 0]], [[0, kUserDataUblk, 0]])
+  ring.batches.push([0, 1, 2, 3].map((tag) => [tag, kUserDataUblk, UBLK_IO_RES_ABORT]))
+  loop.run()
+  // published[i] is what readers saw when run's enter i began, i.e. after turn i.
+  t.same(published.slice(1), [0, 0, 1, 1, 3], 'seen after turns 1..5')
+  t.same(ring.timeouts.slice(1, 6), [500e6, 500e6, 1e6, 500e6, 1e6], 'waits are cut to 1 ms while counts are unpublished')
+})
+
+t.test('event-loop mode: woken by the ring, a request completed from a timer is submitted at once', async (t) => {
+  const parts = setup(2, (request) => {
+    if (request.tag === 0) return 512
+    setTimeout(() => parts.loop.complete(1, 1024), 5)
+    return kIoPending
+  })
+  const { ring, descs, loop } = parts
+  descs.set([UBLK_IO_OP_READ, 1, 0, 0, 0, 0], 0)
+  descs.set([UBLK_IO_OP_READ, 2, 0, 0, 0, 0], 6)
+  ring.batches.push([], [[0, kUserDataUblk, 0], [1, kUserDataUblk, 0]])
+  const ended = loop.runOnEventLoop()
+  t.ok(ring.wake, 'the loop watches the ring')
+  t.equal(ring.submitted.length, 2, 'arm, then one turn that found nothing')
+  ring.wake!()
+  const commits = () => ring.submitted.flat().filter((s) => s.cmdOp === UBLK_U_IO_COMMIT_AND_FETCH_REQ)
+  t.same(commits().map((s) => [s.tag, s.result]), [[0, 512]], 'tag 0 committed in the turn that served it')
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.same(commits().map((s) => [s.tag, s.result]), [[0, 512], [1, 1024]], 'tag 1 committed from its timer, without a wake-up')
+  ring.batches.push([0, 1].map((tag) => [tag, kUserDataUblk, UBLK_IO_RES_ABORT]))
+  ring.wake!()
+  t.equal(await ended, 'aborted')
+})
+
+t.test('ring mode: completing a request outside a turn is a target bug, said so', async (t) => {
+  const { loop } = setup(2, () => 0)
+  t.throws(() => loop.complete(0, 0), /completed outside a loop turn in ring mode/)
 })
 
 t.test('negative results are committed and counted as errors', async (t) => {
