@@ -89,7 +89,7 @@ export class QueueLoop {
   private submitSoon: (() => void) | null = null
   private heartbeatMicros = 0
   private publishedMicros = 0
-  /** Requests were counted since the last publish. */
+  /** Requests or their service times were counted since the last publish. */
   private unpublished = false
   private inflight = 0
   /** This turn's requests and sectors per op (ioOps order), folded into the shared stats. */
@@ -130,9 +130,10 @@ export class QueueLoop {
     this.startServing()
     const publishWaitNs = Math.max(this.parts.statsPublishMicros, 1) * 1000
     while (this.serving()) {
-      // With counts still unpublished, wait no longer than the publish interval: a queue that
-      // goes idle publishes its last requests within that time.
-      this.turn(1, this.unpublished ? publishWaitNs : kWaitTimeoutNs)
+      // With counts still unpublished (or service times still to count, at the next enter),
+      // wait no longer than the publish interval: a queue that goes idle publishes its last
+      // requests within that time.
+      this.turn(1, this.unpublished || this.committed > 0 ? publishWaitNs : kWaitTimeoutNs)
     }
     return this.end()
   }
@@ -304,6 +305,7 @@ export class QueueLoop {
     sumMicros += this.countRun(values, submittedMicros, runArrival, runLength)
     values[kStatLatencySumNs]! += sumMicros * 1000
     this.committed = 0
+    this.unpublished = true
   }
 
   private countRun(values: Float64Array, submittedMicros: number, arrival: number, length: number): number {

@@ -9,7 +9,7 @@ import {
   UBLK_U_IO_FETCH_REQ,
 } from '../../src/abi/ublk-cmd.js'
 import {
-  QueueStatsWriter, allocQueueStats, kStatLatencyFirstBucket, latencyBucketMicros, queueStatsView, readQueueStats,
+  QueueStatsWriter, allocQueueStats, kLatencyBuckets, kStatLatencyFirstBucket, latencyBucketMicros, queueStatsView, readQueueStats,
   statIndex,
 } from '../../src/common/stats-layout.js'
 import type { NativeRing } from '../../src/native/addon.js'
@@ -165,17 +165,25 @@ t.test('a busy loop publishes its counters once per interval, and at once when i
   const { ring, descs, loop, stats } = setup(4, () => 4096, undefined, 1000)
   descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 0)
   const published: number[] = []
-  ring.onEnter = () => published.push(readQueueStats(queueStatsView(stats, 0))[statIndex('read_ops')]!)
+  const timed: number[] = []
+  ring.onEnter = () => {
+    const values = readQueueStats(queueStatsView(stats, 0))
+    published.push(values[statIndex('read_ops')]!)
+    timed.push(values.slice(kStatLatencyFirstBucket, kStatLatencyFirstBucket + kLatencyBuckets).reduce((a, b) => a + b, 0))
+  }
   // Turn 1 (t 5000): the heartbeat is due, so it publishes. Turn 2 (t 5100) serves a read: not
   // published yet, and the next wait is cut to the 1 ms interval. Turn 3 (t 6050) wakes idle:
-  // it publishes. Turn 4 serves a read at t 6200, turn 5 another at t 7300 (interval passed).
-  ring.stamps.push([4990, 5000], [5090, 5100], [6040, 6050], [6190, 6200], [7290, 7300], [7390, 7400])
-  ring.batches.push([], [[0, kUserDataUblk, 0]], [], [[0, kUserDataUblk, 0]], [[0, kUserDataUblk, 0]])
+  // it publishes. Turn 4 serves a read at t 6200, turn 5 another at t 7300 (interval passed:
+  // published, though its service time is only known at the next enter). Turn 6 (t 8400) wakes
+  // idle and publishes that service time.
+  ring.stamps.push([4990, 5000], [5090, 5100], [6040, 6050], [6190, 6200], [7290, 7300], [8390, 8400], [8490, 8500])
+  ring.batches.push([], [[0, kUserDataUblk, 0]], [], [[0, kUserDataUblk, 0]], [[0, kUserDataUblk, 0]], [])
   ring.batches.push([0, 1, 2, 3].map((tag) => [tag, kUserDataUblk, UBLK_IO_RES_ABORT]))
   loop.run()
   // published[i] is what readers saw when run's enter i began, i.e. after turn i.
-  t.same(published.slice(1), [0, 0, 1, 1, 3], 'seen after turns 1..5')
-  t.same(ring.timeouts.slice(1, 6), [500e6, 500e6, 1e6, 500e6, 1e6], 'waits are cut to 1 ms while counts are unpublished')
+  t.same(published.slice(1), [0, 0, 1, 1, 3, 3], 'requests seen after turns 1..6')
+  t.same(timed.slice(1), [0, 0, 1, 1, 2, 3], 'service times seen after turns 1..6: the last one once idle')
+  t.same(ring.timeouts.slice(1, 7), [500e6, 500e6, 1e6, 500e6, 1e6, 1e6], 'waits are cut to 1 ms while counts are unpublished')
 })
 
 t.test('event-loop mode: woken by the ring, a request completed from a timer is submitted at once', async (t) => {
