@@ -11,6 +11,36 @@ import os from 'node:os'
 const portPath = process.argv[2]
 const portFd = fs.openSync(portPath, 'r+')
 const kOutputGraceMs = 50
+// A command killed at its timeout may not die: a process blocked in the kernel (state D, e.g.
+// on I/O that never completes) ignores SIGKILL. Reply this long after the kill anyway, with
+// what the blocked tasks are waiting on, rather than never.
+const kKillGraceMs = 5000
+
+/** Every task in uninterruptible sleep, with its kernel stack, and the kernel log's tail. */
+function blockedTasks() {
+  const lines = []
+  for (const pid of fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    let tids = []
+    try {
+      tids = fs.readdirSync(`/proc/${pid}/task`)
+    } catch {
+      continue
+    }
+    for (const tid of tids) {
+      try {
+        const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
+        if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'D') continue
+        const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+        let stack = ''
+        try {
+          stack = fs.readFileSync(`/proc/${pid}/task/${tid}/stack`, 'utf8').trim().split('\n').slice(0, 12).join(' < ')
+        } catch {}
+        lines.push(`D ${pid}/${tid} ${comm}: ${stack}`)
+      } catch {}
+    }
+  }
+  return lines.join('\n')
+}
 
 function send(message) {
   const line = Buffer.from(`${JSON.stringify(message)}\n`)
@@ -37,6 +67,11 @@ function run(request) {
     ? setTimeout(() => {
       timedOut = true
       try { process.kill(-child.pid, 'SIGKILL') } catch {}
+      setTimeout(() => {
+        if (replied) return
+        stderr.push(Buffer.from(`\nagent: the command did not die ${kKillGraceMs} ms after SIGKILL; blocked tasks:\n${blockedTasks()}\n`))
+        reply(null, 'TIMEOUT')
+      }, kKillGraceMs).unref()
     }, request.timeoutMs)
     : null
   let replied = false
