@@ -7,6 +7,7 @@
         "addon/ring.cc",
         "addon/sys.cc",
         "addon/inline_io.cc",
+        "addon/copier.cc",
         "addon/abi_layout.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "abi_layout.h"
+#include "copier.h"
 #include "inline_io.h"
 #include "native.h"
 #include "ring.h"
@@ -14,6 +15,7 @@ Native::Native(Napi::Env env, Napi::Object exports) {
   DefineAddon(exports,
               {
                   InstanceValue("Ring", Ring::Define(env), napi_enumerable),
+                  InstanceValue("Copier", Copier::Define(env), napi_enumerable),
                   InstanceValue("abiLayout", AbiLayout(env), napi_enumerable),
                   InstanceValue("pageSize", Napi::Number::New(env, sysconf(_SC_PAGESIZE)),
                                 napi_enumerable),

@@ -121,16 +121,17 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
   const ring = new BusyDeviceRing(descs, mixWrites, () => { warmAtMs = performance.now() })
   const tagAddressLo = new Uint32Array(kDepth)
   const tagAddressHi = new Uint32Array(kDepth)
+  const ioBuffer = new Uint8Array(kDepth * kIoBytes)
   const loop = new QueueLoop({
     queueId: 0, depth: kDepth, charFd: -1, ring, descs,
-    tagBuffers: Array.from({ length: kDepth }, () => Buffer.alloc(kIoBytes)),
+    tagBuffers: Array.from({ length: kDepth }, (_, tag) => Buffer.from(ioBuffer.buffer, tag * kIoBytes, kIoBytes)),
     tagAddressLo, tagAddressHi,
     stopEventFd: -1, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(allocQueueStats(1), 0)), statsPublishMicros: 0,
     log: pino({ level: 'silent' }),
   })
   const handler = target.openQueue(setup.spec, {
-    queueId: 0, depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi,
+    queueId: 0, depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi, ioBuffer,
     sqes: loop.stagingSqes, reserveSqe: () => loop.reserveSqe(), complete: (tag, result) => loop.complete(tag, result),
   })
   try {

@@ -28,10 +28,19 @@ export interface NativeRing {
   close(): void
 }
 
+/**
+ * Batched copies between buffers bound at construction (see addon/copier.h): an op is 7 int32,
+ * [dst buffer, dst offset lo, hi, src buffer (-1: zeros), src offset lo, hi, bytes].
+ */
+export interface NativeCopier {
+  run(ops: Int32Array, count: number): void
+}
+
 type Layout = Record<string, number>
 
 export interface NativeAddon {
   Ring: new (entries: number, cqEntries: number, setupFlags: number) => NativeRing
+  Copier: new (buffers: readonly Uint8Array[]) => NativeCopier
   abiLayout: Record<string, Layout> & { constants: Layout }
   pageSize: number
   allocBuffer(bytes: number): ArrayBuffer

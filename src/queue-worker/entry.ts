@@ -71,6 +71,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       maxIoBufBytes: input.maxIoBufBytes,
       tagAddressLo,
       tagAddressHi,
+      ioBuffer: new Uint8Array(ioBuffer),
       sqes: loop.stagingSqes,
       reserveSqe: () => loop.reserveSqe(),
       complete: (tag, result) => loop.complete(tag, result),

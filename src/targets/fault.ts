@@ -54,7 +54,7 @@ class FaultQueue implements QueueHandler {
   private readonly seen: Int32Array
 
   constructor(private readonly spec: FaultSpec, private readonly queue: QueueContext) {
-    this.memory = new MemoryQueue(spec.memory)
+    this.memory = new MemoryQueue(spec.memory, queue)
     this.seen = new Int32Array(spec.seen)
   }
 
@@ -83,6 +83,10 @@ class FaultQueue implements QueueHandler {
         return kIoPending
       }
     }
+  }
+
+  endTurn(): void {
+    this.memory.endTurn()
   }
 
   close(): void {}

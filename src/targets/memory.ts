@@ -6,7 +6,10 @@ import {
   UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
 } from '../abi/ublk-cmd.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
-import { requestBytes, type IoRequest, type QueueHandler, type Target, type TargetSetup } from './target.js'
+import { native, type NativeCopier } from '../native/addon.js'
+import {
+  requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target, type TargetSetup,
+} from './target.js'
 
 interface MemoryOptions {
   sizeBytes: number
@@ -21,12 +24,27 @@ export interface MemorySpec {
 // One SharedArrayBuffer may hold at most 4 GiB on Node 20; 1 GiB chunks keep the tail small.
 const kChunkBytes = 2 ** 30
 const kEinval = -22
+// Copier op: [dst, dst offset lo, hi, src (-1: zeros), src offset lo, hi, bytes].
+const kOpWords = 7
+const kZeros = -1
+// The Copier's buffer 0 is the queue's I/O buffer, 1.. the store's chunks.
+const kIoBufferIndex = 0
 
+/**
+ * Moves data between the tag buffers and the store with the addon's Copier: each request stages
+ * its copies, and endTurn() performs the turn's batch in one call, before the turn's commits go
+ * to the kernel. No view is allocated per request (Buffer.copy makes one per call).
+ */
 export class MemoryQueue implements QueueHandler {
-  private readonly chunks: Buffer[]
+  private readonly copier: NativeCopier
+  private readonly ops: Int32Array
+  private staged = 0
 
-  constructor(private readonly spec: MemorySpec) {
-    this.chunks = spec.chunks.map((chunk) => Buffer.from(chunk))
+  constructor(private readonly spec: MemorySpec, private readonly queue: QueueContext) {
+    this.copier = new native.Copier([queue.ioBuffer, ...spec.chunks.map((chunk) => new Uint8Array(chunk))])
+    // A READ or WRITE touches at most two chunks; zeroing stages as many ops as it needs,
+    // performing the batch whenever it is full.
+    this.ops = new Int32Array(2 * queue.depth * kOpWords)
   }
 
   handleIo(request: IoRequest): number {
@@ -34,48 +52,68 @@ export class MemoryQueue implements QueueHandler {
     const offset = request.startSector * 512
     switch (request.op) {
       case UBLK_IO_OP_READ:
-        this.copy(offset, bytes, request.buffer, false)
+        this.stageTransfer(request.tag, offset, bytes, false)
         return bytes
       case UBLK_IO_OP_WRITE:
-        this.copy(offset, bytes, request.buffer, true)
+        this.stageTransfer(request.tag, offset, bytes, true)
         return bytes
       case UBLK_IO_OP_FLUSH:
         return 0
       case UBLK_IO_OP_DISCARD:
       case UBLK_IO_OP_WRITE_ZEROES:
-        this.zero(offset, bytes)
+        this.stageZeros(offset, bytes)
         return 0
       default:
         return kEinval
     }
   }
 
-  /** Copy between the tag buffer and the disk, across chunk boundaries; Buffer.copy takes
-   *  ranges, so no view is allocated per request. */
-  private copy(offset: number, bytes: number, buffer: Buffer, toDisk: boolean): void {
+  /** Perform the copies this turn staged: the turn's commits are submitted right after. */
+  endTurn(): void {
+    if (this.staged === 0) return
+    this.copier.run(this.ops, this.staged)
+    this.staged = 0
+  }
+
+  /** Copies between the tag's buffer and the store, split where the range crosses chunks. */
+  private stageTransfer(tag: number, offset: number, bytes: number, toStore: boolean): void {
     const chunkBytes = this.spec.chunkBytes
+    const tagOffset = tag * this.queue.maxIoBufBytes
     let done = 0
     while (done < bytes) {
       const at = offset + done
-      const chunk = this.chunks[Math.floor(at / chunkBytes)]!
+      const chunk = 1 + Math.floor(at / chunkBytes)
       const within = at % chunkBytes
       const length = Math.min(bytes - done, chunkBytes - within)
-      if (toDisk) buffer.copy(chunk, within, done, done + length)
-      else chunk.copy(buffer, done, within, within + length)
+      if (toStore) this.stageOp(chunk, within, kIoBufferIndex, tagOffset + done, length)
+      else this.stageOp(kIoBufferIndex, tagOffset + done, chunk, within, length)
       done += length
     }
   }
 
-  private zero(offset: number, bytes: number): void {
+  private stageZeros(offset: number, bytes: number): void {
     const chunkBytes = this.spec.chunkBytes
     let done = 0
     while (done < bytes) {
       const at = offset + done
       const within = at % chunkBytes
       const length = Math.min(bytes - done, chunkBytes - within)
-      this.chunks[Math.floor(at / chunkBytes)]!.fill(0, within, within + length)
+      this.stageOp(1 + Math.floor(at / chunkBytes), within, kZeros, 0, length)
       done += length
     }
+  }
+
+  private stageOp(dst: number, dstOffset: number, src: number, srcOffset: number, bytes: number): void {
+    if (this.staged * kOpWords === this.ops.length) this.endTurn()
+    const base = this.staged++ * kOpWords
+    const ops = this.ops
+    ops[base] = dst
+    ops[base + 1] = dstOffset % 0x1_0000_0000
+    ops[base + 2] = Math.floor(dstOffset / 0x1_0000_0000)
+    ops[base + 3] = src
+    ops[base + 4] = srcOffset % 0x1_0000_0000
+    ops[base + 5] = Math.floor(srcOffset / 0x1_0000_0000)
+    ops[base + 6] = bytes
   }
 
   close(): void {}
@@ -121,7 +159,7 @@ export const memoryTarget: Target<MemoryOptions, MemorySpec> = {
     return memorySetup(options.sizeBytes, options.logicalBlockSize)
   },
   undo() {},
-  openQueue(spec) {
-    return new MemoryQueue(spec)
+  openQueue(spec, queue) {
+    return new MemoryQueue(spec, queue)
   },
 }

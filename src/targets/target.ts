@@ -71,6 +71,8 @@ export interface QueueContext {
   /** User addresses of each tag's buffer, split in 32-bit halves, for the target's own SQEs. */
   tagAddressLo: Uint32Array
   tagAddressHi: Uint32Array
+  /** All the queue's I/O buffers: tag t's is the maxIoBufBytes from t * maxIoBufBytes. */
+  ioBuffer: Uint8Array
   /** The queue ring's staging SQEs (src/abi/io-uring.ts encodes them). */
   sqes: Uint32Array
   /**

@@ -6,53 +6,79 @@ import {
 import { findTarget } from '../../src/targets/registry.js'
 import type { IoRequest, QueueContext } from '../../src/targets/target.js'
 
+const kIoBytes = 65536
+const ioBuffer = new Uint8Array(4 * kIoBytes)
 const queue: QueueContext = {
-  queueId: 0, depth: 4, maxIoBufBytes: 65536, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
-  sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, complete: () => {},
+  queueId: 0, depth: 4, maxIoBufBytes: kIoBytes, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
+  ioBuffer, sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, complete: () => {},
+}
+/** Tag t's buffer, a view into the queue's I/O buffer as the queue worker gives it. */
+const tagBuffer = (tag: number): Buffer => Buffer.from(ioBuffer.buffer, tag * kIoBytes, kIoBytes)
+
+function request(op: number, startSector: number, nrSectors: number, tag = 0): IoRequest {
+  return { tag, op, flags: 0, startSector, nrSectors, buffer: tagBuffer(tag) }
 }
 
-function request(op: number, startSector: number, nrSectors: number, buffer: Buffer, tag = 0): IoRequest {
-  return { tag, op, flags: 0, startSector, nrSectors, buffer }
-}
-
-t.test('memory: data written reads back, across a chunk boundary too', async (t) => {
+t.test('memory: data written reads back, across a chunk boundary too; copies happen at the turn\'s end', async (t) => {
   const target = findTarget('memory')
   const setup = target.setup(target.parseOptions({ size: '3G' }, 512))
   t.equal((setup.spec as { chunks: unknown[] }).chunks.length, 3)
   const handler = target.openQueue(setup.spec, queue)
-  const data = Buffer.alloc(65536)
+  const data = tagBuffer(1)
   for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff
+  const expected = Buffer.from(data)
   const straddling = 2 ** 30 / 512 - 8 // 4 KiB before the first chunk ends
-  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, straddling, 128, data)), 65536)
-  const back = Buffer.alloc(65536, 0xaa)
-  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, straddling, 128, back)), 65536)
-  t.ok(back.equals(data), 'read returns what was written')
+  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, straddling, 128, 1)), 65536)
+  const back = tagBuffer(2).fill(0xaa)
+  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, straddling, 128, 2)), 65536)
+  t.ok(back.every((b) => b === 0xaa), 'nothing is copied before the turn ends')
+  handler.endTurn!()
+  t.ok(back.equals(expected), 'read returns what was written, in order within the turn')
 })
 
 t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; flush is ok', async (t) => {
   const target = findTarget('memory')
   const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
   const handler = target.openQueue(setup.spec, queue)
-  const buffer = Buffer.alloc(4096, 0x55)
-  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 100, 8, buffer)), 4096)
-  t.ok(buffer.equals(Buffer.alloc(4096)), 'zeros')
-  handler.handleIo(request(UBLK_IO_OP_WRITE, 0, 8, Buffer.alloc(4096, 1)))
-  handler.handleIo(request(UBLK_IO_OP_WRITE, 8, 8, Buffer.alloc(4096, 2)))
-  t.equal(handler.handleIo(request(UBLK_IO_OP_DISCARD, 0, 8, buffer)), 0)
-  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE_ZEROES, 8, 8, buffer)), 0)
-  t.equal(handler.handleIo(request(UBLK_IO_OP_FLUSH, 0, 0, buffer)), 0)
-  const back = Buffer.alloc(8192, 9)
-  handler.handleIo(request(UBLK_IO_OP_READ, 0, 16, back))
-  t.ok(back.equals(Buffer.alloc(8192)), 'both ranges read as zeros')
+  tagBuffer(0).fill(0x55)
+  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 100, 8)), 4096)
+  handler.endTurn!()
+  t.ok(tagBuffer(0).subarray(0, 4096).equals(Buffer.alloc(4096)), 'zeros')
+  tagBuffer(1).fill(1, 0, 4096)
+  tagBuffer(2).fill(2, 0, 4096)
+  handler.handleIo(request(UBLK_IO_OP_WRITE, 0, 8, 1))
+  handler.handleIo(request(UBLK_IO_OP_WRITE, 8, 8, 2))
+  t.equal(handler.handleIo(request(UBLK_IO_OP_DISCARD, 0, 8, 3)), 0)
+  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE_ZEROES, 8, 8, 3)), 0)
+  t.equal(handler.handleIo(request(UBLK_IO_OP_FLUSH, 0, 0, 3)), 0)
+  tagBuffer(0).fill(9)
+  handler.handleIo(request(UBLK_IO_OP_READ, 0, 16, 0))
+  handler.endTurn!()
+  t.ok(tagBuffer(0).subarray(0, 8192).equals(Buffer.alloc(8192)), 'both ranges read as zeros: the zeroing came after the writes')
+})
+
+t.test('memory: a turn with more copies than its batch holds performs them in order', async (t) => {
+  const target = findTarget('memory')
+  const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
+  const handler = target.openQueue(setup.spec, queue)
+  // 4 tags: a batch of 2 x 4 ops. 20 writes of sector 0, each with its own byte, then a read.
+  for (let i = 0; i < 20; i++) {
+    tagBuffer(i % 3).fill(i + 1, 0, 512)
+    handler.handleIo(request(UBLK_IO_OP_WRITE, 0, 1, i % 3))
+    if (i % 3 === 2) handler.endTurn!()
+  }
+  handler.handleIo(request(UBLK_IO_OP_READ, 0, 1, 3))
+  handler.endTurn!()
+  t.equal(tagBuffer(3)[0], 20, 'the last write wins')
 })
 
 t.test('null: reads return zeros even after a write used the same tag buffer', async (t) => {
   const target = findTarget('null')
   const setup = target.setup(target.parseOptions({}, 512))
   const handler = target.openQueue(setup.spec, queue)
-  const buffer = Buffer.alloc(8192, 0x77)
-  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, 0, 16, buffer, 2)), 8192)
-  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 0, 16, buffer, 2)), 8192)
-  t.ok(buffer.equals(Buffer.alloc(8192)))
-  t.equal(handler.handleIo(request(UBLK_IO_OP_FLUSH, 0, 0, buffer, 2)), 0)
+  const buffer = tagBuffer(2).fill(0x77)
+  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, 0, 16, 2)), 8192)
+  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 0, 16, 2)), 8192)
+  t.ok(buffer.subarray(0, 8192).equals(Buffer.alloc(8192)))
+  t.equal(handler.handleIo(request(UBLK_IO_OP_FLUSH, 0, 0, 2)), 0)
 })

@@ -1,0 +1,53 @@
+// native.Copier: batched copies between bound buffers, bounds-checked, in order.
+import t from 'tap'
+
+import { native } from '../../src/native/addon.js'
+
+const op = (dst: number, dstOffset: number, src: number, srcOffset: number, bytes: number): number[] =>
+  [dst, dstOffset % 2 ** 32, Math.floor(dstOffset / 2 ** 32), src, srcOffset % 2 ** 32, Math.floor(srcOffset / 2 ** 32), bytes]
+
+t.test('copies and zero fills run in order between bound buffers, shared ones included', async (t) => {
+  const io = new Uint8Array(native.allocBuffer(2 * native.pageSize))
+  const store = new Uint8Array(new SharedArrayBuffer(1 << 20))
+  const copier = new native.Copier([io, store])
+  io.fill(7, 0, 4096)
+  const ops = Int32Array.from([
+    ...op(1, 8192, 0, 0, 4096), // io[0..4096) -> store[8192..)
+    ...op(0, 4096, 1, 8192, 4096), // and back into io's second page
+    ...op(1, 8192, -1, 0, 1024), // zero the first 1 KiB of the copy in the store
+    ...op(0, 0, 1, 8192, 2048), // io[0..2048) <- store: 1 KiB zeros, 1 KiB sevens
+  ])
+  copier.run(ops, 4)
+  t.ok(io.subarray(4096, 8192).every((b) => b === 7), 'copied out and back')
+  t.ok(store.subarray(8192, 9216).every((b) => b === 0) && store[9216] === 7, 'zero fill of a range')
+  t.ok(io.subarray(0, 1024).every((b) => b === 0) && io.subarray(1024, 2048).every((b) => b === 7), 'later ops see earlier ones')
+  t.equal(io[2048], 7, 'nothing past an op\'s bytes')
+})
+
+t.test('an op outside its buffers is refused, not performed; earlier ops are', async (t) => {
+  const a = new Uint8Array(4096)
+  const b = new Uint8Array(4096)
+  const copier = new native.Copier([a, b])
+  b.fill(1)
+  const cases: [number[], RegExp][] = [
+    [op(0, 4000, 1, 0, 200), /destination outside/],
+    [op(1, 0, 0, 3000, 2000), /source outside/],
+    [op(2, 0, 0, 0, 1), /destination outside/],
+    [op(0, 0, 5, 0, 1), /source outside/],
+    [op(0, 2 ** 32, 1, 0, 1), /destination outside/],
+  ]
+  for (const [bad, message] of cases) {
+    t.throws(() => copier.run(Int32Array.from([...op(0, 0, 1, 0, 16), ...bad]), 2), { name: 'RangeError', message })
+    t.ok(a.subarray(0, 16).every((x) => x === 1), 'the op before it ran')
+    a.fill(0)
+  }
+  t.throws(() => copier.run(new Int32Array(7), 2), TypeError, 'count beyond the ops')
+  t.throws(() => new native.Copier([new Uint16Array(4) as unknown as Uint8Array]), TypeError)
+})
+
+t.test('a bound buffer unmapped since is refused instead of written', async (t) => {
+  const buffer = native.allocBuffer(native.pageSize)
+  const copier = new native.Copier([new Uint8Array(buffer), new Uint8Array(16)])
+  native.munmap(buffer)
+  t.throws(() => copier.run(Int32Array.from(op(0, 0, 1, 0, 16)), 1), /detached/)
+})
