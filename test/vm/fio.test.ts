@@ -69,8 +69,12 @@ t.test('del while fio runs: fio sees errors, the daemon survives, the device is 
 })
 
 t.test('a device costs the daemon a queue worker and the buffer pages its requests touch, no more', async (t) => {
-  const before = await listDevices(vm)
-  t.same(before, [], 'no device yet')
+  t.same(await listDevices(vm), [], 'no device yet')
+  // A fresh daemon: one that served the tests above may return their memory to the system while
+  // this one runs, hiding what the new device costs.
+  const { daemonPid: previous } = await addDevice(vm, '-t null --size 1G')
+  await vm.run(`kill -TERM ${previous}`)
+  await waitInVm(vm, `! kill -0 ${previous} 2>/dev/null`, 30_000)
   const first = await addDevice(vm, '-t null --size 1G')
   const rssKiB = async () => Number((await vm.run(`awk '/^VmRSS:/ {print $2}' /proc/${first.daemonPid}/status`)).trim())
   // Warm the daemon with one device, then measure a second one like it.
@@ -83,6 +87,6 @@ t.test('a device costs the daemon a queue worker and the buffer pages its reques
   const grownMiB = (await rssKiB() - base) / 1024
   // A Node worker is ~15 MiB; 128 tags x 4 KiB is 0.5 MiB. Huge pages would make the 64 MiB of
   // reserved buffers resident as soon as every tag was used once.
-  t.ok(grownMiB < 40, `the daemon grew by ${grownMiB.toFixed(1)} MiB for a 128-tag device`)
+  t.ok(grownMiB > 4 && grownMiB < 40, `the daemon grew by ${grownMiB.toFixed(1)} MiB for a 128-tag device`)
   await ublkd(vm, 'del --all')
 })
