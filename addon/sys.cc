@@ -34,23 +34,26 @@ Napi::Value ExposeMapping(Napi::Env env, void* address, size_t bytes) {
 
 }  // namespace
 
-// allocBuffer(bytes): page-aligned, zeroed anonymous memory for I/O buffers; its address is
-// stable for its lifetime, so the kernel may be handed it (FETCH_REQ addr). Never backed by
-// transparent huge pages: a queue's buffers are one mapping of depth x 512 KiB, and with THP the
-// first 4 KiB request on a tag would make 2 MiB resident; with 4 KiB pages only what requests
-// touch is.
+// allocBuffer(bytes, hugePages = false): page-aligned, zeroed anonymous memory for I/O buffers;
+// its address is stable for its lifetime, so the kernel may be handed it (FETCH_REQ addr).
+// A queue's buffers are one mapping of depth x 512 KiB: with 4 KiB pages only what requests
+// touch becomes resident; with transparent huge pages (hugePages: MADV_HUGEPAGE) the first
+// 4 KiB request on a tag makes 2 MiB resident, and the kernel's copies to and from it are cheaper.
 Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber()) return ThrowType(env, "allocBuffer(bytes)");
+  if (!info[0].IsNumber() || !(info[1].IsUndefined() || info[1].IsBoolean())) {
+    return ThrowType(env, "allocBuffer(bytes, hugePages?)");
+  }
+  bool huge_pages = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
   int64_t bytes = info[0].As<Napi::Number>().Int64Value();
   if (bytes <= 0) return ThrowType(env, "allocBuffer: bytes must be > 0");
   void* address = mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (address == MAP_FAILED) return ThrowErrno(env, "mmap(anonymous)", errno);
-  if (madvise(address, static_cast<size_t>(bytes), MADV_NOHUGEPAGE) != 0) {
+  if (madvise(address, static_cast<size_t>(bytes), huge_pages ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) != 0) {
     int err = errno;
     munmap(address, static_cast<size_t>(bytes));
-    return ThrowErrno(env, "madvise(MADV_NOHUGEPAGE)", err);
+    return ThrowErrno(env, huge_pages ? "madvise(MADV_HUGEPAGE)" : "madvise(MADV_NOHUGEPAGE)", err);
   }
   return ExposeMapping(env, address, static_cast<size_t>(bytes));
 }

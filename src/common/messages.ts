@@ -18,6 +18,8 @@ export interface QueueTaskInput {
   queueId: number
   depth: number
   maxIoBufBytes: number
+  /** The I/O buffers may use transparent huge pages (--huge-page-buffers). */
+  hugePageBuffers: boolean
   /** /dev/ublkcN, opened once by the main thread; fds are process-wide. */
   charFd: number
   /** CPUs from UBLK_CMD_GET_QUEUE_AFFINITY for this queue. */

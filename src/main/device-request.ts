@@ -19,6 +19,8 @@ export interface DeviceRequest {
   ioScheduler: string
   /** --queue-mode when given; otherwise ring, or event-loop for a target that needs it. */
   queueMode?: QueueMode
+  /** The queues' I/O buffers may use transparent huge pages (faster copies, all resident). */
+  hugePageBuffers: boolean
 }
 
 /**
@@ -35,7 +37,7 @@ export const deviceDefaults = {
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers']
 // A block-layer elevator name (none, mq-deadline, kyber, bfq): also what may go into sysfs.
 const kSchedulerName = /^[a-z][a-z0-9_-]{0,31}$/
 
@@ -95,6 +97,7 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
     maxIoBufBytes: deviceDefaults.maxIoBufBytes,
     recovery: booleanField(raw, 'recovery', '--recovery') ?? false,
     ioScheduler: schedulerField(raw) ?? deviceDefaults.ioScheduler,
+    hugePageBuffers: booleanField(raw, 'hugePageBuffers', '--huge-page-buffers') ?? false,
   }
   if (logical !== undefined) request.logicalBlockSize = logical
   const queueMode = queueModeField(raw)

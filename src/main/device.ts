@@ -55,6 +55,7 @@ export interface DeviceSummary {
   /** The block layer's I/O scheduler of the device as sysfs shows it now; null if unreadable. */
   ioScheduler: string | null
   queueMode: QueueMode
+  hugePageBuffers: boolean
   options: Record<string, string | number | boolean>
 }
 
@@ -318,6 +319,7 @@ export class Device {
       devId: this.id,
       depth: this.depth,
       maxIoBufBytes: this.maxIoBufBytes,
+      hugePageBuffers: this.request.hugePageBuffers,
       charFd: this.charFd,
       affinity: this.affinity,
       targetName: this.target.name,
@@ -506,6 +508,7 @@ export class Device {
       recoveries: this.recoveries,
       ioScheduler: this.ioScheduler()?.current ?? null,
       queueMode: this.queueMode,
+      hugePageBuffers: this.request.hugePageBuffers,
       options: this.setup.describe,
     }
     if (options.withStats) summary.queueStats = this.queueStats()

@@ -28,6 +28,7 @@ export interface QueuePoolSpec {
   devId: number
   depth: number
   maxIoBufBytes: number
+  hugePageBuffers: boolean
   charFd: number
   affinity: number[][]
   targetName: string
@@ -74,6 +75,7 @@ export class QueuePool {
         queueId,
         depth: spec.depth,
         maxIoBufBytes: spec.maxIoBufBytes,
+        hugePageBuffers: spec.hugePageBuffers,
         charFd: spec.charFd,
         cpus: spec.affinity[queueId]!,
         targetName: spec.targetName,

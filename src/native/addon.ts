@@ -43,7 +43,7 @@ export interface NativeAddon {
   Copier: new (buffers: readonly Uint8Array[]) => NativeCopier
   abiLayout: Record<string, Layout> & { constants: Layout }
   pageSize: number
-  allocBuffer(bytes: number): ArrayBuffer
+  allocBuffer(bytes: number, hugePages?: boolean): ArrayBuffer
   bufferAddress(buffer: ArrayBuffer, offset: number): bigint
   mmapReadOnly(fd: number, offset: number, bytes: number): ArrayBuffer
   munmap(buffer: ArrayBuffer): void

@@ -32,7 +32,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
     const descBuffer = native.mmapReadOnly(input.charFd,
       ioDescMapOffset(input.queueId, pageSize, UBLK_MAX_QUEUE_DEPTH), ioDescMapBytes(input.depth, pageSize))
     mappings.push(descBuffer)
-    const ioBuffer = native.allocBuffer(input.depth * input.maxIoBufBytes)
+    const ioBuffer = native.allocBuffer(input.depth * input.maxIoBufBytes, input.hugePageBuffers)
     mappings.push(ioBuffer)
     const stopBuffer = native.allocBuffer(pageSize)
     mappings.push(stopBuffer)

@@ -13,6 +13,10 @@ t.test('defaults follow ublksrv: 1 queue, depth 128; the block size is the targe
   t.equal(request.ioScheduler, 'none', 'no block-layer scheduler, as the kernel loop driver')
   t.equal(parseDeviceRequest({ target: 'null', ioScheduler: 'mq-deadline' }).ioScheduler, 'mq-deadline')
   t.same(parseDeviceRequest({ target: 'null', ioScheduler: 'kyber' }).targetOptions, {}, 'not a target option')
+  t.equal(request.hugePageBuffers, false, 'I/O buffers in 4 KiB pages: resident only where requests touch')
+  const huge = parseDeviceRequest({ target: 'null', hugePageBuffers: true })
+  t.equal(huge.hugePageBuffers, true)
+  t.same(huge.targetOptions, {}, 'not a target option')
 })
 
 t.test('strings from the CLI and numbers from the API are both accepted', async (t) => {
@@ -36,6 +40,7 @@ t.test('bad common fields are usage errors with the flag named', async (t) => {
     [{ target: 'null', ioScheduler: '../../x' }, /--io-scheduler must be a scheduler name/],
     [{ target: 'null', ioScheduler: 'None' }, /--io-scheduler/],
     [{ target: 'null', ioScheduler: 3 }, /--io-scheduler/],
+    [{ target: 'null', hugePageBuffers: 'yes' }, /--huge-page-buffers must be true or false/],
   ]
   for (const [raw, message] of cases) {
     t.throws(() => parseDeviceRequest(raw), { code: 'UBLKD_ERR_USAGE', message }, JSON.stringify(raw))

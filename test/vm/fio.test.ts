@@ -1,5 +1,5 @@
 // Real clients on real devices: fio write+verify on memory, fio reads on null, and deleting a
-// device while fio runs on it.
+// device while fio runs on it; what a device costs the daemon in memory.
 import t from 'tap'
 
 import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
@@ -68,6 +68,15 @@ t.test('del while fio runs: fio sees errors, the daemon survives, the device is 
   t.equal((await ublkd(vm, `del -n ${again.id}`)).code, 0)
 })
 
+const rssKiB = async (pid: number): Promise<number> => Number((await vm.run(`awk '/^VmRSS:/ {print $2}' /proc/${pid}/status`)).trim())
+
+/** 4 KiB writes on every tag: the kernel copies the data into each tag's 512 KiB buffer. */
+async function touchEveryTag(blockDevice: string): Promise<string | null> {
+  const { result } = await fio(vm, `--name=touch --filename=${blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=128 --number_ios=20000 --size=1G')
+  return result.code === 0 ? null : result.stderr
+}
+
 t.test('a device costs the daemon a queue worker and the buffer pages its requests touch, no more', async (t) => {
   t.same(await listDevices(vm), [], 'no device yet')
   // A fresh daemon: one that served the tests above may return their memory to the system while
@@ -76,17 +85,23 @@ t.test('a device costs the daemon a queue worker and the buffer pages its reques
   await vm.run(`kill -TERM ${previous}`)
   await waitInVm(vm, `! kill -0 ${previous} 2>/dev/null`, 30_000)
   const first = await addDevice(vm, '-t null --size 1G')
-  const rssKiB = async () => Number((await vm.run(`awk '/^VmRSS:/ {print $2}' /proc/${first.daemonPid}/status`)).trim())
   // Warm the daemon with one device, then measure a second one like it.
-  const base = await rssKiB()
+  const base = await rssKiB(first.daemonPid)
   const device = await addDevice(vm, '-t null --size 1G')
-  // 4 KiB writes on every tag: the kernel copies the data into each tag's 512 KiB buffer.
-  const { result } = await fio(vm, `--name=touch --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
-    '--rw=randwrite --bs=4k --iodepth=128 --number_ios=20000 --size=1G')
-  t.equal(result.code, 0, result.stderr)
-  const grownMiB = (await rssKiB() - base) / 1024
+  t.equal(await touchEveryTag(device.blockDevice), null, 'fio touched every tag')
+  const grownMiB = (await rssKiB(first.daemonPid) - base) / 1024
   // A Node worker is ~15 MiB; 128 tags x 4 KiB is 0.5 MiB. Huge pages would make the 64 MiB of
   // reserved buffers resident as soon as every tag was used once.
   t.ok(grownMiB > 4 && grownMiB < 40, `the daemon grew by ${grownMiB.toFixed(1)} MiB for a 128-tag device`)
+
+  // --huge-page-buffers: the same device, its buffers now in 2 MiB pages, all resident.
+  const before = await rssKiB(first.daemonPid)
+  const huge = await addDevice(vm, '-t null --size 1G --huge-page-buffers')
+  t.equal(huge.hugePageBuffers, true, 'the summary says so')
+  t.equal(await touchEveryTag(huge.blockDevice), null, 'fio touched every tag')
+  const hugeMiB = (await rssKiB(first.daemonPid) - before) / 1024
+  t.ok(hugeMiB > 64, `the daemon grew by ${hugeMiB.toFixed(1)} MiB: 64 MiB of buffers and the worker`)
+  const anonHuge = await vm.run(`awk '/^AnonHugePages:/ {print $2}' /proc/${first.daemonPid}/smaps_rollup`)
+  t.ok(Number(anonHuge.trim()) >= 60 * 1024, `backed by huge pages (${anonHuge.trim()} KiB)`)
   await ublkd(vm, 'del --all')
 })
