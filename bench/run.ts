@@ -57,6 +57,9 @@ interface Subject {
 
 const backingFile = '/tmp/bench.img'
 const kBackingBytes = 1024 * 2 ** 20
+// null_blk mem, ublkd memory and the tmpfs backing each hold up to 1 GiB at once; 4 GiB left the
+// guest reclaiming under the q2 randwrite runs.
+const kVmMemMiB = 8192
 const loadModule = (args: string): string => `${repoRoot}/scripts/vm/load-module.sh ${args}`
 
 function nullBlk(memoryBacked: boolean, queues: number): Subject {
@@ -374,10 +377,15 @@ async function main(): Promise<void> {
     { label: 'ublkd null mq-deadline', addArgs: '--io-scheduler mq-deadline', onlyJobs: variantJob },
     { label: 'ublkd null stats/turn', stateDir: statsDaemonDir, onlyJobs: variantJob },
   ] : []
+  // Huge pages change the cost of the kernel's copies into and out of the buffers: both directions.
+  const hugePagesVariant: Variant[] = variants
+    ? [{ label: 'ublkd null huge-pages', addArgs: '--huge-page-buffers', onlyJobs: ['randread-4k-qd32', 'randwrite-4k-qd32'] }]
+    : []
   const groups: Group[] = []
   for (const queues of [1, 2]) {
     const pairs: Subject[][] = [
-      [nullBlk(false, queues), ublkdSubject('null', queues), ...(queues === 1 ? nullVariants.map((v) => ublkdSubject('null', 1, v)) : [])],
+      [nullBlk(false, queues), ublkdSubject('null', queues),
+        ...[...(queues === 1 ? nullVariants : []), ...hugePagesVariant].map((v) => ublkdSubject('null', queues, v))],
       [nullBlk(true, queues), ublkdSubject('memory', queues)],
       [kernelLoop(queues), ublkdSubject('loop', queues)],
     ]
@@ -393,13 +401,13 @@ async function main(): Promise<void> {
 
   const started = Date.now()
   say(`ublkd bench: ${plannedRuns} fio runs of ${runtime} s (+${ramp} s ramp), about ${Math.ceil((plannedRuns * (runtime + ramp + 5)) / 60) + 1} min; booting the VM...`)
-  const vm = await bootVm({ cpus: 2, memMiB: 4096 })
+  const vm = await bootVm({ cpus: 2, memMiB: kVmMemMiB })
   const rows: Row[] = []
   let header = ''
   try {
     const env = (await vm.run('uname -r; nproc; fio --version; date -u +%Y-%m-%dT%H:%M:%SZ')).trim().split('\n')
     header = [
-      `ublkd bench, ${env[3]}: Linux ${env[0]} in QEMU TCG (software emulation), ${env[1]} vCPU, 4 GiB; ${env[2]}`,
+      `ublkd bench, ${env[3]}: Linux ${env[0]} in QEMU TCG (software emulation), ${env[1]} vCPU, ${kVmMemMiB / 1024} GiB; ${env[2]}`,
       `host: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, load average at start ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`,
       `fio: io_uring, direct=1, time_based ${runtime} s after a ${ramp} s ramp; q 2 rows run 2 fio jobs (one per vCPU)` +
         (process.env['BENCH_FIO_ARGS'] ? `; extra: ${process.env['BENCH_FIO_ARGS']}` : ''),
@@ -420,13 +428,23 @@ async function main(): Promise<void> {
     }
 
     for (const group of groups) {
-      interface Live { subject: Subject; up: Awaited<ReturnType<Subject['up']>>; pid: number | undefined; rssBefore: number | undefined }
+      // A daemon serves several subjects of a group, so each one's RSS growth is summed over its own
+      // steps only: its add, and each of its fio runs (the daemon's other devices are idle meanwhile).
+      interface Live { subject: Subject; up: Awaited<ReturnType<Subject['up']>>; pid: number | undefined; rssGrowthKiB: number | undefined }
       const live: Live[] = []
+      const rssGrowth = async <T>(l: { pid: number | undefined; rssGrowthKiB: number | undefined }, step: () => Promise<T>): Promise<T> => {
+        const before = l.pid === undefined ? undefined : await rssKiB(l.pid)
+        const result = await step()
+        const after = before === undefined ? undefined : await rssKiB(l.pid)
+        l.rssGrowthKiB = before === undefined || after === undefined || l.rssGrowthKiB === undefined ? undefined : l.rssGrowthKiB + after - before
+        return result
+      }
       for (const subject of group.subjects) {
         const pid = subject.kind === 'kernel' ? undefined : subject.stateDir === statsDaemonDir ? statsDaemonPid : daemonPid
-        const rssBefore = pid === undefined ? undefined : await rssKiB(pid)
+        const growth = { pid, rssGrowthKiB: pid === undefined ? undefined : 0 }
         try {
-          live.push({ subject, up: await subject.up(vm), pid, rssBefore })
+          const up = await rssGrowth(growth, () => subject.up(vm))
+          live.push({ subject, up, ...growth })
         } catch (error) {
           for (const job of group.jobs) {
             rows.push({ target: subject.label, id: subject.id, kind: subject.kind, queues: subject.queues, job: job.name, iops: 0,
@@ -445,7 +463,7 @@ async function main(): Promise<void> {
         for (let run = 0; run < repeat; run++) {
           for (const l of here) {
             try {
-              runs.get(l)!.push(await measure(vm, l.subject, l.up.device, job, runtime, ramp, l.up.summary))
+              runs.get(l)!.push(await rssGrowth(l, () => measure(vm, l.subject, l.up.device, job, runtime, ramp, l.up.summary)))
             } catch (error) {
               failures.set(l, firstLine(error))
             }
@@ -460,8 +478,7 @@ async function main(): Promise<void> {
           const before = counters.get(l)
           const after = l.up.summary && before ? await batchCounters(vm, l.up.summary.id, l.subject) : null
           if (before && after && after.turns > before.turns) row.cqesPerTurn = (after.cqes - before.cqes) / (after.turns - before.turns)
-          const rssAfter = l.rssBefore === undefined ? undefined : await rssKiB(l.pid)
-          if (l.rssBefore !== undefined && rssAfter !== undefined) row.rssGrowthMiB = (rssAfter - l.rssBefore) / 1024
+          if (l.rssGrowthKiB !== undefined) row.rssGrowthMiB = l.rssGrowthKiB / 1024
           row.seconds = Math.round((Date.now() - jobStarted) / 100) / 10
           rows.push(row)
           const result = row.skipped !== undefined ? `skipped (${row.skipped})`
