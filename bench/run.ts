@@ -62,6 +62,17 @@ const kBackingBytes = 1024 * 2 ** 20
 const kVmMemMiB = 8192
 const loadModule = (args: string): string => `${repoRoot}/scripts/vm/load-module.sh ${args}`
 
+/**
+ * Write a RAM-backed device end to end once before it is measured: both null_blk mem and ublkd
+ * memory allocate a page on its first write, and the first runs of a random-write job would
+ * measure that allocation (the runs rose 25k -> 44k -> 60k IOPS) rather than the steady state.
+ */
+async function fillDevice(vm: Vm, device: string): Promise<void> {
+  const { result } = await fio(vm, `--name=fill --filename=${device} --ioengine=io_uring --direct=1 --rw=write ` +
+    '--bs=1M --iodepth=16 --size=1G')
+  if (result.code !== 0) throw new Error(`filling ${device}: ${result.stderr.trim()}`)
+}
+
 function nullBlk(memoryBacked: boolean, queues: number): Subject {
   const params = `nr_devices=1 queue_mode=2 irqmode=0 gb=1 bs=512 hw_queue_depth=128 submit_queues=${queues} ` +
     `memory_backed=${memoryBacked ? 1 : 0}`
@@ -74,6 +85,7 @@ function nullBlk(memoryBacked: boolean, queues: number): Subject {
       if ((await vm.exec("grep -q '^null_blk ' /proc/modules")).code === 0) throw new Error('null_blk is still loaded from an earlier row')
       await vm.run(loadModule(`null_blk ${params}`))
       await waitInVm(vm, 'test -b /dev/nullb0', 10_000)
+      if (memoryBacked) await fillDevice(vm, '/dev/nullb0')
       return { device: '/dev/nullb0', note: params.replace(/ /g, ',') }
     },
     down: async (vm) => { await vm.run('busybox rmmod null_blk') },
@@ -113,6 +125,7 @@ function ublkdSubject(target: 'null' | 'memory' | 'loop', queues: number, varian
     up: async (vm) => {
       const summary = await addDevice(vm, `-t ${target} ${args} -q ${queues}${stateDir}`)
       id = summary.id
+      if (target === 'memory') await fillDevice(vm, summary.blockDevice)
       const options = Object.entries(summary.options).map(([k, v]) => `${k}=${String(v)}`).join(',')
       return { device: summary.blockDevice, note: `depth=${summary.depth}${options ? `,${options}` : ''}`, summary }
     },
@@ -426,6 +439,15 @@ async function main(): Promise<void> {
       const kib = Number(result.stdout.trim())
       return result.code === 0 && kib > 0 ? kib : undefined
     }
+    const rssSettled = async (pid: number): Promise<void> => {
+      let last = await rssKiB(pid)
+      for (let stable = 0, tries = 0; stable < 3 && tries < 40 && last !== undefined; tries++) {
+        await new Promise((resolve) => setTimeout(resolve, 500))
+        const now = await rssKiB(pid)
+        stable = now !== undefined && Math.abs(now - last) < 2048 ? stable + 1 : 0
+        last = now
+      }
+    }
 
     for (const group of groups) {
       // A daemon serves several subjects of a group, so each one's RSS growth is summed over its own
@@ -494,6 +516,9 @@ async function main(): Promise<void> {
           say(`  warning: removing ${l.subject.label} q${l.subject.queues} failed: ${firstLine(error)}`)
         }
       }
+      // A deleted device's memory (the memory target's 1 GiB) leaves the daemon when its worker's
+      // isolate is torn down, seconds later: let that happen before the next group measures.
+      for (const pid of new Set(live.map((l) => l.pid))) if (pid !== undefined) await rssSettled(pid)
     }
 
     // Ratios: each ublkd row against its counterpart's row with the same queue count and job.
