@@ -41,13 +41,14 @@ export const kSqeCmdWord = 12
  * Write the 64-byte base of SQE `slot` (words 0-15): the fields every opcode has, the rest zero.
  * Words 16-31 only ever hold a URING_CMD payload whose encoder writes all of its own bytes
  * (ublksrv_ctrl_cmd); otherwise they stay zero from the staging buffer's allocation. So 16
- * stores do, instead of clearing 128 bytes per SQE.
+ * stores do, instead of clearing 128 bytes per SQE. `sqeFlags` (IOSQE_*), e.g.
+ * IOSQE_FIXED_FILE when `fd` is a registered file's index.
  */
 export function encodeSqeHeader(
-  sqes: Uint32Array, slot: number, opcode: number, fd: number, userDataLo: number, userDataHi: number,
+  sqes: Uint32Array, slot: number, opcode: number, fd: number, userDataLo: number, userDataHi: number, sqeFlags = 0,
 ): number {
   const base = slot * kSqeWords
-  sqes[base] = opcode
+  sqes[base] = opcode | (sqeFlags << 8)
   sqes[base + 1] = fd
   for (let word = 2; word < 16; word++) sqes[base + word] = 0
   sqes[base + 8] = userDataLo
@@ -55,15 +56,11 @@ export function encodeSqeHeader(
   return base
 }
 
-/**
- * IORING_OP_URING_CMD header; the caller writes the payload at words 12.. of the returned base.
- * `sqeFlags` (IOSQE_*), e.g. IOSQE_FIXED_FILE when `fd` is a registered file's index.
- */
+/** IORING_OP_URING_CMD header; the caller writes the payload at words 12.. of the returned base. */
 export function encodeUringCmd(
   sqes: Uint32Array, slot: number, fd: number, cmdOp: number, userDataLo: number, userDataHi: number, sqeFlags = 0,
 ): number {
-  const base = encodeSqeHeader(sqes, slot, IORING_OP_URING_CMD, fd, userDataLo, userDataHi)
-  sqes[base] = IORING_OP_URING_CMD | (sqeFlags << 8)
+  const base = encodeSqeHeader(sqes, slot, IORING_OP_URING_CMD, fd, userDataLo, userDataHi, sqeFlags)
   sqes[base + 2] = cmdOp
   return base
 }

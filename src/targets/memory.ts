@@ -50,18 +50,19 @@ export class MemoryQueue implements QueueHandler {
   handleIo(request: IoRequest): number {
     const bytes = requestBytes(request)
     const offset = request.startSector * 512
+    const tagOffset = request.tag * this.queue.maxIoBufBytes
     switch (request.op) {
       case UBLK_IO_OP_READ:
-        this.stageTransfer(request.tag, offset, bytes, false)
+        this.stageSpans(offset, bytes, tagOffset, false)
         return bytes
       case UBLK_IO_OP_WRITE:
-        this.stageTransfer(request.tag, offset, bytes, true)
+        this.stageSpans(offset, bytes, tagOffset, true)
         return bytes
       case UBLK_IO_OP_FLUSH:
         return 0
       case UBLK_IO_OP_DISCARD:
       case UBLK_IO_OP_WRITE_ZEROES:
-        this.stageZeros(offset, bytes)
+        this.stageSpans(offset, bytes, kZeros, true)
         return 0
       default:
         return kEinval
@@ -70,41 +71,37 @@ export class MemoryQueue implements QueueHandler {
 
   /** Perform the copies this turn staged: the turn's commits are submitted right after. */
   endTurn(): void {
+    this.performStaged()
+  }
+
+  private performStaged(): void {
     if (this.staged === 0) return
     this.copier.run(this.ops, this.staged)
     this.staged = 0
   }
 
-  /** Copies between the tag's buffer and the store, split where the range crosses chunks. */
-  private stageTransfer(tag: number, offset: number, bytes: number, toStore: boolean): void {
+  /**
+   * Stage the copies between the store's range [offset, offset + bytes) and the I/O buffer from
+   * `ioOffset` (into the store when `toStore`; kZeros: zeros into the store), one per chunk the
+   * range crosses.
+   */
+  private stageSpans(offset: number, bytes: number, ioOffset: number, toStore: boolean): void {
     const chunkBytes = this.spec.chunkBytes
-    const tagOffset = tag * this.queue.maxIoBufBytes
     let done = 0
     while (done < bytes) {
       const at = offset + done
       const chunk = 1 + Math.floor(at / chunkBytes)
       const within = at % chunkBytes
       const length = Math.min(bytes - done, chunkBytes - within)
-      if (toStore) this.stageOp(chunk, within, kIoBufferIndex, tagOffset + done, length)
-      else this.stageOp(kIoBufferIndex, tagOffset + done, chunk, within, length)
-      done += length
-    }
-  }
-
-  private stageZeros(offset: number, bytes: number): void {
-    const chunkBytes = this.spec.chunkBytes
-    let done = 0
-    while (done < bytes) {
-      const at = offset + done
-      const within = at % chunkBytes
-      const length = Math.min(bytes - done, chunkBytes - within)
-      this.stageOp(1 + Math.floor(at / chunkBytes), within, kZeros, 0, length)
+      if (!toStore) this.stageOp(kIoBufferIndex, ioOffset + done, chunk, within, length)
+      else if (ioOffset === kZeros) this.stageOp(chunk, within, kZeros, 0, length)
+      else this.stageOp(chunk, within, kIoBufferIndex, ioOffset + done, length)
       done += length
     }
   }
 
   private stageOp(dst: number, dstOffset: number, src: number, srcOffset: number, bytes: number): void {
-    if (this.staged * kOpWords === this.ops.length) this.endTurn()
+    if (this.staged * kOpWords === this.ops.length) this.performStaged()
     const base = this.staged++ * kOpWords
     const ops = this.ops
     ops[base] = dst
