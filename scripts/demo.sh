@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f build/Release/ublkd_native.node ] && [ -f dist/main/cli.js ] || npm run build
-bash scripts/vm/prepare.sh
+bash scripts/vm/prepare.sh "${UBLKD_VM_KERNEL:-7.3}"
 npx tsc -p tsconfig.tools.json
 node .build/scripts/demo.js

@@ -1,7 +1,7 @@
 // `npm run demo`: boot the VM with the real ublk driver, serve a memory device with the daemon,
 // drive it with fio for a few seconds, and show what fio and the daemon saw.
 import { addDevice, fio, ublkdCli } from '../test/lib/ublkd-in-vm.js'
-import { bootVm } from '../test/lib/vm.js'
+import { bootVm, vmKernel } from '../test/lib/vm.js'
 
 const kRuntimeSeconds = 10
 
@@ -10,7 +10,7 @@ function line(text = ''): void {
 }
 
 const started = Date.now()
-line('booting Linux 6.12 under QEMU (software emulation) ...')
+line(`booting Debian's Linux ${vmKernel} under QEMU (software emulation; UBLKD_VM_KERNEL=6.12 or 7.3 picks the kernel) ...`)
 const vm = await bootVm()
 try {
   line(`VM ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${(await vm.run('uname -r')).trim()}, ${(await vm.run('nproc')).trim()} CPUs`)

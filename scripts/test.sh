@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
 # `npm test`: every test, VM tests included. Installs what a fresh machine lacks (QEMU, fio, the
-# Debian 6.12 kernel), builds, runs tap, and ends with `N passed, N failed, N skipped`.
+# Debian kernels), builds, runs tap, and ends with `N passed, N failed, N skipped`.
+#   npm test                          unit and addon tests once, then test/vm on each kernel
+#   UBLKD_VM_KERNEL=7.3 npm test      the VM tests on one kernel only (6.12 or 7.3)
+#   npm test -- test/vm/fio.test.ts   these files only (on each kernel when they are VM tests)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/vm/prepare.sh || { echo "0 passed, 1 failed"; exit 1; }
+read -r -a kernels <<< "${UBLKD_VM_KERNEL:-6.12 7.3}"
+bash scripts/vm/prepare.sh "${kernels[@]}" || { echo "0 passed, 1 failed"; exit 1; }
 [ -f build/Release/ublkd_native.node ] && [ -f dist/main/cli.js ] || npm run build || { echo "0 passed, 1 failed"; exit 1; }
 
 rm -rf .tap && mkdir -p .tap
-npx tap "$@" | tee .tap/run.tap
-rc=${PIPESTATUS[0]}
-node scripts/tap-summary.mjs .tap/run.tap
+rc=0
+run() { # run NAME KERNEL FILES...: one tap run, its TAP kept in .tap/NAME.tap
+  local name=$1 kernel=$2
+  shift 2
+  echo "# ---- $name ----"
+  UBLKD_VM_KERNEL=$kernel npx tap "$@" | tee ".tap/$name.tap"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+}
+if [ $# -eq 0 ]; then
+  run host "${kernels[0]}" test/unit test/addon
+  for kernel in "${kernels[@]}"; do run "vm-$kernel" "$kernel" test/vm; done
+elif printf '%s\n' "$@" | grep -q 'test/vm'; then
+  for kernel in "${kernels[@]}"; do run "run-$kernel" "$kernel" "$@"; done
+else
+  run host "${kernels[0]}" "$@"
+fi
+node scripts/tap-summary.mjs .tap/*.tap
 exit "$rc"

@@ -1,6 +1,6 @@
-// Boots Debian's Linux 6.12 under QEMU (software emulation) with the host's root as the VM's
-// read-only root over 9p, and runs commands in it through the in-VM agent
-// (scripts/vm/agent.mjs) over a virtio-serial port. One boot serves many commands, also
+// Boots one of Debian's kernels (6.12 or 7.3, see vmKernel) under QEMU (software emulation) with
+// the host's root as the VM's read-only root over 9p, and runs commands in it through the in-VM
+// agent (scripts/vm/agent.mjs) over a virtio-serial port. One boot serves many commands, also
 // concurrently. Assets come from scripts/vm/prepare.sh.
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
@@ -20,7 +20,22 @@ export const repoRoot: string = (() => {
   return dir
 })()
 
+/** The kernels the harness boots (scripts/vm/prepare.sh fetches each). */
+export const vmKernels = ['6.12', '7.3'] as const
+export type VmKernel = typeof vmKernels[number]
+
+/** The kernel this process boots: UBLKD_VM_KERNEL (scripts/test.sh runs test/vm once per
+ *  kernel), the newest when unset. */
+export const vmKernel: VmKernel = (() => {
+  const wanted = process.env['UBLKD_VM_KERNEL'] ?? '7.3'
+  const kernel = vmKernels.find((name) => name === wanted)
+  if (!kernel) throw new Error(`UBLKD_VM_KERNEL=${wanted}: the harness boots ${vmKernels.join(' or ')}`)
+  return kernel
+})()
+
 export interface VmOptions {
+  /** Default: vmKernel. */
+  kernel?: VmKernel
   cpus?: number
   memMiB?: number
   /** A host directory mounted read-write at the same path inside the VM. */
@@ -89,14 +104,17 @@ function tail(text: string, lines: number): string {
 }
 
 export async function bootVm(options: VmOptions = {}): Promise<Vm> {
-  const kernel = path.join(cacheDir, 'vmlinuz')
-  const initramfs = path.join(cacheDir, 'initramfs.cpio.gz')
+  const kernelName = options.kernel ?? vmKernel
+  const assets = path.join(cacheDir, kernelName)
+  const kernel = path.join(assets, 'vmlinuz')
+  const initramfs = path.join(assets, 'initramfs.cpio.gz')
   if (!fs.existsSync(kernel) || !fs.existsSync(initramfs)) {
-    throw new Error(`VM assets missing in ${cacheDir}: run scripts/vm/prepare.sh`)
+    throw new Error(`VM assets missing in ${assets}: run scripts/vm/prepare.sh ${kernelName}`)
   }
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-vm-'))
   const agentSocket = path.join(workDir, 'agent.sock')
-  const append = ['console=ttyS0', 'quiet', 'panic=-1', `ublkd.repo=${repoRoot}`]
+  const append = ['console=ttyS0', 'quiet', 'panic=-1', `ublkd.repo=${repoRoot}`,
+    `ublkd.modules=${path.join(assets, 'modules')}`]
   const args = [
     '-accel', 'tcg', '-cpu', kCpuModel, '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
     '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
