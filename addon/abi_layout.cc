@@ -1,4 +1,4 @@
-// Kernel struct layouts are checked twice: here at compile time against the vendored 6.12
+// Kernel struct layouts are checked twice: here at compile time against the vendored 7.3
 // header, and in test/addon/abi-layout.test.ts against the TypeScript encoders in src/abi.
 #include "abi_layout.h"
 
@@ -32,7 +32,7 @@ static_assert(offsetof(ublksrv_ctrl_dev_info, ublksrv_pid) == 16);
 static_assert(offsetof(ublksrv_ctrl_dev_info, flags) == 24);
 static_assert(offsetof(ublksrv_ctrl_dev_info, owner_uid) == 40);
 
-static_assert(sizeof(ublk_params) == 112);
+static_assert(sizeof(ublk_params) == 152, "7.3 appended dma, seg and integrity; 6.12 was 112");
 static_assert(offsetof(ublk_params, basic) == 8);
 static_assert(offsetof(ublk_params, discard) == 40);
 static_assert(offsetof(ublk_params, devt) == 60);

@@ -12,9 +12,9 @@ export const ublksrvCtrlDevInfo = {
   flags: 24, ublksrvFlags: 32, ownerUid: 40, ownerGid: 44,
 } as const
 
-/** struct ublk_params (112 bytes) with its basic (@8), discard (@40) and devt (@60) parts. */
+/** struct ublk_params (152 bytes; 112 in 6.12) with its basic (@8), discard (@40) and devt (@60) parts. */
 export const ublkParams = {
-  bytes: 112, len: 0, types: 4,
+  bytes: 152, len: 0, types: 4,
   basic: {
     offset: 8, bytes: 32, attrs: 0, logicalBsShift: 4, physicalBsShift: 5, ioOptShift: 6,
     ioMinShift: 7, maxSectors: 8, chunkSectors: 12, devSectors: 16, virtBoundaryMask: 24,

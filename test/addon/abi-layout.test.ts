@@ -1,5 +1,5 @@
 // Pair test: the kernel struct layouts and opcodes as the C++ compiler sees them (from the
-// vendored 6.12 header) must equal what the TypeScript encoders use.
+// vendored 7.3 header) must equal what the TypeScript encoders use.
 import t from 'tap'
 
 import * as io from '../../src/abi/io-uring.js'

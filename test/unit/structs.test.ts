@@ -32,7 +32,7 @@ t.test('params round-trip with basic and discard parts', async (t) => {
   }
   const view = new DataView(new ArrayBuffer(ublkParams.bytes))
   encodeParams(view, params, params.types)
-  t.equal(view.getUint32(0, true), 112, 'len is the whole struct')
+  t.equal(view.getUint32(0, true), 152, 'len is the whole 7.3 struct')
   t.equal(view.getUint8(8 + 4), 12, 'logical_bs_shift at basic+4')
   t.same(decodeParams(view), params)
 })
