@@ -56,9 +56,140 @@ void Put(Napi::Object target, const char* name, double value) {
 
 }  // namespace
 
+// A JS number holds an integer exactly only up to 2^53 (and powers of two beyond): every constant
+// is checked to survive the conversion, so the pair test compares the header's exact value.
+template <typename T>
+constexpr bool ExactAsDouble(T value) {
+  return static_cast<T>(static_cast<double>(value)) == value;
+}
+
 #define PUT_SIZE(obj, type) Put(obj, "sizeof", sizeof(type))
 #define PUT_OFFSET(obj, type, field) Put(obj, #field, offsetof(type, field))
-#define PUT_CONST(obj, name) Put(obj, #name, static_cast<double>(name))
+#define PUT_VALUE(obj, label, value)                                            \
+  static_assert(ExactAsDouble(+(value)), label " is not exact as a JS number"); \
+  Put(obj, label, static_cast<double>(value))
+#define PUT_CONST(obj, name) PUT_VALUE(obj, #name, name)
+
+// Every UBLK_* / UBLKSRV_* macro of the header that src/abi/ublk-cmd.ts mirrors (all but the legacy
+// plain-number opcodes UBLK_CMD_* / UBLK_IO_FETCH_REQ..., which ublkd never sends).
+#define UBLK_CONSTANTS(X) \
+  X(UBLK_U_CMD_GET_QUEUE_AFFINITY) \
+  X(UBLK_U_CMD_GET_DEV_INFO) \
+  X(UBLK_U_CMD_ADD_DEV) \
+  X(UBLK_U_CMD_DEL_DEV) \
+  X(UBLK_U_CMD_START_DEV) \
+  X(UBLK_U_CMD_STOP_DEV) \
+  X(UBLK_U_CMD_SET_PARAMS) \
+  X(UBLK_U_CMD_GET_PARAMS) \
+  X(UBLK_U_CMD_START_USER_RECOVERY) \
+  X(UBLK_U_CMD_END_USER_RECOVERY) \
+  X(UBLK_U_CMD_GET_DEV_INFO2) \
+  X(UBLK_U_CMD_GET_FEATURES) \
+  X(UBLK_U_CMD_DEL_DEV_ASYNC) \
+  X(UBLK_U_CMD_UPDATE_SIZE) \
+  X(UBLK_U_CMD_QUIESCE_DEV) \
+  X(UBLK_U_CMD_TRY_STOP_DEV) \
+  X(UBLK_U_CMD_REG_BUF) \
+  X(UBLK_U_CMD_UNREG_BUF) \
+  X(UBLK_U_IO_FETCH_REQ) \
+  X(UBLK_U_IO_COMMIT_AND_FETCH_REQ) \
+  X(UBLK_U_IO_NEED_GET_DATA) \
+  X(UBLK_U_IO_REGISTER_IO_BUF) \
+  X(UBLK_U_IO_UNREGISTER_IO_BUF) \
+  X(UBLK_U_IO_PREP_IO_CMDS) \
+  X(UBLK_U_IO_COMMIT_IO_CMDS) \
+  X(UBLK_U_IO_FETCH_IO_CMDS) \
+  X(UBLK_IO_RES_ABORT) \
+  X(UBLK_IO_RES_OK) \
+  X(UBLK_IO_RES_NEED_GET_DATA) \
+  X(UBLKSRV_CMD_BUF_OFFSET) \
+  X(UBLK_MAX_QUEUE_DEPTH) \
+  X(UBLK_FEATURES_LEN) \
+  X(UBLKSRV_IO_BUF_OFFSET) \
+  X(UBLK_IO_BUF_OFF) \
+  X(UBLK_IO_BUF_BITS) \
+  X(UBLK_IO_BUF_BITS_MASK) \
+  X(UBLK_TAG_OFF) \
+  X(UBLK_TAG_BITS) \
+  X(UBLK_TAG_BITS_MASK) \
+  X(UBLK_QID_OFF) \
+  X(UBLK_QID_BITS) \
+  X(UBLK_QID_BITS_MASK) \
+  X(UBLK_MAX_NR_QUEUES) \
+  X(UBLKSRV_IO_BUF_TOTAL_BITS) \
+  X(UBLKSRV_IO_BUF_TOTAL_SIZE) \
+  X(UBLK_INTEGRITY_FLAG_OFF) \
+  X(UBLKSRV_IO_INTEGRITY_FLAG) \
+  X(UBLK_F_SUPPORT_ZERO_COPY) \
+  X(UBLK_F_URING_CMD_COMP_IN_TASK) \
+  X(UBLK_F_NEED_GET_DATA) \
+  X(UBLK_F_USER_RECOVERY) \
+  X(UBLK_F_USER_RECOVERY_REISSUE) \
+  X(UBLK_F_UNPRIVILEGED_DEV) \
+  X(UBLK_F_CMD_IOCTL_ENCODE) \
+  X(UBLK_F_USER_COPY) \
+  X(UBLK_F_ZONED) \
+  X(UBLK_F_USER_RECOVERY_FAIL_IO) \
+  X(UBLK_F_UPDATE_SIZE) \
+  X(UBLK_F_AUTO_BUF_REG) \
+  X(UBLK_F_QUIESCE) \
+  X(UBLK_F_PER_IO_DAEMON) \
+  X(UBLK_F_BUF_REG_OFF_DAEMON) \
+  X(UBLK_F_BATCH_IO) \
+  X(UBLK_F_INTEGRITY) \
+  X(UBLK_F_SAFE_STOP_DEV) \
+  X(UBLK_F_NO_AUTO_PART_SCAN) \
+  X(UBLK_F_SHMEM_ZC) \
+  X(UBLK_F_IO_DESC_SIZE) \
+  X(UBLK_S_DEV_DEAD) \
+  X(UBLK_S_DEV_LIVE) \
+  X(UBLK_S_DEV_QUIESCED) \
+  X(UBLK_S_DEV_FAIL_IO) \
+  X(UBLK_ATTR_READ_ONLY) \
+  X(UBLK_ATTR_ROTATIONAL) \
+  X(UBLK_ATTR_VOLATILE_CACHE) \
+  X(UBLK_ATTR_FUA) \
+  X(UBLK_PARAM_TYPE_BASIC) \
+  X(UBLK_PARAM_TYPE_DISCARD) \
+  X(UBLK_PARAM_TYPE_DEVT) \
+  X(UBLK_PARAM_TYPE_ZONED) \
+  X(UBLK_PARAM_TYPE_DMA_ALIGN) \
+  X(UBLK_PARAM_TYPE_SEGMENT) \
+  X(UBLK_PARAM_TYPE_INTEGRITY) \
+  X(UBLK_MIN_SEGMENT_SIZE) \
+  X(UBLK_IO_OP_READ) \
+  X(UBLK_IO_OP_WRITE) \
+  X(UBLK_IO_OP_FLUSH) \
+  X(UBLK_IO_OP_DISCARD) \
+  X(UBLK_IO_OP_WRITE_SAME) \
+  X(UBLK_IO_OP_WRITE_ZEROES) \
+  X(UBLK_IO_OP_ZONE_OPEN) \
+  X(UBLK_IO_OP_ZONE_CLOSE) \
+  X(UBLK_IO_OP_ZONE_FINISH) \
+  X(UBLK_IO_OP_ZONE_APPEND) \
+  X(UBLK_IO_OP_ZONE_RESET_ALL) \
+  X(UBLK_IO_OP_ZONE_RESET) \
+  X(UBLK_IO_OP_REPORT_ZONES) \
+  X(UBLK_IO_F_FAILFAST_DEV) \
+  X(UBLK_IO_F_FAILFAST_TRANSPORT) \
+  X(UBLK_IO_F_FAILFAST_DRIVER) \
+  X(UBLK_IO_F_META) \
+  X(UBLK_IO_F_FUA) \
+  X(UBLK_IO_F_NOUNMAP) \
+  X(UBLK_IO_F_SWAP) \
+  X(UBLK_IO_F_NEED_REG_BUF) \
+  X(UBLK_IO_F_INTEGRITY) \
+  X(UBLK_IO_F_SHMEM_ZC) \
+  X(UBLK_AUTO_BUF_REG_FALLBACK) \
+  X(UBLK_AUTO_BUF_REG_F_MASK) \
+  X(UBLK_BATCH_F_HAS_ZONE_LBA) \
+  X(UBLK_BATCH_F_HAS_BUF_ADDR) \
+  X(UBLK_BATCH_F_AUTO_BUF_REG_FALLBACK) \
+  X(UBLK_SHMEM_BUF_READ_ONLY) \
+  X(UBLK_SHMEM_ZC_OFF_MASK) \
+  X(UBLK_SHMEM_ZC_IDX_OFF) \
+  X(UBLK_SHMEM_ZC_IDX_MASK)
+
 
 Napi::Object AbiLayout(Napi::Env env) {
   Napi::Object layout = Napi::Object::New(env);
@@ -155,23 +286,9 @@ Napi::Object AbiLayout(Napi::Env env) {
   layout.Set("io_uring_sqe", sqe);
 
   Napi::Object constants = Napi::Object::New(env);
-  PUT_CONST(constants, UBLK_U_CMD_GET_QUEUE_AFFINITY);
-  PUT_CONST(constants, UBLK_U_CMD_GET_DEV_INFO);
-  PUT_CONST(constants, UBLK_U_CMD_ADD_DEV);
-  PUT_CONST(constants, UBLK_U_CMD_DEL_DEV);
-  PUT_CONST(constants, UBLK_U_CMD_START_DEV);
-  PUT_CONST(constants, UBLK_U_CMD_STOP_DEV);
-  PUT_CONST(constants, UBLK_U_CMD_SET_PARAMS);
-  PUT_CONST(constants, UBLK_U_CMD_GET_PARAMS);
-  PUT_CONST(constants, UBLK_U_CMD_START_USER_RECOVERY);
-  PUT_CONST(constants, UBLK_U_CMD_END_USER_RECOVERY);
-  PUT_CONST(constants, UBLK_U_CMD_GET_FEATURES);
-  PUT_CONST(constants, UBLK_U_IO_FETCH_REQ);
-  PUT_CONST(constants, UBLK_U_IO_COMMIT_AND_FETCH_REQ);
-  PUT_CONST(constants, UBLK_U_IO_NEED_GET_DATA);
-  PUT_CONST(constants, UBLK_IO_RES_ABORT);
-  PUT_CONST(constants, UBLKSRV_CMD_BUF_OFFSET);
-  PUT_CONST(constants, UBLK_MAX_QUEUE_DEPTH);
+#define PUT_UBLK_CONSTANT(name) PUT_VALUE(constants, #name, name);  // #name before expansion
+  UBLK_CONSTANTS(PUT_UBLK_CONSTANT)
+#undef PUT_UBLK_CONSTANT
   PUT_CONST(constants, IORING_OP_URING_CMD);
   PUT_CONST(constants, IORING_OP_READ);
   PUT_CONST(constants, IORING_OP_WRITE);

@@ -6,7 +6,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 
-import { ublkFeatureNames } from '../abi/ublk-cmd.js'
+import { ublkFeatures } from '../abi/ublk-cmd.js'
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
 import { isLogLevel, resolveLogLevel } from '../common/log.js'
 import { formatSize } from '../common/size.js'
@@ -385,7 +385,7 @@ async function commandFeatures(args: string[]): Promise<void> {
   const control = UblkControl.open()
   try {
     const mask = await control.getFeatures()
-    const names = ublkFeatureNames.filter(([, bit]) => (mask & bit) !== 0n).map(([name]) => name)
+    const names = ublkFeatures.filter(({ bit }) => (mask >> BigInt(bit)) & 1n).map(({ name }) => name)
     if (values['json']) return print(JSON.stringify({ mask: `0x${mask.toString(16)}`, features: names }))
     print(`features 0x${mask.toString(16)}`)
     for (const name of names) print(`  ${name}`)

@@ -95,42 +95,32 @@ t.test('SQE word layout used by src/abi/io-uring.ts matches struct io_uring_sqe'
   t.equal(sqe['sizeof'] * 2, io.kSqeWords * 4, 'SQE128 doubles the 64-byte SQE')
 })
 
-t.test('every opcode and flag equals the C macro', async (t) => {
-  const pairs: [string, number][] = [
-    ['UBLK_U_CMD_GET_QUEUE_AFFINITY', ublk.UBLK_U_CMD_GET_QUEUE_AFFINITY],
-    ['UBLK_U_CMD_GET_DEV_INFO', ublk.UBLK_U_CMD_GET_DEV_INFO],
-    ['UBLK_U_CMD_ADD_DEV', ublk.UBLK_U_CMD_ADD_DEV],
-    ['UBLK_U_CMD_DEL_DEV', ublk.UBLK_U_CMD_DEL_DEV],
-    ['UBLK_U_CMD_START_DEV', ublk.UBLK_U_CMD_START_DEV],
-    ['UBLK_U_CMD_STOP_DEV', ublk.UBLK_U_CMD_STOP_DEV],
-    ['UBLK_U_CMD_SET_PARAMS', ublk.UBLK_U_CMD_SET_PARAMS],
-    ['UBLK_U_CMD_GET_PARAMS', ublk.UBLK_U_CMD_GET_PARAMS],
-    ['UBLK_U_CMD_START_USER_RECOVERY', ublk.UBLK_U_CMD_START_USER_RECOVERY],
-    ['UBLK_U_CMD_END_USER_RECOVERY', ublk.UBLK_U_CMD_END_USER_RECOVERY],
-    ['UBLK_U_CMD_GET_FEATURES', ublk.UBLK_U_CMD_GET_FEATURES],
-    ['UBLK_U_IO_FETCH_REQ', ublk.UBLK_U_IO_FETCH_REQ],
-    ['UBLK_U_IO_COMMIT_AND_FETCH_REQ', ublk.UBLK_U_IO_COMMIT_AND_FETCH_REQ],
-    ['UBLK_U_IO_NEED_GET_DATA', ublk.UBLK_U_IO_NEED_GET_DATA],
-    ['UBLK_IO_RES_ABORT', ublk.UBLK_IO_RES_ABORT],
-    ['UBLKSRV_CMD_BUF_OFFSET', ublk.UBLKSRV_CMD_BUF_OFFSET],
-    ['UBLK_MAX_QUEUE_DEPTH', ublk.UBLK_MAX_QUEUE_DEPTH],
-    ['IORING_OP_URING_CMD', io.IORING_OP_URING_CMD],
-    ['IORING_OP_READ', io.IORING_OP_READ],
-    ['IORING_OP_WRITE', io.IORING_OP_WRITE],
-    ['IORING_OP_FSYNC', io.IORING_OP_FSYNC],
-    ['IORING_OP_FALLOCATE', io.IORING_OP_FALLOCATE],
-    ['IORING_FSYNC_DATASYNC', io.IORING_FSYNC_DATASYNC],
-    ['RWF_DSYNC', io.RWF_DSYNC],
-    ['FALLOC_FL_KEEP_SIZE', io.FALLOC_FL_KEEP_SIZE],
-    ['FALLOC_FL_PUNCH_HOLE', io.FALLOC_FL_PUNCH_HOLE],
-    ['FALLOC_FL_NO_HIDE_STALE', io.FALLOC_FL_NO_HIDE_STALE],
-    ['FALLOC_FL_ZERO_RANGE', io.FALLOC_FL_ZERO_RANGE],
-    ['IORING_OP_NOP', io.IORING_OP_NOP],
-    ['IORING_SETUP_SQE128', io.IORING_SETUP_SQE128],
-    ['IORING_SETUP_SUBMIT_ALL', io.IORING_SETUP_SUBMIT_ALL],
-    ['IORING_SETUP_COOP_TASKRUN', io.IORING_SETUP_COOP_TASKRUN],
-    ['IORING_SETUP_SINGLE_ISSUER', io.IORING_SETUP_SINGLE_ISSUER],
-    ['IOSQE_FIXED_FILE', io.IOSQE_FIXED_FILE],
-  ]
-  for (const [name, value] of pairs) t.equal(value, c[name], name)
+/** A module's exports named as the kernel names them (all caps), with their values. */
+function kernelNamed(module: object): [string, number | bigint][] {
+  return Object.entries(module).filter(([name]) => /^[A-Z][A-Z0-9_]*$/.test(name))
+}
+
+/** Kernel-style names in src/abi/ublk-cmd.ts that are driver conventions, not header macros. */
+const notInHeader = new Set(['UBLK_MAX_UBLKS', 'UBLK_DEV_ID_ANY', 'UBLK_QUEUE_ID_NONE', 'UBLK_MAX_IO_DESC_SIZE'])
+
+t.test('every opcode, flag, state, param type and bit layout constant equals the C macro', async (t) => {
+  const exported = [...kernelNamed(ublk), ...kernelNamed(io)].filter(([name]) => !notInHeader.has(name))
+  for (const [name, value] of exported) {
+    const header = c[name]
+    if (header === undefined) t.fail(`${name} is not exported by the addon`)
+    else t.equal(BigInt(value), BigInt(header), name)
+  }
+  const mirrored = new Set(exported.map(([name]) => name))
+  const cOnly = Object.keys(c).filter((name) => /^UBLK/.test(name) && !mirrored.has(name))
+  t.same(cOnly, [], 'every UBLK_* the addon exports has its TypeScript twin')
+})
+
+t.test('the feature table names every UBLK_F_* bit of the header, in bit order', async (t) => {
+  const flags = kernelNamed(ublk).filter(([name]) => name.startsWith('UBLK_F_'))
+  t.equal(ublk.ublkFeatures.length, flags.length, 'one row per UBLK_F_* export')
+  ublk.ublkFeatures.forEach((feature, index) => {
+    t.equal(feature.bit, index, `${feature.name} is row ${index}`)
+    t.equal(c[feature.name], 2 ** feature.bit, `${feature.name} is bit ${feature.bit}`)
+    t.match(feature.sinceRelease, /^\d+\.\d+$/, `${feature.name} has a release`)
+  })
 })
