@@ -17,7 +17,8 @@ const kCtrlCmdBytes = 32
 const kIoCmdBytes = 16
 const kBatchIoBytes = 16
 
-// Control commands, on /dev/ublk-control. Since 6.12 unless marked.
+// Control commands, on /dev/ublk-control. 6.12 has those through DEL_DEV_ASYNC; each later one
+// needs the feature flag its comment names.
 export const UBLK_U_CMD_GET_QUEUE_AFFINITY = ioc(kIocRead, 0x01, kCtrlCmdBytes)
 export const UBLK_U_CMD_GET_DEV_INFO = ioc(kIocRead, 0x02, kCtrlCmdBytes)
 export const UBLK_U_CMD_ADD_DEV = ioc(kIocReadWrite, 0x04, kCtrlCmdBytes)
