@@ -6,7 +6,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 
-import { ublkFeatureNames } from '../abi/ublk-cmd.js'
+import { describeFeatureMask } from '../abi/feature-names.js'
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
 import { isLogLevel, resolveLogLevel } from '../common/log.js'
 import { formatSize } from '../common/size.js'
@@ -123,7 +123,11 @@ Options:
 
 const featuresHelp = `Usage: ublkd features [--json]
 
-Ask the kernel (UBLK_U_CMD_GET_FEATURES) which ublk features it supports.
+Ask the kernel (UBLK_U_CMD_GET_FEATURES) which ublk features it supports: the mask, then each
+set bit by its UBLK_F_* name (as of Linux 7.3), or as 'bit N' when this build has no name for it.
+
+Options:
+  --json            {"mask": "0x...", "names": [...], "unknownBits": [N, ...]}
 `
 
 const daemonHelp = `Usage: ublkd daemon [--metrics HOST:PORT|off] [--keep-devices-on-exit] [--log-level LEVEL] [--state-dir DIR]
@@ -384,11 +388,12 @@ async function commandFeatures(args: string[]): Promise<void> {
   if (values['help']) return print(featuresHelp)
   const control = UblkControl.open()
   try {
-    const mask = await control.getFeatures()
-    const names = ublkFeatureNames.filter(([, bit]) => (mask & bit) !== 0n).map(([name]) => name)
-    if (values['json']) return print(JSON.stringify({ mask: `0x${mask.toString(16)}`, features: names }))
-    print(`features 0x${mask.toString(16)}`)
+    const { mask, names, unknownBits } = describeFeatureMask(await control.getFeatures())
+    const maskHex = `0x${mask.toString(16)}`
+    if (values['json']) return print(JSON.stringify({ mask: maskHex, names, unknownBits }))
+    print(`features ${maskHex}`)
     for (const name of names) print(`  ${name}`)
+    for (const bit of unknownBits) print(`  bit ${bit}`)
   } finally {
     control.close()
   }
