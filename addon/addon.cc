@@ -25,6 +25,7 @@ Native::Native(Napi::Env env, Napi::Object exports) {
   exports.Set("mmapReadOnly", Napi::Function::New<MmapReadOnly>(env, "mmapReadOnly"));
   exports.Set("munmap", Napi::Function::New<Munmap>(env, "munmap"));
   exports.Set("pinThread", Napi::Function::New<PinThread>(env, "pinThread"));
+  exports.Set("setIoFlusher", Napi::Function::New<SetIoFlusher>(env, "setIoFlusher"));
   exports.Set("threadAffinity", Napi::Function::New<ThreadAffinity>(env, "threadAffinity"));
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("eventFd", Napi::Function::New<EventFd>(env, "eventFd"));

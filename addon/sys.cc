@@ -2,6 +2,7 @@
 
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -122,6 +123,15 @@ Napi::Value PinThread(const Napi::CallbackInfo& info) {
   if (sched_setaffinity(0, sizeof(set), &set) != 0) {
     return ThrowErrno(env, "sched_setaffinity", errno);
   }
+  return env.Undefined();
+}
+
+// setIoFlusher(): mark the calling thread PR_SET_IO_FLUSHER (PF_MEMALLOC_NOIO |
+// PF_LOCAL_THROTTLE), as the kernel's own I/O daemons are: memory reclaim it triggers must not
+// wait on I/O to a device it serves itself, nor be throttled by that device's dirty pages.
+Napi::Value SetIoFlusher(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) return ThrowErrno(env, "prctl(PR_SET_IO_FLUSHER)", errno);
   return env.Undefined();
 }
 

@@ -10,6 +10,7 @@ Napi::Value BufferAddress(const Napi::CallbackInfo& info);
 Napi::Value MmapReadOnly(const Napi::CallbackInfo& info);
 Napi::Value Munmap(const Napi::CallbackInfo& info);
 Napi::Value PinThread(const Napi::CallbackInfo& info);
+Napi::Value SetIoFlusher(const Napi::CallbackInfo& info);
 Napi::Value ThreadAffinity(const Napi::CallbackInfo& info);
 Napi::Value GetTid(const Napi::CallbackInfo& info);
 Napi::Value EventFd(const Napi::CallbackInfo& info);

@@ -48,6 +48,8 @@ export interface NativeAddon {
   mmapReadOnly(fd: number, offset: number, bytes: number): ArrayBuffer
   munmap(buffer: ArrayBuffer): void
   pinThread(cpus: readonly number[]): void
+  /** PR_SET_IO_FLUSHER for the calling thread (needs CAP_SYS_RESOURCE). */
+  setIoFlusher(): void
   threadAffinity(): number[]
   gettid(): number
   eventFd(): number

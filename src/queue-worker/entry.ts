@@ -1,6 +1,7 @@
 // The piscina task of one hardware queue: runs on its own worker thread for the life of the
-// queue. Pins itself to the queue's CPUs, builds its own io_uring, maps its descriptors,
-// allocates its I/O buffers, arms every tag, reports ready, then serves until the device stops.
+// queue. Pins itself to the queue's CPUs, marks itself an I/O flusher, builds its own io_uring,
+// maps its descriptors, allocates its I/O buffers, arms every tag, reports ready, then serves
+// until the device stops.
 import { IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SQE128, IORING_SETUP_SUBMIT_ALL } from '../abi/io-uring.js'
 import { UBLK_MAX_QUEUE_DEPTH } from '../abi/ublk-cmd.js'
 import { createLogger } from '../common/log.js'
@@ -18,6 +19,8 @@ function nextPowerOfTwo(n: number): number {
 export default async function queueTask(input: QueueTaskInput): Promise<QueueExit> {
   const log = createLogger(input.logLevel, { role: 'queue', devId: input.devId, queueId: input.queueId })
   native.pinThread(input.cpus)
+  // Reclaim this thread triggers must not wait on the device it serves (as ublksrv, libublk-rs).
+  native.setIoFlusher()
   const tid = native.gettid()
   const pageSize = native.pageSize
   const target = findTarget(input.targetName)

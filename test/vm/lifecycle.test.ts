@@ -18,15 +18,6 @@ function parseCpuList(text: string): number[] {
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 
-t.test('ublkd features lists the kernel features', async (t) => {
-  const result = await ublkd(vm, 'features --json')
-  t.equal(result.code, 0, result.stderr)
-  const features = JSON.parse(result.stdout) as { mask: string, names: string[], unknownBits: number[] }
-  t.ok(features.names.includes('UBLK_F_CMD_IOCTL_ENCODE'))
-  t.ok(features.names.includes('UBLK_F_USER_RECOVERY'))
-  t.same(features.unknownBits, [], 'this build names every bit the guest kernel sets')
-})
-
 t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right geometry', async (t) => {
   const device = await addDevice(vm, '-t memory --size 256M -q 2')
   t.equal(device.state, 'LIVE')
@@ -55,6 +46,17 @@ t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right ge
       t.same(allowed, kernelCpus, `queue ${queue} thread (tid ${tid}) is pinned to its CPUs`)
       t.same(device.queueAffinity[queue], kernelCpus, 'GET_QUEUE_AFFINITY agrees with blk-mq')
     }
+  })
+
+  t.test('queue threads are I/O flushers (PR_SET_IO_FLUSHER), the main thread is not', async (t) => {
+    // /proc/PID/task/TID/stat field 9 is the task's PF_* flags.
+    const kIoFlusher = 0x00080000 | 0x00100000 // PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE
+    const flags = async (tid: number) => {
+      const stat = await vm.run(`cat /proc/${device.daemonPid}/task/${tid}/stat`)
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[6])
+    }
+    for (const tid of device.queueTids) t.equal((await flags(tid!)) & kIoFlusher, kIoFlusher, `queue thread ${tid}`)
+    t.equal((await flags(device.daemonPid)) & kIoFlusher, 0, 'main thread')
   })
 
   t.test('list shows it', async (t) => {
