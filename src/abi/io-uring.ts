@@ -10,6 +10,7 @@
 
 export const IORING_OP_NOP = 0
 export const IORING_OP_FSYNC = 3
+export const IORING_OP_ASYNC_CANCEL = 14
 export const IORING_OP_FALLOCATE = 17
 export const IORING_OP_READ = 22
 export const IORING_OP_WRITE = 23
@@ -80,6 +81,15 @@ export function encodeReadWrite(
   sqes[base + 5] = addressHi
   sqes[base + 6] = len
   sqes[base + 7] = rwFlags
+}
+
+/** IORING_OP_ASYNC_CANCEL of the request whose user_data is `targetLo/targetHi` (in `addr`). */
+export function encodeAsyncCancel(
+  sqes: Uint32Array, slot: number, targetLo: number, targetHi: number, userDataLo: number, userDataHi: number,
+): void {
+  const base = encodeSqeHeader(sqes, slot, IORING_OP_ASYNC_CANCEL, -1, userDataLo, userDataHi)
+  sqes[base + 4] = targetLo
+  sqes[base + 5] = targetHi
 }
 
 /** IORING_OP_FSYNC; `fsyncFlags` IORING_FSYNC_DATASYNC for fdatasync. */

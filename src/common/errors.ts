@@ -11,6 +11,8 @@ export type ErrorCode =
   | 'UBLKD_ERR_QUEUE'
   | 'UBLKD_ERR_DAEMON'
   | 'UBLKD_ERR_TIMEOUT'
+  | 'UBLKD_ERR_KERNEL_TIMEOUT'
+  | 'UBLKD_ERR_UNSUPPORTED'
   | 'UBLKD_ERR_NOT_RECOVERABLE'
 
 export class UblkdError extends Error {

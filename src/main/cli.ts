@@ -14,7 +14,7 @@ import { kDefaultStatsPublishMicros } from '../common/stats-layout.js'
 import { allTargetFlags, allTargets } from '../targets/registry.js'
 import { callDaemon, isNoDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
-import { UblkControl } from './control.js'
+import { UblkControl, kDefaultKernelTimeoutMs } from './control.js'
 import { runDaemon } from './daemon.js'
 import type { DeviceSummary } from './device.js'
 import { deviceDefaults } from './device-request.js'
@@ -69,6 +69,8 @@ Options:
                                 huge pages: the kernel's copies get cheaper, but every buffer a
                                 request touches costs 2 MiB resident (default: 4 KiB pages, only
                                 what requests touch is resident)
+      --no-partition-scan       do not scan the device for partitions when it starts
+                                (UBLK_F_NO_AUTO_PART_SCAN, Linux 7.0+; refused on older kernels)
       --json                    print the device as JSON
       --state-dir DIR           see 'ublkd --help'
 
@@ -145,6 +147,10 @@ Options:
                        memory-backed) to the next daemon instead of deleting them
   --metrics HOST:PORT  serve Prometheus metrics at /metrics and a live status page at /
                        (default ${kDefaultMetricsAddress}; 'off' for none)
+  --kernel-timeout SECONDS
+                       the deadline of every ublk control command (default ${kDefaultKernelTimeoutMs / 1000}): a
+                       command the kernel has not completed by then fails with
+                       UBLKD_ERR_KERNEL_TIMEOUT, and the daemon undoes what it can
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info, env LOG_LEVEL)
   --state-dir DIR
 `
@@ -254,6 +260,7 @@ async function commandAdd(args: string[]): Promise<void> {
     target: { type: 'string', short: 't' },
     recovery: { type: 'boolean' },
     'huge-page-buffers': { type: 'boolean' },
+    'no-partition-scan': { type: 'boolean' },
     queues: { type: 'string', short: 'q' },
     depth: { type: 'string', short: 'd' },
     number: { type: 'string', short: 'n' },
@@ -274,6 +281,7 @@ async function commandAdd(args: string[]): Promise<void> {
     ioScheduler: stringValue(values, 'io-scheduler'),
     queueMode: stringValue(values, 'queue-mode'),
     hugePageBuffers: values['huge-page-buffers'] === true ? true : undefined,
+    noPartitionScan: values['no-partition-scan'] === true ? true : undefined,
   }
   if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
   // The daemon has its own working directory: send it an absolute path.
@@ -402,9 +410,13 @@ async function commandFeatures(args: string[]): Promise<void> {
 async function commandDaemon(args: string[]): Promise<void> {
   const { values } = parse(args, {
     'log-level': { type: 'string' }, metrics: { type: 'string' }, 'keep-devices-on-exit': { type: 'boolean' },
-    'stats-publish-us': { type: 'string' },
+    'stats-publish-us': { type: 'string' }, 'kernel-timeout': { type: 'string' },
   })
   if (values['help']) return print(daemonHelp)
+  const kernelTimeout = stringValue(values, 'kernel-timeout') ?? String(kDefaultKernelTimeoutMs / 1000)
+  if (!/^\d+$/.test(kernelTimeout) || Number(kernelTimeout) < 1 || Number(kernelTimeout) > 3600) {
+    throw new UsageError(`--kernel-timeout must be a whole number of seconds from 1 to 3600, got '${kernelTimeout}'`)
+  }
   const publish = stringValue(values, 'stats-publish-us') ?? String(kDefaultStatsPublishMicros)
   if (!/^\d+$/.test(publish) || Number(publish) > 1_000_000) {
     throw new UsageError(`--stats-publish-us must be an integer from 0 to 1000000, got '${publish}'`)
@@ -417,6 +429,7 @@ async function commandDaemon(args: string[]): Promise<void> {
     metrics: parseListenAddress(stringValue(values, 'metrics') ?? kDefaultMetricsAddress),
     keepDevicesOnExit: values['keep-devices-on-exit'] === true,
     statsPublishMicros: Number(publish),
+    kernelTimeoutMs: Number(kernelTimeout) * 1000,
   })
 }
 

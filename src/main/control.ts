@@ -3,9 +3,17 @@
 // Commands are asynchronous: each is one IORING_OP_URING_CMD whose completion wakes the event
 // loop through the ring's eventfd, so a command the kernel holds for long (START_DEV waits for
 // every queue to fetch, DEL_DEV for the device to be released) never blocks the daemon.
+//
+// Every command has a deadline. Some kernels hang a command forever (ADD_DEV on 6.17-azure and
+// 6.18.4-5), and START_DEV waits as long as a queue does not fetch. Past the deadline the caller
+// gets UBLKD_ERR_KERNEL_TIMEOUT and the kernel is asked to cancel the command (an interruptible
+// wait in the driver then returns); its buffer stays referenced until its CQE arrives, if ever,
+// so a late completion never writes into reused memory, and it is logged.
 import fs from 'node:fs'
 
-import { IORING_SETUP_SQE128, encodeUringCmd, kCqeWords, kSqeCmdWord } from '../abi/io-uring.js'
+import {
+  IORING_SETUP_SQE128, encodeAsyncCancel, encodeUringCmd, kCqeWords, kSqeCmdWord,
+} from '../abi/io-uring.js'
 import {
   decodeCpuMask, decodeDevInfo, decodeParams, encodeCtrlCmd, encodeDevInfo, encodeParams,
   ublkParams, ublksrvCtrlDevInfo, type DevInfo, type Params,
@@ -16,19 +24,37 @@ import {
   UBLK_U_CMD_END_USER_RECOVERY, UBLK_U_CMD_SET_PARAMS, UBLK_U_CMD_START_DEV,
   UBLK_U_CMD_START_USER_RECOVERY, UBLK_U_CMD_STOP_DEV,
 } from '../abi/ublk-cmd.js'
-import { KernelError, UblkdError } from '../common/errors.js'
+import { KernelError, UblkdError, errnoName } from '../common/errors.js'
+import type { Logger } from '../common/log.js'
 import { native, type NativeRing } from '../native/addon.js'
 
 export const kControlPath = '/dev/ublk-control'
+/** The default deadline of a control command (`ublkd daemon --kernel-timeout`). */
+export const kDefaultKernelTimeoutMs = 30_000
+// user_data of the cancel requests themselves: above every command's (those stay <= 0x7fffffff).
+const kCancelUserData = 0x80000000
 
 // 1024 CPUs' worth of bitmap: a multiple of 8 bytes that covers any nr_cpu_ids we will meet.
 const kAffinityMaskBytes = 128
 
 interface PendingCommand {
   name: string
+  devId: number
   buffer: ArrayBuffer | null
+  startedMs: number
+  timer: NodeJS.Timeout | null
+  /** Past its deadline: the caller was told; the CQE, if it comes, is only logged. */
+  expired: boolean
   resolve(result: number): void
   reject(error: Error): void
+}
+
+export interface ControlOptions {
+  path?: string
+  /** Deadline of every command, ms. */
+  timeoutMs?: number
+  /** Where late completions of expired commands are reported. */
+  log?: Logger
 }
 
 interface CommandArgs {
@@ -47,7 +73,12 @@ export class UblkControl {
   private readonly cqes: Uint32Array
   private readonly cqeResults: Int32Array
 
-  private constructor(private readonly fd: number, private readonly ring: NativeRing) {
+  private constructor(
+    private readonly fd: number,
+    private readonly ring: NativeRing,
+    private readonly timeoutMs: number,
+    private readonly log: Logger | undefined,
+  ) {
     this.sqes = new Uint32Array(ring.sqes)
     this.sqeView = new DataView(ring.sqes)
     this.cqes = new Uint32Array(ring.cqes)
@@ -56,7 +87,8 @@ export class UblkControl {
   }
 
   /** Open /dev/ublk-control; a clear error when the driver is not loaded. */
-  static open(path = kControlPath): UblkControl {
+  static open(options: ControlOptions = {}): UblkControl {
+    const path = options.path ?? kControlPath
     let fd: number
     try {
       fd = fs.openSync(path, fs.constants.O_RDWR)
@@ -69,7 +101,8 @@ export class UblkControl {
       throw new UblkdError('UBLKD_ERR_NO_DRIVER', `cannot open ${path}: ${(error as Error).message}`)
     }
     try {
-      return new UblkControl(fd, new native.Ring(32, 64, IORING_SETUP_SQE128))
+      return new UblkControl(fd, new native.Ring(32, 64, IORING_SETUP_SQE128),
+        options.timeoutMs ?? kDefaultKernelTimeoutMs, options.log)
     } catch (error) {
       fs.closeSync(fd)
       throw error
@@ -80,7 +113,8 @@ export class UblkControl {
     this.ring.close()
     fs.closeSync(this.fd)
     for (const [, command] of this.pending) {
-      command.reject(new UblkdError('UBLKD_ERR_DAEMON', `${command.name} abandoned: control closed`))
+      if (command.timer) clearTimeout(command.timer)
+      if (!command.expired) command.reject(new UblkdError('UBLKD_ERR_DAEMON', `${command.name} abandoned: control closed`))
     }
     this.pending.clear()
   }
@@ -169,9 +203,28 @@ export class UblkControl {
       data0: args.data0 ?? 0n,
     })
     return new Promise<number>((resolve, reject) => {
-      this.pending.set(userData, { name, buffer: args.buffer ?? null, resolve, reject })
+      const command: PendingCommand = {
+        name, devId: args.devId, buffer: args.buffer ?? null, startedMs: Date.now(), timer: null, expired: false,
+        resolve, reject,
+      }
+      command.timer = setTimeout(() => this.expire(userData, command), this.timeoutMs)
+      this.pending.set(userData, command)
       this.reap(1)
     })
+  }
+
+  /** The deadline passed: fail the caller, ask the kernel to cancel, keep the entry for the CQE. */
+  private expire(userData: number, command: PendingCommand): void {
+    command.timer = null
+    command.expired = true
+    const seconds = this.timeoutMs / 1000
+    command.reject(new UblkdError('UBLKD_ERR_KERNEL_TIMEOUT',
+      `${command.name} of device ${command.devId} did not complete within ${seconds} s: the kernel is stuck in it (see dmesg)`))
+    this.log?.error({ command: command.name, devId: command.devId, timeoutMs: this.timeoutMs },
+      'control command timed out; asking the kernel to cancel it')
+    if (this.ring.closed) return
+    encodeAsyncCancel(this.sqes, 0, userData, 0, kCancelUserData, 0)
+    this.reap(1)
   }
 
   /** Submit `staged` SQEs and settle every command whose CQE has arrived. */
@@ -183,8 +236,15 @@ export class UblkControl {
       const command = this.pending.get(userData)
       if (!command) continue
       this.pending.delete(userData)
-      if (res < 0) command.reject(new KernelError(command.name, res))
-      else command.resolve(res)
+      if (command.timer) clearTimeout(command.timer)
+      if (command.expired) {
+        this.log?.warn({ command: command.name, devId: command.devId, afterMs: Date.now() - command.startedMs,
+          result: res < 0 ? errnoName(res) : res }, 'timed-out control command completed late')
+      } else if (res < 0) {
+        command.reject(new KernelError(command.name, res))
+      } else {
+        command.resolve(res)
+      }
     }
   }
 }

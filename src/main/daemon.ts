@@ -3,6 +3,7 @@
 // exits 0 (a second signal exits at once with 1).
 import fs from 'node:fs'
 import type http from 'node:http'
+import os from 'node:os'
 import type net from 'node:net'
 
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
@@ -11,7 +12,7 @@ import { callDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { listenApi } from './api-server.js'
 import { UblkControl } from './control.js'
-import { Device, type DeviceDeps } from './device.js'
+import { Device, type BackingClaim, type DeviceDeps } from './device.js'
 import { parseDeviceRequest } from './device-request.js'
 import { listenMetrics, type ListenAddress } from './metrics-server.js'
 import { socketPath } from './paths.js'
@@ -28,13 +29,15 @@ export interface DaemonOptions {
   statsPublishMicros: number
   /** On SIGTERM/SIGINT, leave devices created with --recovery for the next daemon to re-attach. */
   keepDevicesOnExit: boolean
+  /** Deadline of every control command (--kernel-timeout). */
+  kernelTimeoutMs: number
 }
 
 class Daemon {
   private readonly devices = new Map<number, Device>()
   /** Ids being added, so two adds of the same -n do not race into the kernel. */
   private readonly adding = new Set<number>()
-  private readonly exclusiveKeys = new Map<string, number>()
+  private readonly exclusiveKeys = new Map<string, BackingClaim>()
   private server: net.Server | null = null
   private metricsServer: http.Server | null = null
   private stopping = false
@@ -47,12 +50,13 @@ class Daemon {
     private readonly logLevel: LogLevel,
     private readonly store: StateStore,
     private readonly statsPublishMicros: number,
+    private readonly kernelFeatures: bigint,
   ) {}
 
   private deps(): DeviceDeps {
     return {
       control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys,
-      store: this.store, statsPublishMicros: this.statsPublishMicros,
+      store: this.store, statsPublishMicros: this.statsPublishMicros, kernelFeatures: this.kernelFeatures,
     }
   }
 
@@ -159,7 +163,12 @@ class Daemon {
 
   private async remove(device: Device): Promise<void> {
     await device.delete()
-    this.devices.delete(device.id)
+    this.forget(device)
+  }
+
+  /** Drop `device` from the table, unless a newer device got its id meanwhile. */
+  private forget(device: Device): void {
+    if (this.devices.get(device.id) === device) this.devices.delete(device.id)
   }
 
   async listen(socket: string): Promise<void> {
@@ -186,7 +195,7 @@ class Daemon {
     this.metricsServer?.close()
     await Promise.all([...this.devices.values()].map((device) => {
       const keep = keepDevices && device.reattachable
-      const done = keep ? device.detach().then(() => { this.devices.delete(device.id) }) : this.remove(device)
+      const done = keep ? device.detach().then(() => this.forget(device)) : this.remove(device)
       return done.catch((error: unknown) => {
         this.log.error({ devId: device.id, err: messageOf(error) }, 'device did not stop cleanly')
       })
@@ -214,8 +223,17 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   fs.chmodSync(options.stateDir, 0o700)
   const socket = socketPath(options.stateDir)
   await claimSocket(socket)
-  const control = UblkControl.open()
-  const daemon = new Daemon(control, log, options.logLevel, new StateStore(options.stateDir), options.statsPublishMicros)
+  const control = UblkControl.open({ timeoutMs: options.kernelTimeoutMs, log })
+  let kernelFeatures: bigint
+  try {
+    kernelFeatures = await control.getFeatures()
+  } catch (error) {
+    control.close()
+    throw error
+  }
+  log.info({ kernel: os.release(), features: `0x${kernelFeatures.toString(16)}` }, 'ublk driver features')
+  const daemon = new Daemon(control, log, options.logLevel, new StateStore(options.stateDir), options.statsPublishMicros,
+    kernelFeatures)
   try {
     if (options.metrics) await daemon.serveMetrics(options.metrics)
     await daemon.reattachAll()

@@ -21,6 +21,8 @@ export interface DeviceRequest {
   queueMode?: QueueMode
   /** The queues' I/O buffers may use transparent huge pages (faster copies, all resident). */
   hugePageBuffers: boolean
+  /** UBLK_F_NO_AUTO_PART_SCAN: START_DEV does not scan the device for partitions. */
+  noPartitionScan: boolean
 }
 
 /**
@@ -37,7 +39,7 @@ export const deviceDefaults = {
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers', 'noPartitionScan']
 // A block-layer elevator name (none, mq-deadline, kyber, bfq): also what may go into sysfs.
 const kSchedulerName = /^[a-z][a-z0-9_-]{0,31}$/
 
@@ -98,6 +100,7 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
     recovery: booleanField(raw, 'recovery', '--recovery') ?? false,
     ioScheduler: schedulerField(raw) ?? deviceDefaults.ioScheduler,
     hugePageBuffers: booleanField(raw, 'hugePageBuffers', '--huge-page-buffers') ?? false,
+    noPartitionScan: booleanField(raw, 'noPartitionScan', '--no-partition-scan') ?? false,
   }
   if (logical !== undefined) request.logicalBlockSize = logical
   const queueMode = queueModeField(raw)

@@ -14,10 +14,10 @@ import os from 'node:os'
 
 import {
   UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_USER_RECOVERY,
-  UBLK_F_USER_RECOVERY_REISSUE, UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_S_DEV_DEAD,
-  UBLK_S_DEV_QUIESCED,
+  UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_S_DEV_DEAD, UBLK_S_DEV_QUIESCED,
 } from '../abi/ublk-cmd.js'
-import type { Params } from '../abi/structs.js'
+import { describeFeatureMask } from '../abi/feature-names.js'
+import { ublksrvIoDesc, type Params } from '../abi/structs.js'
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
 import type { LogLevel, Logger } from '../common/log.js'
 import type { QueueMode } from '../common/messages.js'
@@ -26,6 +26,7 @@ import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
 import type { UblkControl } from './control.js'
 import type { DeviceRequest } from './device-request.js'
+import { checkOffered, featureNeeds, neededFlags } from './kernel-features.js'
 import { QueuePool } from './queue-pool.js'
 import type { DeviceRecord, StateStore } from './state-store.js'
 
@@ -48,6 +49,8 @@ export interface DeviceSummary {
   queueTids: (number | null)[]
   /** Per-queue counters as the queue workers last published them (src/common/stats-layout.ts). */
   queueStats?: Record<StatName, number>[]
+  /** The UBLK_F_* flags the kernel gave the device at ADD_DEV (its own among them), by name. */
+  flags: string[]
   /** UBLK_F_USER_RECOVERY is on: queue or daemon deaths are healed without losing I/O. */
   recovery: boolean
   /** Times the device was healed or re-attached by this daemon. */
@@ -65,8 +68,10 @@ export interface DeviceDeps {
   logLevel: LogLevel
   /** See QueueTaskInput.statsPublishMicros. */
   statsPublishMicros: number
-  /** Backings in use (TargetSetup.exclusiveKey -> device id), shared by the daemon's devices. */
-  exclusiveKeys: Map<string, number>
+  /** Backings in use (TargetSetup.exclusiveKey -> its claim), shared by the daemon's devices. */
+  exclusiveKeys: Map<string, BackingClaim>
+  /** What the kernel offers (GET_FEATURES at daemon start). */
+  kernelFeatures: bigint
   store: StateStore
 }
 
@@ -85,7 +90,12 @@ const kCharDeviceWaitMs = 5_000
 
 type Undo = () => Promise<void> | void
 
-const kRecoveryFlags = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE
+/** A device's hold on its backing, taken before the first await of an add so that two adds of
+ *  one backing cannot both pass the check; `id` once the kernel gave one. Compared by identity:
+ *  device ids are reused, claims are not. */
+export interface BackingClaim {
+  id: number | null
+}
 
 export function paramsFromGeometry(geometry: DeviceGeometry, maxIoBufBytes: number): Params {
   const shift = (bytes: number) => Math.log2(bytes)
@@ -133,6 +143,9 @@ export class Device {
   recoveries = 0
   /** Undoes target.setup() (closes the backing, ...). */
   private releaseTarget: Undo = () => {}
+  private claim: BackingClaim | null = null
+  /** When the device was first created (its record's createdMs): which record is this device's. */
+  createdMs = Date.now()
   /** Whether teardown deletes the kernel device (DEL_DEV). */
   private ownsKernelDevice = false
   private deleting: Promise<void> | null = null
@@ -155,6 +168,8 @@ export class Device {
     private readonly queues: number,
     private readonly depth: number,
     private readonly maxIoBufBytes: number,
+    /** UBLK_F_* as the kernel reported them for this device. */
+    private readonly flags: bigint,
   ) {
     this.stats = allocQueueStats(queues)
   }
@@ -165,7 +180,10 @@ export class Device {
     if (request.queues > cpuCount) {
       throw new UsageError(`--queues ${request.queues} is more than the ${cpuCount} CPUs of this machine`)
     }
-    const { target, setup, queueMode, release } = Device.prepareTarget(request, deps)
+    // Refused before anything exists: an option whose feature this kernel lacks.
+    const needs = featureNeeds(request)
+    checkOffered(needs, deps.kernelFeatures)
+    const { target, setup, queueMode, claim, release } = Device.prepareTarget(request, deps)
     const info = await deps.control.addDev({
       nrHwQueues: request.queues,
       queueDepth: request.depth,
@@ -173,25 +191,30 @@ export class Device {
       maxIoBufBytes: request.maxIoBufBytes,
       devId: request.id ?? UBLK_DEV_ID_ANY,
       ublksrvPid: 0,
-      flags: request.recovery ? kRecoveryFlags : 0n,
+      flags: neededFlags(needs),
       ublksrvFlags: 0n,
       ownerUid: 0,
       ownerGid: 0,
     }).catch((error: unknown) => {
       release()
+      if (claim) deps.exclusiveKeys.delete(setup.exclusiveKey!)
       if (request.id !== undefined && (error as { errno?: number }).errno === -17) {
         throw new UblkdError('UBLKD_ERR_DEVICE_EXISTS', `device ${request.id} already exists`)
       }
       throw error
     })
     const device = new Device(info.devId, request, target, setup, queueMode, deps, deps.log.child({ devId: info.devId }),
-      info.nrHwQueues, info.queueDepth, info.maxIoBufBytes)
+      info.nrHwQueues, info.queueDepth, info.maxIoBufBytes, info.flags)
     device.releaseTarget = release
-    device.claimBacking()
+    device.claim = claim
+    if (claim) claim.id = device.id
     device.ownsKernelDevice = true
     try {
-      if (request.recovery && (info.flags & kRecoveryFlags) !== kRecoveryFlags) {
-        throw new UblkdError('UBLKD_ERR_KERNEL', 'this kernel does not offer UBLK_F_USER_RECOVERY(_REISSUE)')
+      // The kernel clears what it does not support rather than failing ADD_DEV.
+      checkOffered(needs, info.flags)
+      // Descriptors are 24 bytes unless UBLK_F_IO_DESC_SIZE asks otherwise, which we never do.
+      if (info.ioDescSize !== 0 && info.ioDescSize !== ublksrvIoDesc.bytes) {
+        throw new UblkdError('UBLKD_ERR_KERNEL', `kernel gave ${info.ioDescSize}-byte I/O descriptors, expected ${ublksrvIoDesc.bytes}`)
       }
       if (info.nrHwQueues !== request.queues || info.queueDepth !== request.depth) {
         throw new UblkdError('UBLKD_ERR_KERNEL',
@@ -207,7 +230,7 @@ export class Device {
       throw error
     }
     device.becomeLive('device live')
-    deps.store.save({ version: 1, id: device.id, request, createdMs: Date.now() })
+    deps.store.save({ version: 1, id: device.id, request, createdMs: device.createdMs })
     return device
   }
 
@@ -225,11 +248,13 @@ export class Device {
     if ((info.flags & UBLK_F_USER_RECOVERY) === 0n) {
       throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} was not created with --recovery`)
     }
-    const { setup, queueMode, release } = Device.prepareTarget(request, deps)
+    const { setup, queueMode, claim, release } = Device.prepareTarget(request, deps)
     const device = new Device(id, request, target, setup, queueMode, deps, deps.log.child({ devId: id }),
-      info.nrHwQueues, info.queueDepth, info.maxIoBufBytes)
+      info.nrHwQueues, info.queueDepth, info.maxIoBufBytes, info.flags)
+    device.createdMs = record.createdMs
     device.releaseTarget = release
-    device.claimBacking()
+    device.claim = claim
+    if (claim) claim.id = id
     device.state = 'RECOVERING'
     const started = Date.now()
     try {
@@ -246,7 +271,8 @@ export class Device {
     return device
   }
 
-  /** Parse, validate and set up the target; the returned release undoes setup(). */
+  /** Parse, validate and set up the target, and claim its backing (synchronously: see
+   *  BackingClaim); the returned release undoes setup(), not the claim. */
   private static prepareTarget(request: DeviceRequest, deps: DeviceDeps) {
     const target = findTarget(request.target)
     const options = target.parseOptions(request.targetOptions, request.logicalBlockSize)
@@ -254,23 +280,31 @@ export class Device {
     const holder = setup.exclusiveKey === undefined ? undefined : deps.exclusiveKeys.get(setup.exclusiveKey)
     if (holder !== undefined) {
       target.undo(setup.spec)
-      throw new UsageError(`${setup.describe['file'] ?? 'the backing'} is already served by device ${holder}`)
+      const backing = setup.describe['file'] ?? 'the backing'
+      throw new UsageError(holder.id === null
+        ? `${backing} is being added as another device right now`
+        : `${backing} is already served by device ${holder.id}`)
     }
     if (setup.needsEventLoop && request.queueMode === 'ring') {
       target.undo(setup.spec)
       throw new UsageError(`target ${target.name} with these options completes requests from timers or promises: it needs --queue-mode event-loop`)
     }
     const queueMode: QueueMode = setup.needsEventLoop ? 'event-loop' : request.queueMode ?? 'ring'
-    return { target, setup, queueMode, release: () => target.undo(setup.spec) }
-  }
-
-  private claimBacking(): void {
-    if (this.setup.exclusiveKey !== undefined) this.deps.exclusiveKeys.set(this.setup.exclusiveKey, this.id)
+    let claim: BackingClaim | null = null
+    if (setup.exclusiveKey !== undefined) {
+      claim = { id: null }
+      deps.exclusiveKeys.set(setup.exclusiveKey, claim)
+    }
+    return { target, setup, queueMode, claim, release: () => target.undo(setup.spec) }
   }
 
   /** Release what this process holds for the device (backing claim, target), not the kernel device. */
   private async releaseOwn(): Promise<void> {
-    if (this.setup.exclusiveKey !== undefined) this.deps.exclusiveKeys.delete(this.setup.exclusiveKey)
+    const key = this.setup.exclusiveKey
+    if (key !== undefined && this.claim !== null && this.deps.exclusiveKeys.get(key) === this.claim) {
+      this.deps.exclusiveKeys.delete(key)
+    }
+    this.claim = null
     const release = this.releaseTarget
     this.releaseTarget = () => {}
     await release()
@@ -451,7 +485,8 @@ export class Device {
       this.state = 'STOPPING'
       this.log.info('stopping device')
       await this.teardown()
-      this.deps.store.remove(this.id)
+      // Only our own record: by now the kernel may have given this id to a newer device.
+      this.deps.store.remove(this.id, this.createdMs)
       this.state = 'DELETED'
       this.log.info('device deleted')
     })()
@@ -489,6 +524,12 @@ export class Device {
       Object.fromEntries(statNames.map((name, i) => [name, values[i]!])) as Record<StatName, number>)
   }
 
+  /** The device's UBLK_F_* by name, any bit this build does not know as `bit N`. */
+  private flagLabels(): string[] {
+    const { names, unknownBits } = describeFeatureMask(this.flags)
+    return [...names, ...unknownBits.map((bit) => `bit ${bit}`)]
+  }
+
   summary(options: { withStats: boolean } = { withStats: true }): DeviceSummary {
     const summary: DeviceSummary = {
       id: this.id,
@@ -504,6 +545,7 @@ export class Device {
       daemonPid: process.pid,
       queueAffinity: this.affinity,
       queueTids: this.pool ? this.pool.tasks.map((task) => task.tid) : [],
+      flags: this.flagLabels(),
       recovery: this.request.recovery,
       recoveries: this.recoveries,
       ioScheduler: this.ioScheduler()?.current ?? null,

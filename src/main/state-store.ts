@@ -34,7 +34,17 @@ export class StateStore {
     fs.renameSync(temp, file)
   }
 
-  remove(id: number): void {
+  /** Remove device `id`'s record; with `createdMs`, only if the record is that device's (ids
+   *  are reused: a newer device may hold the id by now). */
+  remove(id: number, createdMs?: number): void {
+    if (createdMs !== undefined) {
+      try {
+        const record = JSON.parse(fs.readFileSync(this.file(id), 'utf8')) as Partial<DeviceRecord>
+        if (record.createdMs !== createdMs) return
+      } catch {
+        // Missing or unreadable: nothing of ours to keep.
+      }
+    }
     fs.rmSync(this.file(id), { force: true })
   }
 

@@ -116,7 +116,9 @@ export class QueueLoop {
   arm(handler: QueueHandler): void {
     this.handler = handler
     this.parts.ring.registerFiles([this.parts.charFd])
-    for (let tag = 0; tag < this.parts.depth; tag++) this.stageIoCmd(UBLK_U_IO_FETCH_REQ, tag, 0)
+    const armed = handler.armedTags ?? this.parts.depth
+    this.liveTags = armed
+    for (let tag = 0; tag < armed; tag++) this.stageIoCmd(UBLK_U_IO_FETCH_REQ, tag, 0)
     this.stageStopRead()
     this.parts.ring.enter(this.staged, 0, 0)
     this.staged = 0

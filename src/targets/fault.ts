@@ -7,13 +7,16 @@
 //   stall   spins the queue thread for --fault-stall-ms (default 60000): a stuck queue
 //   delay   serves the request, but completes it --fault-delay-ms (default 100) later from a
 //           timer, the thread serving others meanwhile: a slow backend (event-loop mode)
+// and one fault that needs no request:
+//   no-fetch  queue 0 leaves its last tag without a FETCH_REQ: the kernel never sees the
+//           device ready, so START_DEV does not complete (tests the control commands' deadline)
 // Not for data you care about.
 import { UsageError } from '../common/errors.js'
 import { MemoryQueue, memorySetup, type MemorySpec } from './memory.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import { kIoPending, type IoRequest, type QueueContext, type QueueHandler, type Target } from './target.js'
 
-const kFaults = ['error', 'throw', 'exit', 'stall', 'delay'] as const
+const kFaults = ['error', 'throw', 'exit', 'stall', 'delay', 'no-fetch'] as const
 type Fault = (typeof kFaults)[number]
 
 interface FaultOptions {
@@ -52,10 +55,12 @@ function positiveInteger(raw: Record<string, unknown>, name: string, flag: strin
 class FaultQueue implements QueueHandler {
   private readonly memory: MemoryQueue
   private readonly seen: Int32Array
+  readonly armedTags?: number
 
   constructor(private readonly spec: FaultSpec, private readonly queue: QueueContext) {
     this.memory = new MemoryQueue(spec.memory, queue)
     this.seen = new Int32Array(spec.seen)
+    if (spec.fault === 'no-fetch' && queue.queueId === 0) this.armedTags = queue.depth - 1
   }
 
   handleIo(request: IoRequest): number {
@@ -82,6 +87,8 @@ class FaultQueue implements QueueHandler {
         setTimeout(() => this.queue.complete(tag, result), spec.delayMs)
         return kIoPending
       }
+      case 'no-fetch':
+        return this.memory.handleIo(request)
     }
   }
 
@@ -98,7 +105,7 @@ export const faultTarget: Target<FaultOptions, FaultSpec> = {
   summary: 'a RAM disk that fails on purpose (testing tool, see docs/operations.md)',
   optionHelp: [
     '--size SIZE            device size (required)',
-    '--fault error|throw|exit|stall|delay   what to do (required)',
+    '--fault error|throw|exit|stall|delay|no-fetch   what to do (required)',
     '--fault-at N           from the Nth request of the device on (default 1000)',
     '--fault-count N        for this many requests (default 1)',
     '--fault-errno N        errno for --fault error (default 5, EIO)',

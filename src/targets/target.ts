@@ -103,6 +103,11 @@ export interface QueueHandler {
    * them with QueueContext.complete().
    */
   endTurn?(): void
+  /**
+   * How many tags (from 0) the queue arms with FETCH_REQ when it starts; default all. Only a
+   * testing tool arms fewer (the fault target's `no-fetch`): START_DEV then never completes.
+   */
+  readonly armedTags?: number
   close(): void
 }
 

@@ -28,6 +28,16 @@ export async function ublkNodes(vm: Vm): Promise<string[]> {
   return out.split('\n').filter((line) => line.length > 0)
 }
 
+let daemonRuns = 0
+
+/** Start `ublkd daemon FLAGS` in the background and wait until it serves; returns its log path. */
+export async function startDaemon(vm: Vm, flags = ''): Promise<string> {
+  const log = `/tmp/daemon-${++daemonRuns}.log`
+  await vm.run(`setsid sh -c '${ublkdCli} daemon ${flags} > ${log} 2>&1' < /dev/null > /dev/null 2>&1 &`)
+  await waitInVm(vm, `grep -q '"msg":"daemon ready"' ${log}`, 60_000)
+  return log
+}
+
 /** Wait until `cmd` exits 0 (polling inside the VM), or fail after `timeoutMs`. */
 export async function waitInVm(vm: Vm, cmd: string, timeoutMs: number): Promise<void> {
   const seconds = Math.ceil(timeoutMs / 100)

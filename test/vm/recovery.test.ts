@@ -4,25 +4,25 @@
 import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
-import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import {
+  addDevice, fio, listDevices, startDaemon as startDaemonInVm, ublkd, ublkdCli, ublkNodes, waitInVm,
+} from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 
-let daemonRuns = 0
+let lastDaemonLog: string | null = null
 
 /** Start a daemon in the background and wait until it serves; returns its log path. */
 async function startDaemon(flags = ''): Promise<string> {
-  const log = `/tmp/daemon-${++daemonRuns}.log`
-  await vm.run(`setsid sh -c '${ublkdCli} daemon ${flags} > ${log} 2>&1' < /dev/null > /dev/null 2>&1 &`)
-  await waitInVm(vm, `grep -q '"msg":"daemon ready"' ${log}`, 60_000)
-  return log
+  lastDaemonLog = await startDaemonInVm(vm, flags)
+  return lastDaemonLog
 }
 
 /** The log of the daemon serving now: the last one started here, or one `add` started. */
 function daemonLog(): string {
-  return daemonRuns > 0 ? `/tmp/daemon-${daemonRuns}.log` : '/run/ublkd/daemon.log'
+  return lastDaemonLog ?? '/run/ublkd/daemon.log'
 }
 
 async function onlyDevice(): Promise<DeviceSummary> {

@@ -1,0 +1,61 @@
+// Concurrent lifecycle requests against one daemon: two adds of one backing, deletes racing
+// adds that reuse the freed device ids. At the end the daemon's list, /dev and the state dir
+// must agree.
+import t from 'tap'
+
+import { listDevices, ublkd, ublkNodes } from '../lib/ublkd-in-vm.js'
+import { bootVm } from '../lib/vm.js'
+
+const vm = await bootVm()
+t.teardown(() => vm.shutdown())
+
+t.afterEach(async () => {
+  await ublkd(vm, 'del --all')
+})
+
+/** Device ids as the daemon, /dev and the state dir's records each see them. */
+async function views(): Promise<{ listed: number[]; nodes: number[]; records: number[] }> {
+  const listed = (await listDevices(vm)).map((device) => device.id).sort((a, b) => a - b)
+  const nodes = (await ublkNodes(vm)).filter((name) => name.startsWith('ublkb')).map((name) => Number(name.slice(5)))
+    .sort((a, b) => a - b)
+  const records = (await vm.run('ls /run/ublkd/devices')).split('\n').filter((name) => /^\d+\.json$/.test(name))
+    .map((name) => Number(name.slice(0, -5))).sort((a, b) => a - b)
+  return { listed, nodes, records }
+}
+
+t.test('two concurrent adds of one backing file: exactly one succeeds, the other is refused clearly', async (t) => {
+  await vm.run('truncate -s 64M /tmp/shared.img')
+  for (let round = 0; round < 3; round++) {
+    const results = await Promise.all([1, 2].map(() => ublkd(vm, 'add -t loop -f /tmp/shared.img')))
+    const ok = results.filter((result) => result.code === 0)
+    const refused = results.filter((result) => result.code !== 0)
+    t.equal(ok.length, 1, `round ${round}: one add succeeds (${results.map((r) => r.stderr.trim()).join(' | ')})`)
+    t.equal(refused.length, 1, `round ${round}: one is refused`)
+    t.match(refused[0]?.stderr ?? '', /\/tmp\/shared\.img is (being added as another device right now|already served by device \d+)/)
+    const { listed, nodes, records } = await views()
+    t.equal(listed.length, 1, `round ${round}: one device`)
+    t.same(nodes, listed, 'and one block device node')
+    t.same(records, listed, 'and one record')
+    t.equal((await ublkd(vm, 'del --all')).code, 0)
+  }
+})
+
+t.test('deletes racing adds that get the freed ids: list, /dev and the state dir agree', async (t) => {
+  // Loop devices flush their backing on release, after DEL_DEV freed the id in the kernel: an
+  // add in that window gets the same id from the kernel.
+  for (let i = 0; i < 4; i++) await vm.run(`truncate -s 32M /tmp/race-${i}.img`)
+  for (let round = 0; round < 4; round++) {
+    const created = await Promise.all([0, 1, 2, 3].map((i) => ublkd(vm, `add -t loop -f /tmp/race-${i}.img --json`)))
+    const ids = created.map((result) => (JSON.parse(result.stdout) as { id: number }).id)
+    // Dirty page cache on each, for their release to flush.
+    await vm.run(ids.map((id) => `dd if=/dev/urandom of=/dev/ublkb${id} bs=1M count=8 status=none`).join(' && '))
+    const deletes = ids.map((id) => ublkd(vm, `del -n ${id}`))
+    const adds = [0, 1, 2].map(() => ublkd(vm, 'add -t null --size 1G'))
+    const results = await Promise.all([...deletes, ...adds])
+    t.same(results.map((result) => result.code), results.map(() => 0), `round ${round}: ${results.map((r) => r.stderr.trim()).filter(Boolean).join(' | ')}`)
+    const { listed, nodes, records } = await views()
+    t.equal(listed.length, 3 * (round + 1), `round ${round}: the null devices of every round so far`)
+    t.same(nodes, listed, 'every listed device has its node, and no other node exists')
+    t.same(records, listed, 'every listed device has its record, and no other record exists')
+  }
+})
