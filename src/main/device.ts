@@ -226,7 +226,8 @@ export class Device {
       device.setIoScheduler(request.ioScheduler)
     } catch (error) {
       device.log.warn({ err: messageOf(error) }, 'add failed, unwinding')
-      await device.teardown()
+      // A queue may be dead or never have fetched: the kernel must see the server gone first.
+      await device.teardown({ queuesFirst: true })
       throw error
     }
     device.becomeLive('device live')
@@ -478,13 +479,16 @@ export class Device {
     this.log.info('device detached, kept for re-attach')
   }
 
-  /** STOP_DEV (in-flight I/O completes, new I/O fails), queues drain, then DEL_DEV. */
+  /** STOP_DEV (in-flight I/O completes, new I/O fails), queues drain, then DEL_DEV. A device
+   *  that FAILED (a queue died or stalled) has requests its queues will never complete: its
+   *  queues go first, so that the kernel fails them and STOP_DEV does not wait for ever. */
   delete(): Promise<void> {
     this.deleting ??= (async () => {
       this.stopSupervision()
+      const queuesFirst = this.state === 'FAILED'
       this.state = 'STOPPING'
-      this.log.info('stopping device')
-      await this.teardown()
+      this.log.info({ queuesFirst }, 'stopping device')
+      await this.teardown({ queuesFirst })
       // Only our own record: by now the kernel may have given this id to a newer device.
       this.deps.store.remove(this.id, this.createdMs)
       this.state = 'DELETED'
@@ -493,10 +497,16 @@ export class Device {
     return this.deleting
   }
 
-  /** STOP_DEV cancels every outstanding fetch, so the queues drain and exit by themselves; then
-   *  the char fd is closed (DEL_DEV waits for it), the kernel device deleted, ours released. */
-  private async teardown(): Promise<void> {
+  /**
+   * Normally STOP_DEV first: it cancels every outstanding fetch once in-flight I/O completed, so
+   * the queues drain and exit by themselves; then the char fd is closed (DEL_DEV waits for it),
+   * the kernel device deleted, ours released. With `queuesFirst` the queues are forced down and
+   * the char fd closed before STOP_DEV: the kernel then fails (or, with recovery, requeues)
+   * whatever the server still held, which 7.x does only when the char device is released.
+   */
+  private async teardown({ queuesFirst }: { queuesFirst: boolean }): Promise<void> {
     const { control } = this.deps
+    if (queuesFirst) await this.stopQueues(0)
     if (this.ownsKernelDevice) {
       await control.stopDev(this.id).catch((error: unknown) => {
         this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed')

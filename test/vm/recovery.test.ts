@@ -112,17 +112,6 @@ t.test('a stalled queue thread is detected and healed with --recovery', async (t
   t.match(await vm.run(`cat ${daemonLog()}`), /stalled: no loop turn/)
 })
 
-t.test('without --recovery a dying queue removes the device: fio fails fast, the daemon lives', async (t) => {
-  const device = await addDevice(vm, '-t fault --size 64M --fault exit --fault-at 2000 -q 2')
-  const { result } = await fio(vm, `--name=fail --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
-    '--rw=randwrite --bs=4k --iodepth=16 --size=16M --time_based --runtime=120', 200_000)
-  t.not(result.code, 0, 'fio got errors')
-  t.ok(result.ms < 60_000, `fio ended after ${result.ms} ms, not its 120 s runtime`)
-  await waitInVm(vm, `! test -e ${device.blockDevice}`, 30_000)
-  t.same(await ublkNodes(vm), [], 'device removed')
-  t.same(await listDevices(vm), [], 'daemon alive and empty')
-})
-
 t.test('a burst of failing requests reaches the client as errors and the log as a few summary lines', async (t) => {
   const device = await addDevice(vm, '-t fault --size 64M --fault error --fault-at 100 --fault-count 300')
   const { result } = await fio(vm, `--name=burst --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +

@@ -1,0 +1,39 @@
+// Without --recovery, a queue that dies or stalls under load takes its device down at once: the
+// client's I/O fails promptly instead of hanging, the daemon lives on, nothing is left behind.
+// The kernels differ here: 6.12 notices a dead queue task by itself, 7.x fails the requests the
+// server held only once the char device is released, so the daemon must let go of it first.
+import t from 'tap'
+
+import { addDevice, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { bootVm } from '../lib/vm.js'
+
+const vm = await bootVm()
+t.teardown(() => vm.shutdown())
+
+t.afterEach(async () => {
+  await ublkd(vm, 'del --all')
+})
+
+const cases: [fault: string, addArgs: string, iodepth: number][] = [
+  ['exit', '--fault exit --fault-at 2000 -q 2', 16],
+  ['stall', '--fault stall --fault-at 2000', 16],
+  // More requests in flight than tags: every tag is in service when the queue task throws.
+  ['throw', '--fault throw --fault-at 2000 -d 16', 64],
+]
+
+for (const [fault, addArgs, iodepth] of cases) {
+  t.test(`a queue that hits --fault ${fault} removes its device: fio fails fast, the daemon lives`, async (t) => {
+    const device = await addDevice(vm, `-t fault --size 64M ${addArgs}`)
+    const { result } = await fio(vm, `--name=fail --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+      `--rw=randwrite --bs=4k --iodepth=${iodepth} --size=16M --time_based --runtime=120`, 200_000)
+    t.not(result.code, 0, 'fio got errors')
+    t.ok(result.ms < 60_000, `fio ended after ${result.ms} ms, not its 120 s runtime`)
+    await waitInVm(vm, `! test -e ${device.blockDevice}`, 30_000)
+    const started = Date.now()
+    const del = await ublkd(vm, `del -n ${device.id}`)
+    t.ok(Date.now() - started < 15_000, `del returned in ${Date.now() - started} ms`)
+    t.match(del.stderr, /no device|^$/, 'already removed by the daemon')
+    t.same(await ublkNodes(vm), [], 'device removed, no node left')
+    t.same(await listDevices(vm), [], 'daemon alive and empty')
+  })
+}
