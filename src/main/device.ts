@@ -398,13 +398,43 @@ export class Device {
     }
     pool.firstExit().catch((error: unknown) => died(messageOf(error)))
     this.supervision = setInterval(() => {
-      const now = Date.now()
-      this.queueStatValues().forEach((values, queue) => {
-        const lastTurnMs = Math.max(values[kStatHeartbeatMs]!, watchedSinceMs)
-        if (now - lastTurnMs > kQueueStallMs) died(`queue ${queue} stalled: no loop turn for ${now - lastTurnMs} ms`)
-      })
+      const stalled = this.stalledQueue(pool, watchedSinceMs)
+      if (stalled) died(stalled)
     }, kSupervisionIntervalMs)
     this.supervision.unref()
+  }
+
+  /** A running queue of `pool` that has not turned its loop for kQueueStallMs (not counting
+   *  the time before `sinceMs`), described; null if none. */
+  private stalledQueue(pool: QueuePool, sinceMs: number): string | null {
+    const now = Date.now()
+    const values = this.queueStatValues()
+    for (const task of pool.tasks) {
+      if (task.settled) continue
+      const lastTurnMs = Math.max(values[task.queueId]![kStatHeartbeatMs]!, sinceMs)
+      if (now - lastTurnMs > kQueueStallMs) return `queue ${task.queueId} stalled: no loop turn for ${now - lastTurnMs} ms`
+    }
+    return null
+  }
+
+  /** Await STOP_DEV; if a queue stalls meanwhile, it holds requests it will never complete, for
+   *  which STOP_DEV waits: force the queues down, so that the kernel fails them. */
+  private async stopDevice(): Promise<void> {
+    let stopped = false
+    const stop = this.deps.control.stopDev(this.id).catch((error: unknown) => {
+      this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed')
+    }).finally(() => { stopped = true })
+    const pool = this.pool
+    const sinceMs = Date.now()
+    while (!stopped && pool !== null && this.pool === pool) {
+      await Promise.race([stop, new Promise((resolve) => setTimeout(resolve, kSupervisionIntervalMs))])
+      const stalled = stopped ? null : this.stalledQueue(pool, sinceMs)
+      if (stalled) {
+        this.log.warn({ reason: stalled }, 'queue stuck while stopping: forcing the queues down')
+        await this.stopQueues(0)
+      }
+    }
+    await stop
   }
 
   private stopSupervision(): void {
@@ -507,11 +537,7 @@ export class Device {
   private async teardown({ queuesFirst }: { queuesFirst: boolean }): Promise<void> {
     const { control } = this.deps
     if (queuesFirst) await this.stopQueues(0)
-    if (this.ownsKernelDevice) {
-      await control.stopDev(this.id).catch((error: unknown) => {
-        this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed')
-      })
-    }
+    if (this.ownsKernelDevice) await this.stopDevice()
     await this.stopQueues(kQueueDrainGraceMs)
     if (this.ownsKernelDevice) {
       await control.delDev(this.id).catch((error: unknown) => {

@@ -4,7 +4,7 @@
 // server held only once the char device is released, so the daemon must let go of it first.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -37,3 +37,23 @@ for (const [fault, addArgs, iodepth] of cases) {
     t.same(await listDevices(vm), [], 'daemon alive and empty')
   })
 }
+
+t.test('ublkd del of a device whose queue just stalled returns promptly', async (t) => {
+  const device = await addDevice(vm, '-t fault --size 64M --fault stall --fault-at 500 --fault-stall-ms 120000')
+  const load = fio(vm, `--name=stuck --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=16 --size=16M --time_based --runtime=120', 200_000)
+  // The stall begins at the 500th request; delete right then, before supervision gives up on it.
+  const served = `${ublkdCli} stats -n ${device.id} --json | node -e ` +
+    `"process.exit(JSON.parse(require('fs').readFileSync(0, 'utf8'))[0].write_ops >= 450 ? 0 : 1)"`
+  await waitInVm(vm, served, 60_000)
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const started = Date.now()
+  const del = await ublkd(vm, `del -n ${device.id}`)
+  t.ok(Date.now() - started < 15_000, `del returned in ${Date.now() - started} ms (${del.stderr.trim()})`)
+  const { result } = await load
+  t.not(result.code, 0, 'fio got errors')
+  t.ok(result.ms < 60_000, `fio ended after ${result.ms} ms`)
+  await waitInVm(vm, `! test -e ${device.blockDevice}`, 30_000)
+  t.same(await ublkNodes(vm), [], 'no node left')
+  t.same(await listDevices(vm), [], 'daemon alive and empty')
+})
