@@ -46,9 +46,20 @@ export async function waitInVm(vm: Vm, cmd: string, timeoutMs: number): Promise<
   if (result.code !== 0) throw new Error(`timed out waiting for: ${cmd}`)
 }
 
-/** Run fio with JSON output; returns the parsed report and the raw result. */
+/** Wait until device `id` has completed more than `count` requests of `stat` (summed over its
+ *  queues, as `ublkd stats --json` shows them): a client's I/O really flows. fio starts slowly
+ *  under emulation, so "fio is running" is not enough. */
+export async function waitForIo(vm: Vm, id: number, stat: 'read_ops' | 'write_ops', count: number, timeoutMs = 60_000): Promise<void> {
+  const check = `${ublkdCli} stats -n ${id} --json | node -e "const queues = JSON.parse(require('fs').readFileSync(0, 'utf8')); ` +
+    `process.exit(queues.reduce((sum, queue) => sum + queue.${stat}, 0) > ${count} ? 0 : 1)"`
+  await waitInVm(vm, check, timeoutMs)
+}
+
+/** Run fio with JSON output; returns the parsed report and the raw result. fio may not create
+ *  files: its targets are devices, and one that is gone (deleted under it, or not there yet)
+ *  must be an error rather than a regular file fio lays out in /dev in its place. */
 export async function fio(vm: Vm, args: string, timeoutMs = 300_000): Promise<{ result: ExecResult; report: FioReport | null }> {
-  const result = await vm.exec(`fio --output-format=json ${args}`, { timeoutMs })
+  const result = await vm.exec(`fio --output-format=json --allow_file_create=0 ${args}`, { timeoutMs })
   const start = result.stdout.indexOf('{')
   let report: FioReport | null = null
   if (start >= 0) {

@@ -2,7 +2,7 @@
 // device while fio runs on it; what a device costs the daemon in memory.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -54,8 +54,7 @@ t.test('del while fio runs: fio sees errors, the daemon survives, the device is 
   const running = fio(vm, `--name=busy --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=16 --time_based --runtime=120 --size=128M')
   // Let fio get going before the device goes away under it.
-  await waitInVm(vm, 'pgrep -x fio', 30_000)
-  await new Promise((resolve) => setTimeout(resolve, 2000))
+  await waitForIo(vm, device.id, 'write_ops', 500)
   const del = await ublkd(vm, `del -n ${device.id}`)
   t.equal(del.code, 0, del.stderr)
   const { result } = await running

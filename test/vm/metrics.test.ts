@@ -10,7 +10,7 @@ import { promisify } from 'node:util'
 
 import t from 'tap'
 
-import { addDevice, fio, ublkdCli, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, ublkdCli, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 const run = promisify(execFile)
@@ -113,7 +113,7 @@ t.test('the shipped Prometheus config and rules are valid and only use metrics t
 t.test('the status page shows the device with non-zero IOPS in headless Chromium', async (t) => {
   const load = fio(vm, `--name=page --filename=${device.blockDevice} --ioengine=io_uring --direct=1 --rw=randread ` +
     '--bs=4k --iodepth=16 --time_based --runtime=20 --size=256M')
-  await waitInVm(vm, 'pgrep -x fio', 30_000)
+  await waitForIo(vm, device.id, 'read_ops', 100)
   const artifacts = path.join(repoRoot, '.tap', 'artifacts')
   fs.mkdirSync(artifacts, { recursive: true })
   const chromium = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',

@@ -4,7 +4,7 @@
 // server held only once the char device is released, so the daemon must let go of it first.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkd, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -43,9 +43,7 @@ t.test('ublkd del of a device whose queue just stalled returns promptly', async 
   const load = fio(vm, `--name=stuck --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=16 --size=16M --time_based --runtime=120', 200_000)
   // The stall begins at the 500th request; delete right then, before supervision gives up on it.
-  const served = `${ublkdCli} stats -n ${device.id} --json | node -e ` +
-    `"process.exit(JSON.parse(require('fs').readFileSync(0, 'utf8'))[0].write_ops >= 450 ? 0 : 1)"`
-  await waitInVm(vm, served, 60_000)
+  await waitForIo(vm, device.id, 'write_ops', 450)
   await new Promise((resolve) => setTimeout(resolve, 500))
   const started = Date.now()
   const del = await ublkd(vm, `del -n ${device.id}`)

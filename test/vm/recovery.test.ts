@@ -5,7 +5,7 @@ import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
 import {
-  addDevice, fio, listDevices, startDaemon as startDaemonInVm, ublkd, ublkdCli, ublkNodes, waitInVm,
+  addDevice, fio, listDevices, startDaemon as startDaemonInVm, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm,
 } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
@@ -42,7 +42,7 @@ t.test('kill -9 of the daemon during fio verify, three times: restarts re-attach
   t.equal(device.recovery, true)
   const verify = fio(vm, `--name=survive --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=16 --size=32M --rate_iops=1000 --verify=crc32c --verify_fatal=1', 600_000)
-  await waitInVm(vm, 'pgrep -x fio', 30_000)
+  await waitForIo(vm, device.id, 'write_ops', 100)
   let pid = device.daemonPid
   for (let round = 1; round <= 3; round++) {
     await new Promise((resolve) => setTimeout(resolve, 1500))

@@ -1,7 +1,7 @@
 // SIGTERM to a daemon serving two devices: both are stopped and deleted, and it exits 0.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -17,8 +17,7 @@ t.test('SIGTERM with two devices removes both and exits 0', async (t) => {
   // Under write load: the shutdown must not wait for the client, nor lose the daemon's exit.
   const load = fio(vm, `--name=load --filename=${a.blockDevice} --ioengine=io_uring --direct=1 --rw=randwrite ` +
     '--bs=4k --iodepth=16 --time_based --runtime=120 --size=32M')
-  await waitInVm(vm, 'pgrep -x fio', 30_000)
-  await new Promise((resolve) => setTimeout(resolve, 1500))
+  await waitForIo(vm, a.id, 'write_ops', 100)
   await vm.run(`kill -TERM ${a.daemonPid}`)
   await waitInVm(vm, 'test -f /tmp/daemon.rc', 60_000)
   t.equal((await vm.run('cat /tmp/daemon.rc')).trim(), '0', 'daemon exit status')
