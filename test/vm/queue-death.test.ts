@@ -4,7 +4,7 @@
 // server held only once the char device is released, so the daemon must let go of it first.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -39,12 +39,12 @@ for (const [fault, addArgs, iodepth] of cases) {
 }
 
 t.test('ublkd del of a device whose queue just stalled returns promptly', async (t) => {
-  const device = await addDevice(vm, '-t fault --size 64M --fault stall --fault-at 500 --fault-stall-ms 120000')
+  const device = await addDevice(vm, '-t fault --size 64M --fault stall --fault-at 20 --fault-stall-ms 120000')
   const load = fio(vm, `--name=stuck --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=16 --size=16M --time_based --runtime=120', 200_000)
-  // The stall begins at the 500th request; delete right then, before supervision gives up on it.
-  await waitForIo(vm, device.id, 'write_ops', 450)
-  await new Promise((resolve) => setTimeout(resolve, 500))
+  // The queue stalls within fio's first requests: delete as soon as they are in flight, before
+  // supervision gives up on the queue (3 s).
+  await waitInVm(vm, `test "$(cat /sys/block/ublkb${device.id}/inflight | tr -s ' ' '+' | sed 's/^+//')" != 0+0`, 60_000)
   const started = Date.now()
   const del = await ublkd(vm, `del -n ${device.id}`)
   t.ok(Date.now() - started < 15_000, `del returned in ${Date.now() - started} ms (${del.stderr.trim()})`)
