@@ -25,7 +25,7 @@ async function views(): Promise<{ listed: number[]; nodes: number[]; records: nu
 
 t.test('two concurrent adds of one backing file: exactly one succeeds, the other is refused clearly', async (t) => {
   await vm.run('truncate -s 64M /tmp/shared.img')
-  for (let round = 0; round < 3; round++) {
+  for (let round = 0; round < 2; round++) {
     const results = await Promise.all([1, 2].map(() => ublkd(vm, 'add -t loop -f /tmp/shared.img')))
     const ok = results.filter((result) => result.code === 0)
     const refused = results.filter((result) => result.code !== 0)
@@ -43,18 +43,18 @@ t.test('two concurrent adds of one backing file: exactly one succeeds, the other
 t.test('deletes racing adds that get the freed ids: list, /dev and the state dir agree', async (t) => {
   // Loop devices flush their backing on release, after DEL_DEV freed the id in the kernel: an
   // add in that window gets the same id from the kernel.
-  for (let i = 0; i < 4; i++) await vm.run(`truncate -s 32M /tmp/race-${i}.img`)
-  for (let round = 0; round < 4; round++) {
-    const created = await Promise.all([0, 1, 2, 3].map((i) => ublkd(vm, `add -t loop -f /tmp/race-${i}.img --json`)))
+  for (let i = 0; i < 3; i++) await vm.run(`truncate -s 32M /tmp/race-${i}.img`)
+  for (let round = 0; round < 2; round++) {
+    const created = await Promise.all([0, 1, 2].map((i) => ublkd(vm, `add -t loop -f /tmp/race-${i}.img --json`)))
     const ids = created.map((result) => (JSON.parse(result.stdout) as { id: number }).id)
     // Dirty page cache on each, for their release to flush.
-    await vm.run(ids.map((id) => `dd if=/dev/urandom of=/dev/ublkb${id} bs=1M count=8 status=none`).join(' && '))
+    await vm.run(ids.map((id) => `dd if=/dev/urandom of=/dev/ublkb${id} bs=1M count=4 status=none`).join(' && '))
     const deletes = ids.map((id) => ublkd(vm, `del -n ${id}`))
-    const adds = [0, 1, 2].map(() => ublkd(vm, 'add -t null --size 1G'))
+    const adds = [0, 1].map(() => ublkd(vm, 'add -t null --size 1G'))
     const results = await Promise.all([...deletes, ...adds])
     t.same(results.map((result) => result.code), results.map(() => 0), `round ${round}: ${results.map((r) => r.stderr.trim()).filter(Boolean).join(' | ')}`)
     const { listed, nodes, records } = await views()
-    t.equal(listed.length, 3 * (round + 1), `round ${round}: the null devices of every round so far`)
+    t.equal(listed.length, 2 * (round + 1), `round ${round}: the null devices of every round so far`)
     t.same(nodes, listed, 'every listed device has its node, and no other node exists')
     t.same(records, listed, 'every listed device has its record, and no other record exists')
   }
