@@ -72,6 +72,9 @@ export function listenApi(socket: string, handler: ApiHandler, log: Logger): Pro
     server.listen(socket, () => {
       fs.chmodSync(socket, 0o600)
       server.off('error', reject)
+      // After listen, an error is a failed accept (EMFILE, ENFILE, ENOMEM): that client is
+      // refused, the daemon and its devices carry on.
+      server.on('error', (error) => log.error({ err: messageOf(error) }, 'api socket: accept failed'))
       resolve(server)
     })
   })

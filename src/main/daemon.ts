@@ -37,6 +37,8 @@ class Daemon {
   private readonly devices = new Map<number, Device>()
   /** Ids being added, so two adds of the same -n do not race into the kernel. */
   private readonly adding = new Set<number>()
+  /** Adds in progress: a shutdown waits for them, then stops their devices too. */
+  private readonly pendingAdds = new Set<Promise<unknown>>()
   private readonly exclusiveKeys = new Map<string, BackingClaim>()
   private server: net.Server | null = null
   private metricsServer: http.Server | null = null
@@ -139,9 +141,12 @@ class Daemon {
       }
       this.adding.add(request.id)
     }
+    const creating = Device.create(request, this.deps())
+    this.pendingAdds.add(creating)
     try {
-      return this.adopt(await Device.create(request, this.deps()))
+      return this.adopt(await creating)
     } finally {
+      this.pendingAdds.delete(creating)
       if (request.id !== undefined) this.adding.delete(request.id)
     }
   }
@@ -193,6 +198,9 @@ class Daemon {
     this.stopping = true
     this.server?.close()
     this.metricsServer?.close()
+    // An add under way would leave its kernel device behind: let it finish (each of its control
+    // commands has a deadline), then stop it with the rest.
+    await Promise.allSettled([...this.pendingAdds])
     await Promise.all([...this.devices.values()].map((device) => {
       const keep = keepDevices && device.reattachable
       const done = keep ? device.detach().then(() => this.forget(device)) : this.remove(device)
@@ -266,6 +274,13 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   }
   process.on('SIGTERM', onSignal)
   process.on('SIGINT', onSignal)
+  // SIGHUP would end the process (and fail every device) by default; there is nothing to
+  // reload without a configuration file, so it is only logged.
+  process.on('SIGHUP', () => log.warn('SIGHUP: nothing to reload, ignored'))
+  // A promise nobody awaited must not take every device down with the process.
+  process.on('unhandledRejection', (reason) => {
+    log.error({ err: messageOf(reason) }, 'unhandled promise rejection (a bug): the daemon carries on')
+  })
   log.info({ socket, stateDir: options.stateDir,
     metrics: options.metrics ? `${options.metrics.host}:${options.metrics.port}` : 'off' }, 'daemon ready')
 }

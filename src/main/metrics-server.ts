@@ -64,6 +64,8 @@ export function listenMetrics(address: ListenAddress, source: MetricsSource, log
     server.once('error', reject)
     server.listen(address.port, address.host, () => {
       server.off('error', reject)
+      // A failed accept (EMFILE, ...) loses that scrape, never the daemon.
+      server.on('error', (error) => log.error({ err: messageOf(error) }, 'metrics listener: accept failed'))
       resolve(server)
     })
   })

@@ -76,3 +76,26 @@ t.test('the socket is root-only: another user gets a clear refusal', async (t) =
   t.equal(result.code, 1)
   t.match(result.stderr, /permission denied.*run ublkd as root/i)
 })
+
+t.test('running out of file descriptors refuses clients, never kills the daemon', async (t) => {
+  const pid = (await vm.run("pgrep -f '[c]li.js daemon'")).trim()
+  const open = Number((await vm.run(`ls /proc/${pid}/fd | wc -l`)).trim())
+  await vm.run(`prlimit --pid ${pid} --nofile=${open + 4}:${open + 4}`)
+  // 40 clients that connect and hold on: accepts past the limit fail with EMFILE.
+  const flood = `const net=require('net');let n=0;for(let i=0;i<40;i++){const c=net.createConnection('/run/ublkd/ublkd.sock');` +
+    `c.on('connect',()=>n++);c.on('error',()=>{})};setTimeout(()=>{console.log(n);process.exit(0)},5000)`
+  await vm.run(`node -e "${flood}"`, { timeoutMs: 60_000 })
+  await vm.run(`prlimit --pid ${pid} --nofile=65536:65536`)
+  await waitInVm(vm, `grep -q 'accept failed' /tmp/daemon.log`, 10_000)
+  t.pass('the failed accepts were logged')
+  t.equal((await vm.run("pgrep -f '[c]li.js daemon'")).trim(), pid, 'the same daemon runs')
+  t.same(await listDevices(vm), [], 'and answers')
+})
+
+t.test('SIGHUP is logged and ignored', async (t) => {
+  const pid = (await vm.run("pgrep -f '[c]li.js daemon'")).trim()
+  await vm.run(`kill -HUP ${pid}`)
+  await waitInVm(vm, `grep -q 'SIGHUP: nothing to reload' /tmp/daemon.log`, 10_000)
+  t.equal((await vm.run("pgrep -f '[c]li.js daemon'")).trim(), pid, 'the daemon still runs')
+  t.same(await listDevices(vm), [], 'and answers')
+})

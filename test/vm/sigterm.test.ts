@@ -1,7 +1,7 @@
 // SIGTERM to a daemon serving two devices: both are stopped and deleted, and it exits 0.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -30,4 +30,19 @@ t.test('SIGTERM with two devices removes both and exits 0', async (t) => {
   t.equal((await vm.exec('test -e /run/ublkd/ublkd.sock')).code, 1, 'socket removed')
   const { result } = await load
   t.ok(result.ms < 100_000, `fio ended with the device (after ${result.ms} ms), not at its 120 s runtime`)
+})
+
+t.test('SIGTERM while an add is under way: the add finishes or fails, then nothing is left behind', async (t) => {
+  await vm.run(`rm -f /tmp/daemon.rc; setsid sh -c '${ublkdCli} daemon --kernel-timeout 5 > /tmp/daemon2.log 2>&1; echo $? > /tmp/daemon.rc' < /dev/null > /dev/null 2>&1 &`)
+  await waitInVm(vm, `grep -q '"msg":"daemon ready"' /tmp/daemon2.log`, 60_000)
+  // START_DEV of this device never completes by itself: the add is in progress for 5 s.
+  const adding = ublkd(vm, 'add -t fault --size 16M --fault no-fetch -d 4')
+  await waitInVm(vm, 'ls /dev | grep -qE "^ublkc[0-9]+$"', 30_000)
+  await vm.run("pkill -TERM -f '[c]li.js daemon --kernel-timeout'")
+  const result = await adding
+  t.not(result.code, 0, `the add did not succeed: ${result.stderr.trim()}`)
+  await waitInVm(vm, 'test -f /tmp/daemon.rc', 60_000)
+  t.equal((await vm.run('cat /tmp/daemon.rc')).trim(), '0', 'daemon exit status')
+  await waitInVm(vm, '! ls /dev | grep -qE "^ublk[bc][0-9]+$"', 10_000).catch(() => {})
+  t.same(await ublkNodes(vm), [], `no kernel device left; daemon log:\n${await vm.run('cat /tmp/daemon2.log')}`)
 })
