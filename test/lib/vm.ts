@@ -43,6 +43,49 @@ export interface VmOptions {
   bootTimeoutMs?: number
   /** Guest TCP ports to forward from free ports on the host's 127.0.0.1 (see Vm.hostPort). */
   forwardPorts?: number[]
+  /** For experiments (scripts/vm/boot-soak.ts): the -cpu model instead of kCpuModel, more
+   *  kernel command-line words, more QEMU arguments. */
+  cpuModel?: string
+  extraKernelArgs?: string[]
+  extraQemuArgs?: string[]
+}
+
+/** How a boot failed before the agent answered: the kernel panicked, QEMU exited otherwise,
+ *  the agent did not answer in time, or its port failed. */
+export type VmBootFailure = 'panic' | 'qemu-exit' | 'agent-timeout' | 'agent-error'
+
+/** A boot that died before the agent answered, with the whole console and, for a kernel panic
+ *  or oops, its signature (first Oops/BUG/panic line and the RIP). */
+export class VmBootError extends Error {
+  constructor(readonly kind: VmBootFailure, readonly why: string, readonly console: string) {
+    super(`VM boot failed (${kind}): ${why}\n${bootFailureSignature(console) ?? ''}\nconsole tail:\n${tail(console, 40)}`)
+  }
+
+  get signature(): string | null {
+    return bootFailureSignature(this.console)
+  }
+}
+
+const kOopsLine = /(Kernel panic - not syncing.*|BUG: .*|Oops: .*|general protection fault.*|kernel BUG at .*|WARNING: CPU: .*|watchdog: .*lockup.*|rcu: .*(stall|Stall).*)/
+const kRipLine = /RIP: [0-9a-f]{4}:(\S+)/
+
+/** The console's lines of a kernel oops or panic (from the first such line, at most 60), without
+ *  terminal escapes and timestamps (and what the firmware printed before one on its line); none
+ *  when the kernel reported nothing. */
+export function panicLines(consoleText: string): string[] {
+  const lines = consoleText.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').split(/\r?\n/)
+    .map((line) => line.replace(/^.*?\[\s*\d+\.\d+\]\s?/, ''))
+  const first = lines.findIndex((line) => kOopsLine.test(line))
+  return first < 0 ? [] : lines.slice(first, first + 60)
+}
+
+/** "<first oops line> @ <RIP symbol>", or null when the console shows no oops. */
+export function bootFailureSignature(consoleText: string): string | null {
+  const lines = panicLines(consoleText)
+  if (lines.length === 0) return null
+  const oops = kOopsLine.exec(lines[0]!)![1]!.trim()
+  const rip = lines.map((line) => kRipLine.exec(line)?.[1]).find((symbol) => symbol !== undefined)
+  return rip ? `${oops} @ ${rip}` : oops
 }
 
 export interface ExecOptions {
@@ -114,9 +157,9 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-vm-'))
   const agentSocket = path.join(workDir, 'agent.sock')
   const append = ['console=ttyS0', 'quiet', 'panic=-1', `ublkd.repo=${repoRoot}`,
-    `ublkd.modules=${path.join(assets, 'modules')}`]
+    `ublkd.modules=${path.join(assets, 'modules')}`, ...(options.extraKernelArgs ?? [])]
   const args = [
-    '-accel', 'tcg', '-cpu', kCpuModel, '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
+    '-accel', 'tcg', '-cpu', options.cpuModel ?? kCpuModel, '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
     '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
     '-kernel', kernel, '-initrd', initramfs,
     '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
@@ -135,7 +178,7 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
     args.push('-virtfs', `local,path=${options.shareDir},mount_tag=share,security_model=none,multidevs=remap`)
     append.push(`ublkd.share=${options.shareDir}`)
   }
-  args.push('-append', append.join(' '))
+  args.push(...(options.extraQemuArgs ?? []), '-append', append.join(' '))
 
   const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] })
   running.add(qemu)
@@ -143,7 +186,8 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
   qemu.stdout!.setEncoding('utf8').on('data', (chunk: string) => { consoleText += chunk })
   qemu.stderr!.setEncoding('utf8').on('data', (chunk: string) => { consoleText += chunk })
   let exited = false
-  const exitPromise = new Promise<void>((resolve) => qemu.on('exit', () => {
+  // 'close', not 'exit': after the console's last bytes (a panic's) were read.
+  const exitPromise = new Promise<void>((resolve) => qemu.on('close', () => {
     exited = true
     running.delete(qemu)
     resolve()
@@ -227,10 +271,13 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
 async function connectAgent(socketPath: string, hasExited: () => boolean, timeoutMs: number,
   consoleText: () => string): Promise<net.Socket> {
   const deadline = Date.now() + timeoutMs
-  const fail = (why: string) => new Error(`VM boot failed: ${why}\nconsole tail:\n${tail(consoleText(), 40)}`)
+  const fail = (kind: VmBootFailure, why: string) => {
+    const text = consoleText()
+    return new VmBootError(/Kernel panic - not syncing/.test(text) ? 'panic' : kind, why, text)
+  }
   while (!fs.existsSync(socketPath)) {
-    if (hasExited()) throw fail('qemu exited')
-    if (Date.now() > deadline) throw fail('no agent socket')
+    if (hasExited()) throw fail('qemu-exit', 'qemu exited')
+    if (Date.now() > deadline) throw fail('agent-timeout', 'no agent socket')
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   const socket = net.createConnection(socketPath)
@@ -238,8 +285,8 @@ async function connectAgent(socketPath: string, hasExited: () => boolean, timeou
   await new Promise<void>((resolve, reject) => {
     let hello = ''
     const timer = setInterval(() => {
-      if (hasExited()) done(fail('qemu exited before the agent was ready'))
-      else if (Date.now() > deadline) done(fail(`agent not ready within ${timeoutMs} ms`))
+      if (hasExited()) done(fail('qemu-exit', 'qemu exited before the agent was ready'))
+      else if (Date.now() > deadline) done(fail('agent-timeout', `agent not ready within ${timeoutMs} ms`))
     }, 100)
     const onData = (chunk: string) => {
       hello += chunk
@@ -260,7 +307,7 @@ async function connectAgent(socketPath: string, hasExited: () => boolean, timeou
       }
     }
     socket.on('data', onData)
-    socket.on('error', (error) => done(fail(error.message)))
+    socket.on('error', (error) => done(fail(hasExited() ? 'qemu-exit' : 'agent-error', error.message)))
   })
   return socket
 }
