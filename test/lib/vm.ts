@@ -134,6 +134,19 @@ async function freeHostPort(): Promise<number> {
  * exactly the copies a userspace server makes (docs/performance.md measures both).
  */
 const kCpuModel = process.env['UBLKD_VM_CPU'] ?? 'max,-erms'
+/**
+ * Both vCPUs on one host thread (round-robin TCG), not one thread each (MTTCG, QEMU's default).
+ * Under MTTCG a vCPU can run a stale translation of kernel text another vCPU just patched. The
+ * guest flips static keys at run time (text_poke: an int3 first, then the new bytes, an IPI to
+ * every CPU after each step); now and then a vCPU still executes the int3 after the patch is
+ * done, and the kernel dies of "Oops: int3 ... Fatal exception in interrupt". Seen at the
+ * sched_clock_stable() sites (sched_clock_tick in CI, sched_clock_idle_wakeup_event in
+ * boot-soak), whose key is flipped late in boot and which the patching IPIs themselves run
+ * through: 1 of 40 kernel boots on a loaded host (QEMU 7.2, Linux 7.3). With one thread no vCPU
+ * runs while another writes code, and QEMU drops the translations a write hits before any other
+ * vCPU runs again. Still two vCPUs; boots took as long (docs/testing.md, scripts/vm/boot-soak.ts).
+ */
+const kAccel = process.env['UBLKD_VM_ACCEL'] ?? 'tcg,thread=single'
 const cacheDir = process.env['UBLKD_VM_CACHE'] ?? path.join(repoRoot, '.cache', 'vm')
 const kDefaultExecTimeoutMs = 300_000
 
@@ -156,10 +169,14 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
   }
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-vm-'))
   const agentSocket = path.join(workDir, 'agent.sock')
-  const append = ['console=ttyS0', 'quiet', 'panic=-1', `ublkd.repo=${repoRoot}`,
+  // no_timer_check: at boot the kernel checks that the PIT ticks through the IO-APIC, at least 4
+  // ticks within a ~10-tick TSC delay, and panics "IO-APIC + timer doesn't work!" when not. On a
+  // loaded host QEMU's timer thread can fall that far behind the vCPU (seen in boot-soak with
+  // CI-like load); QEMU's routing is fine, only the check's timing is not.
+  const append = ['console=ttyS0', 'quiet', 'panic=-1', 'no_timer_check', `ublkd.repo=${repoRoot}`,
     `ublkd.modules=${path.join(assets, 'modules')}`, ...(options.extraKernelArgs ?? [])]
   const args = [
-    '-accel', 'tcg', '-cpu', options.cpuModel ?? kCpuModel, '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
+    '-accel', kAccel, '-cpu', options.cpuModel ?? kCpuModel, '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
     '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
     '-kernel', kernel, '-initrd', initramfs,
     '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
