@@ -77,7 +77,7 @@ process.on('SIGTERM', () => process.exit(143))
 // Everything after `--` goes to init: busybox's poweroff, at once.
 const kernelArgs = kernelOnly ? [...extraKernelArgs, 'rdinit=/bin/busybox', '--', 'poweroff', '-f'] : extraKernelArgs
 const options: VmOptions = {
-  kernel, bootTimeoutMs: timeoutS * 1000, extraKernelArgs: kernelArgs, extraQemuArgs,
+  kernel, bootTimeoutMs: timeoutS * 1000, bootAttempts: 1, extraKernelArgs: kernelArgs, extraQemuArgs,
   ...(cpuModel ? { cpuModel } : {}),
 }
 log(`# boot-soak: kernel ${kernel}${kernelOnly ? ' (kernel only)' : ''}, ${boots} boots, ${load} host CPU hogs, timeout ${timeoutS} s` +

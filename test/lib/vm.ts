@@ -48,6 +48,8 @@ export interface VmOptions {
   cpuModel?: string
   extraKernelArgs?: string[]
   extraQemuArgs?: string[]
+  /** Boots tried before giving up on one that dies before the agent answers; default 3. */
+  bootAttempts?: number
 }
 
 /** How a boot failed before the agent answered: the kernel panicked, QEMU exited otherwise,
@@ -69,11 +71,16 @@ export class VmBootError extends Error {
 const kOopsLine = /(Kernel panic - not syncing.*|BUG: .*|Oops: .*|general protection fault.*|kernel BUG at .*|WARNING: CPU: .*|watchdog: .*lockup.*|rcu: .*(stall|Stall).*)/
 const kRipLine = /RIP: [0-9a-f]{4}:(\S+)/
 
+/** The text without terminal escapes (the firmware clears the screen). */
+function withoutEscapes(text: string): string {
+  return text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+}
+
 /** The console's lines of a kernel oops or panic (from the first such line, at most 60), without
  *  terminal escapes and timestamps (and what the firmware printed before one on its line); none
  *  when the kernel reported nothing. */
 export function panicLines(consoleText: string): string[] {
-  const lines = consoleText.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').split(/\r?\n/)
+  const lines = withoutEscapes(consoleText).split(/\r?\n/)
     .map((line) => line.replace(/^.*?\[\s*\d+\.\d+\]\s?/, ''))
   const first = lines.findIndex((line) => kOopsLine.test(line))
   return first < 0 ? [] : lines.slice(first, first + 60)
@@ -159,7 +166,46 @@ function tail(text: string, lines: number): string {
   return text.split('\n').slice(-lines).join('\n')
 }
 
+let bootRetries = 0
+
+/** Boots retried in this process so far (see bootVm). */
+export function vmBootRetries(): number {
+  return bootRetries
+}
+
+process.on('exit', () => {
+  if (bootRetries > 0) process.stderr.write(`# vm boot retries: ${bootRetries}\n`)
+})
+
+/**
+ * Boots the VM. A boot that dies before the agent answered (a guest kernel panic, QEMU gone, no
+ * agent in time) is tried again, at most bootAttempts times in all (default 3): under TCG a
+ * rare boot can die of emulation trouble that says nothing about ublkd. Each retry prints the
+ * guest's panic lines to stderr and counts in vmBootRetries() and the `# vm boot retries: N`
+ * line printed at exit; with UBLKD_VM_BOOT_RETRY_LOG set it also appends a line to that file
+ * (scripts/test.sh sums them). Once the agent has answered nothing is retried: a VM that dies
+ * later is the test's failure.
+ */
 export async function bootVm(options: VmOptions = {}): Promise<Vm> {
+  const attempts = Math.max(1, options.bootAttempts ?? 3)
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await bootOnce(options)
+    } catch (error) {
+      if (!(error instanceof VmBootError) || attempt >= attempts) throw error
+      bootRetries++
+      const lines = panicLines(error.console)
+      const what = `${options.kernel ?? vmKernel} boot ${attempt}/${attempts} failed (${error.kind}: ${error.why})` +
+        `${error.signature ? `: ${error.signature}` : ''}`
+      process.stderr.write(`# vm boot retry: ${what}; booting again\n` +
+        `${(lines.length > 0 ? lines.slice(0, 40) : tail(withoutEscapes(error.console), 20).split('\n')).map((line) => `#   ${line}`).join('\n')}\n`)
+      const logFile = process.env['UBLKD_VM_BOOT_RETRY_LOG']
+      if (logFile) fs.appendFileSync(logFile, `${what}\n`)
+    }
+  }
+}
+
+async function bootOnce(options: VmOptions): Promise<Vm> {
   const kernelName = options.kernel ?? vmKernel
   const assets = path.join(cacheDir, kernelName)
   const kernel = path.join(assets, 'vmlinuz')
