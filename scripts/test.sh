@@ -12,6 +12,10 @@ bash scripts/vm/prepare.sh "${kernels[@]}" || { echo "0 passed, 1 failed"; exit 
 [ -f build/Release/ublkd_native.node ] && [ -f dist/main/cli.js ] || npm run build || { echo "0 passed, 1 failed"; exit 1; }
 
 rm -rf .tap && mkdir -p .tap
+# bootVm (test/lib/vm.ts) retries a VM boot that died before its agent answered and notes each
+# retry here; the count is printed before the closing line.
+export UBLKD_VM_BOOT_RETRY_LOG="$PWD/.tap/vm-boot-retries.log"
+: > "$UBLKD_VM_BOOT_RETRY_LOG"
 rc=0
 run() { # run NAME KERNEL FILES...: one tap run, its TAP kept in .tap/NAME.tap
   local name=$1 kernel=$2
@@ -28,5 +32,8 @@ elif printf '%s\n' "$@" | grep -q 'test/vm'; then
 else
   run host "${kernels[0]}" "$@"
 fi
+retries=$(wc -l < "$UBLKD_VM_BOOT_RETRY_LOG")
+echo "# vm boot retries: $retries"
+[ "$retries" = 0 ] || sed 's/^/#   /' "$UBLKD_VM_BOOT_RETRY_LOG"
 node scripts/tap-summary.mjs .tap/*.tap
 exit "$rc"

@@ -43,6 +43,56 @@ export interface VmOptions {
   bootTimeoutMs?: number
   /** Guest TCP ports to forward from free ports on the host's 127.0.0.1 (see Vm.hostPort). */
   forwardPorts?: number[]
+  /** For experiments (scripts/vm/boot-soak.ts): the -cpu model instead of kCpuModel, more
+   *  kernel command-line words, more QEMU arguments. */
+  cpuModel?: string
+  extraKernelArgs?: string[]
+  extraQemuArgs?: string[]
+  /** Boots tried before giving up on one that dies before the agent answers; default 3. */
+  bootAttempts?: number
+}
+
+/** How a boot failed before the agent answered: the kernel panicked, QEMU exited otherwise,
+ *  the agent did not answer in time, or its port failed. */
+export type VmBootFailure = 'panic' | 'qemu-exit' | 'agent-timeout' | 'agent-error'
+
+/** A boot that died before the agent answered, with the whole console and, for a kernel panic
+ *  or oops, its signature (first Oops/BUG/panic line and the RIP). */
+export class VmBootError extends Error {
+  constructor(readonly kind: VmBootFailure, readonly why: string, readonly console: string) {
+    super(`VM boot failed (${kind}): ${why}\n${bootFailureSignature(console) ?? ''}\nconsole tail:\n${tail(console, 40)}`)
+  }
+
+  get signature(): string | null {
+    return bootFailureSignature(this.console)
+  }
+}
+
+const kOopsLine = /(Kernel panic - not syncing.*|BUG: .*|Oops: .*|general protection fault.*|kernel BUG at .*|WARNING: CPU: .*|watchdog: .*lockup.*|rcu: .*(stall|Stall).*)/
+const kRipLine = /RIP: [0-9a-f]{4}:(\S+)/
+
+/** The text without terminal escapes (the firmware clears the screen). */
+function withoutEscapes(text: string): string {
+  return text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+}
+
+/** The console's lines of a kernel oops or panic (from the first such line, at most 60), without
+ *  terminal escapes and timestamps (and what the firmware printed before one on its line); none
+ *  when the kernel reported nothing. */
+export function panicLines(consoleText: string): string[] {
+  const lines = withoutEscapes(consoleText).split(/\r?\n/)
+    .map((line) => line.replace(/^.*?\[\s*\d+\.\d+\]\s?/, ''))
+  const first = lines.findIndex((line) => kOopsLine.test(line))
+  return first < 0 ? [] : lines.slice(first, first + 60)
+}
+
+/** "<first oops line> @ <RIP symbol>", or null when the console shows no oops. */
+export function bootFailureSignature(consoleText: string): string | null {
+  const lines = panicLines(consoleText)
+  if (lines.length === 0) return null
+  const oops = kOopsLine.exec(lines[0]!)![1]!.trim()
+  const rip = lines.map((line) => kRipLine.exec(line)?.[1]).find((symbol) => symbol !== undefined)
+  return rip ? `${oops} @ ${rip}` : oops
 }
 
 export interface ExecOptions {
@@ -91,6 +141,19 @@ async function freeHostPort(): Promise<number> {
  * exactly the copies a userspace server makes (docs/performance.md measures both).
  */
 const kCpuModel = process.env['UBLKD_VM_CPU'] ?? 'max,-erms'
+/**
+ * Both vCPUs on one host thread (round-robin TCG), not one thread each (MTTCG, QEMU's default).
+ * Under MTTCG a vCPU can run a stale translation of kernel text another vCPU just patched. The
+ * guest flips static keys at run time (text_poke: an int3 first, then the new bytes, an IPI to
+ * every CPU after each step); now and then a vCPU still executes the int3 after the patch is
+ * done, and the kernel dies of "Oops: int3 ... Fatal exception in interrupt". Seen at the
+ * sched_clock_stable() sites (sched_clock_tick in CI, sched_clock_idle_wakeup_event in
+ * boot-soak), whose key is flipped late in boot and which the patching IPIs themselves run
+ * through: 1 of 40 kernel boots on a loaded host (QEMU 7.2, Linux 7.3). With one thread no vCPU
+ * runs while another writes code, and QEMU drops the translations a write hits before any other
+ * vCPU runs again. Still two vCPUs; boots took as long (docs/testing.md, scripts/vm/boot-soak.ts).
+ */
+const kAccel = process.env['UBLKD_VM_ACCEL'] ?? 'tcg,thread=single'
 const cacheDir = process.env['UBLKD_VM_CACHE'] ?? path.join(repoRoot, '.cache', 'vm')
 const kDefaultExecTimeoutMs = 300_000
 
@@ -103,7 +166,46 @@ function tail(text: string, lines: number): string {
   return text.split('\n').slice(-lines).join('\n')
 }
 
+let bootRetries = 0
+
+/** Boots retried in this process so far (see bootVm). */
+export function vmBootRetries(): number {
+  return bootRetries
+}
+
+process.on('exit', () => {
+  if (bootRetries > 0) process.stderr.write(`# vm boot retries: ${bootRetries}\n`)
+})
+
+/**
+ * Boots the VM. A boot that dies before the agent answered (a guest kernel panic, QEMU gone, no
+ * agent in time) is tried again, at most bootAttempts times in all (default 3): under TCG a
+ * rare boot can die of emulation trouble that says nothing about ublkd. Each retry prints the
+ * guest's panic lines to stderr and counts in vmBootRetries() and the `# vm boot retries: N`
+ * line printed at exit; with UBLKD_VM_BOOT_RETRY_LOG set it also appends a line to that file
+ * (scripts/test.sh sums them). Once the agent has answered nothing is retried: a VM that dies
+ * later is the test's failure.
+ */
 export async function bootVm(options: VmOptions = {}): Promise<Vm> {
+  const attempts = Math.max(1, options.bootAttempts ?? 3)
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await bootOnce(options)
+    } catch (error) {
+      if (!(error instanceof VmBootError) || attempt >= attempts) throw error
+      bootRetries++
+      const lines = panicLines(error.console)
+      const what = `${options.kernel ?? vmKernel} boot ${attempt}/${attempts} failed (${error.kind}: ${error.why})` +
+        `${error.signature ? `: ${error.signature}` : ''}`
+      process.stderr.write(`# vm boot retry: ${what}; booting again\n` +
+        `${(lines.length > 0 ? lines.slice(0, 40) : tail(withoutEscapes(error.console), 20).split('\n')).map((line) => `#   ${line}`).join('\n')}\n`)
+      const logFile = process.env['UBLKD_VM_BOOT_RETRY_LOG']
+      if (logFile) fs.appendFileSync(logFile, `${what}\n`)
+    }
+  }
+}
+
+async function bootOnce(options: VmOptions): Promise<Vm> {
   const kernelName = options.kernel ?? vmKernel
   const assets = path.join(cacheDir, kernelName)
   const kernel = path.join(assets, 'vmlinuz')
@@ -113,10 +215,14 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
   }
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-vm-'))
   const agentSocket = path.join(workDir, 'agent.sock')
-  const append = ['console=ttyS0', 'quiet', 'panic=-1', `ublkd.repo=${repoRoot}`,
-    `ublkd.modules=${path.join(assets, 'modules')}`]
+  // no_timer_check: at boot the kernel checks that the PIT ticks through the IO-APIC, at least 4
+  // ticks within a ~10-tick TSC delay, and panics "IO-APIC + timer doesn't work!" when not. On a
+  // loaded host QEMU's timer thread can fall that far behind the vCPU (seen in boot-soak with
+  // CI-like load); QEMU's routing is fine, only the check's timing is not.
+  const append = ['console=ttyS0', 'quiet', 'panic=-1', 'no_timer_check', `ublkd.repo=${repoRoot}`,
+    `ublkd.modules=${path.join(assets, 'modules')}`, ...(options.extraKernelArgs ?? [])]
   const args = [
-    '-accel', 'tcg', '-cpu', kCpuModel, '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
+    '-accel', kAccel, '-cpu', options.cpuModel ?? kCpuModel, '-smp', String(options.cpus ?? 2), '-m', String(options.memMiB ?? 2048),
     '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
     '-kernel', kernel, '-initrd', initramfs,
     '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
@@ -135,7 +241,7 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
     args.push('-virtfs', `local,path=${options.shareDir},mount_tag=share,security_model=none,multidevs=remap`)
     append.push(`ublkd.share=${options.shareDir}`)
   }
-  args.push('-append', append.join(' '))
+  args.push(...(options.extraQemuArgs ?? []), '-append', append.join(' '))
 
   const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] })
   running.add(qemu)
@@ -143,7 +249,8 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
   qemu.stdout!.setEncoding('utf8').on('data', (chunk: string) => { consoleText += chunk })
   qemu.stderr!.setEncoding('utf8').on('data', (chunk: string) => { consoleText += chunk })
   let exited = false
-  const exitPromise = new Promise<void>((resolve) => qemu.on('exit', () => {
+  // 'close', not 'exit': after the console's last bytes (a panic's) were read.
+  const exitPromise = new Promise<void>((resolve) => qemu.on('close', () => {
     exited = true
     running.delete(qemu)
     resolve()
@@ -227,10 +334,13 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
 async function connectAgent(socketPath: string, hasExited: () => boolean, timeoutMs: number,
   consoleText: () => string): Promise<net.Socket> {
   const deadline = Date.now() + timeoutMs
-  const fail = (why: string) => new Error(`VM boot failed: ${why}\nconsole tail:\n${tail(consoleText(), 40)}`)
+  const fail = (kind: VmBootFailure, why: string) => {
+    const text = consoleText()
+    return new VmBootError(/Kernel panic - not syncing/.test(text) ? 'panic' : kind, why, text)
+  }
   while (!fs.existsSync(socketPath)) {
-    if (hasExited()) throw fail('qemu exited')
-    if (Date.now() > deadline) throw fail('no agent socket')
+    if (hasExited()) throw fail('qemu-exit', 'qemu exited')
+    if (Date.now() > deadline) throw fail('agent-timeout', 'no agent socket')
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   const socket = net.createConnection(socketPath)
@@ -238,8 +348,8 @@ async function connectAgent(socketPath: string, hasExited: () => boolean, timeou
   await new Promise<void>((resolve, reject) => {
     let hello = ''
     const timer = setInterval(() => {
-      if (hasExited()) done(fail('qemu exited before the agent was ready'))
-      else if (Date.now() > deadline) done(fail(`agent not ready within ${timeoutMs} ms`))
+      if (hasExited()) done(fail('qemu-exit', 'qemu exited before the agent was ready'))
+      else if (Date.now() > deadline) done(fail('agent-timeout', `agent not ready within ${timeoutMs} ms`))
     }, 100)
     const onData = (chunk: string) => {
       hello += chunk
@@ -260,7 +370,7 @@ async function connectAgent(socketPath: string, hasExited: () => boolean, timeou
       }
     }
     socket.on('data', onData)
-    socket.on('error', (error) => done(fail(error.message)))
+    socket.on('error', (error) => done(fail(hasExited() ? 'qemu-exit' : 'agent-error', error.message)))
   })
   return socket
 }
