@@ -243,7 +243,9 @@ async function bootOnce(options: VmOptions): Promise<Vm> {
   }
   args.push(...(options.extraQemuArgs ?? []), '-append', append.join(' '))
 
-  const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  // QEMU dies with this process however it ends: a test file killed at tap's timeout (SIGALRM)
+  // runs no exit handler, and an orphaned VM went on eating a CPU for the rest of the run.
+  const qemu = spawn('setpriv', ['--pdeathsig', 'KILL', 'qemu-system-x86_64', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   running.add(qemu)
   let consoleText = ''
   qemu.stdout!.setEncoding('utf8').on('data', (chunk: string) => { consoleText += chunk })

@@ -78,7 +78,7 @@ t.test('the socket is root-only: another user gets a clear refusal', async (t) =
 })
 
 t.test('running out of file descriptors refuses clients, never kills the daemon', async (t) => {
-  const pid = (await vm.run("pgrep -f '[c]li.js daemon'")).trim()
+  const pid = (await vm.run("pgrep -f '^node .*[c]li.js daemon'")).trim()
   const open = Number((await vm.run(`ls /proc/${pid}/fd | wc -l`)).trim())
   await vm.run(`prlimit --pid ${pid} --nofile=${open + 4}:${open + 4}`)
   // 40 clients that connect and hold on: accepts past the limit fail with EMFILE.
@@ -88,14 +88,14 @@ t.test('running out of file descriptors refuses clients, never kills the daemon'
   await vm.run(`prlimit --pid ${pid} --nofile=65536:65536`)
   await waitInVm(vm, `grep -q 'accept failed' /tmp/daemon.log`, 10_000)
   t.pass('the failed accepts were logged')
-  t.equal((await vm.run("pgrep -f '[c]li.js daemon'")).trim(), pid, 'the same daemon runs')
+  t.equal((await vm.run("pgrep -f '^node .*[c]li.js daemon'")).trim(), pid, 'the same daemon runs')
   t.same(await listDevices(vm), [], 'and answers')
 })
 
 t.test('SIGHUP is logged and ignored', async (t) => {
-  const pid = (await vm.run("pgrep -f '[c]li.js daemon'")).trim()
+  const pid = (await vm.run("pgrep -f '^node .*[c]li.js daemon'")).trim()
   await vm.run(`kill -HUP ${pid}`)
   await waitInVm(vm, `grep -q 'SIGHUP: nothing to reload' /tmp/daemon.log`, 10_000)
-  t.equal((await vm.run("pgrep -f '[c]li.js daemon'")).trim(), pid, 'the daemon still runs')
+  t.equal((await vm.run("pgrep -f '^node .*[c]li.js daemon'")).trim(), pid, 'the daemon still runs')
   t.same(await listDevices(vm), [], 'and answers')
 })
