@@ -327,7 +327,6 @@ Napi::Object AbiLayout(Napi::Env env) {
   PUT_CONST(constants, RWF_DSYNC);
   PUT_CONST(constants, FALLOC_FL_KEEP_SIZE);
   PUT_CONST(constants, FALLOC_FL_PUNCH_HOLE);
-  PUT_CONST(constants, FALLOC_FL_NO_HIDE_STALE);
   PUT_CONST(constants, FALLOC_FL_ZERO_RANGE);
   PUT_CONST(constants, IORING_OP_NOP);
   PUT_CONST(constants, IORING_SETUP_SQE128);

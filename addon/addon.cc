@@ -24,6 +24,7 @@ Native::Native(Napi::Env env, Napi::Object exports) {
   exports.Set("bufferAddress", Napi::Function::New<BufferAddress>(env, "bufferAddress"));
   exports.Set("mmapReadOnly", Napi::Function::New<MmapReadOnly>(env, "mmapReadOnly"));
   exports.Set("munmap", Napi::Function::New<Munmap>(env, "munmap"));
+  exports.Set("noHugePages", Napi::Function::New<NoHugePages>(env, "noHugePages"));
   exports.Set("pinThread", Napi::Function::New<PinThread>(env, "pinThread"));
   exports.Set("setIoFlusher", Napi::Function::New<SetIoFlusher>(env, "setIoFlusher"));
   exports.Set("threadAffinity", Napi::Function::New<ThreadAffinity>(env, "threadAffinity"));

@@ -1,5 +1,8 @@
 #include "copier.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "errors.h"
@@ -9,6 +12,27 @@ namespace ublkd {
 namespace {
 
 constexpr uint32_t kOpWords = 7;
+constexpr int32_t kSourceZeros = -1;
+constexpr int32_t kSourceRelease = -2;
+
+// Zero [dst, dst + bytes) by giving its whole pages back to the kernel (MADV_DONTNEED: private
+// anonymous memory reads as zeros afterwards, and is no longer resident) and clearing only the
+// partial pages at its edges. Should madvise refuse (locked memory), the pages are cleared.
+void Release(uint8_t* dst, uint64_t bytes) {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t start = reinterpret_cast<uintptr_t>(dst);
+  uintptr_t end = start + bytes;
+  uintptr_t first = (start + page - 1) & ~(page - 1);
+  uintptr_t last = end & ~(page - 1);
+  if (first >= last) {
+    memset(dst, 0, bytes);
+    return;
+  }
+  memset(dst, 0, first - start);
+  auto* whole = reinterpret_cast<uint8_t*>(first);
+  if (madvise(whole, last - first, MADV_DONTNEED) != 0) memset(whole, 0, last - first);
+  memset(reinterpret_cast<uint8_t*>(last), 0, end - last);
+}
 
 }  // namespace
 
@@ -68,8 +92,12 @@ Napi::Value Copier::Run(const Napi::CallbackInfo& info) {
       Napi::RangeError::New(env, "Copier: destination outside its buffer").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    if (op[3] == -1) {
+    if (op[3] == kSourceZeros) {
       memset(dst, 0, bytes);
+      continue;
+    }
+    if (op[3] == kSourceRelease) {
+      Release(dst, bytes);
       continue;
     }
     const uint8_t* src = Range(op, 3, bytes);

@@ -23,7 +23,10 @@ class Copier : public Napi::ObjectWrap<Copier> {
  private:
   // run(ops: Int32Array, count): performs ops 0..count-1 in order. An op is kOpWords int32:
   //   [dst buffer, dst offset lo, dst offset hi, src buffer, src offset lo, src offset hi, bytes]
-  // with src buffer -1 meaning "zeros" (fill the destination range with 0). Offsets are split
+  // with src buffer -1 meaning "zeros" (fill the destination range with 0) and -2 "release"
+  // (the range reads as zeros too, but its whole pages are given back to the kernel with
+  // MADV_DONTNEED and only the partial pages at its edges are cleared: the destination must be
+  // private anonymous memory, as ArrayBuffer and SharedArrayBuffer memory is). Offsets are split
   // in unsigned 32-bit halves. Throws RangeError for an op outside its buffers; ops before it
   // have been performed.
   Napi::Value Run(const Napi::CallbackInfo& info);

@@ -59,6 +59,27 @@ Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
   return ExposeMapping(env, address, static_cast<size_t>(bytes));
 }
 
+// noHugePages(array: Uint8Array): MADV_NOHUGEPAGE on the whole pages of the array's memory (a
+// SharedArrayBuffer's, say), so that only the 4 KiB pages it touches become resident and a
+// released range (Copier's release) is given back whole. With transparent huge pages "always",
+// a 4 KiB write would make 2 MiB resident and MADV_DONTNEED would free little of it.
+Napi::Value NoHugePages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    return ThrowType(env, "noHugePages(array: Uint8Array)");
+  }
+  Napi::Uint8Array array = info[0].As<Napi::Uint8Array>();
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t start = reinterpret_cast<uintptr_t>(array.Data());
+  uintptr_t first = (start + page - 1) & ~(page - 1);
+  uintptr_t last = (start + array.ByteLength()) & ~(page - 1);
+  if (first < last && madvise(reinterpret_cast<void*>(first), last - first, MADV_NOHUGEPAGE) != 0) {
+    return ThrowErrno(env, "madvise(MADV_NOHUGEPAGE)", errno);
+  }
+  return env.Undefined();
+}
+
 // bufferAddress(arrayBuffer, offset): the user-space address of byte `offset`, as a bigint.
 Napi::Value BufferAddress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -9,6 +9,7 @@ Napi::Value AllocBuffer(const Napi::CallbackInfo& info);
 Napi::Value BufferAddress(const Napi::CallbackInfo& info);
 Napi::Value MmapReadOnly(const Napi::CallbackInfo& info);
 Napi::Value Munmap(const Napi::CallbackInfo& info);
+Napi::Value NoHugePages(const Napi::CallbackInfo& info);
 Napi::Value PinThread(const Napi::CallbackInfo& info);
 Napi::Value SetIoFlusher(const Napi::CallbackInfo& info);
 Napi::Value ThreadAffinity(const Napi::CallbackInfo& info);

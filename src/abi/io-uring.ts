@@ -30,8 +30,6 @@ export const RWF_DSYNC = 0x2
 
 export const FALLOC_FL_KEEP_SIZE = 0x01
 export const FALLOC_FL_PUNCH_HOLE = 0x02
-/** With PUNCH_HOLE on a block device: a real discard (blkdev_fallocate). */
-export const FALLOC_FL_NO_HIDE_STALE = 0x04
 export const FALLOC_FL_ZERO_RANGE = 0x10
 
 export const kSqeWords = 32

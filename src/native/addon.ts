@@ -47,6 +47,8 @@ export interface NativeAddon {
   bufferAddress(buffer: ArrayBuffer, offset: number): bigint
   mmapReadOnly(fd: number, offset: number, bytes: number): ArrayBuffer
   munmap(buffer: ArrayBuffer): void
+  /** MADV_NOHUGEPAGE on the whole pages of the array's memory (see addon/README.md). */
+  noHugePages(array: Uint8Array): void
   pinThread(cpus: readonly number[]): void
   /** PR_SET_IO_FLUSHER for the calling thread (needs CAP_SYS_RESOURCE). */
   setIoFlusher(): void

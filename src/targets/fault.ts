@@ -84,12 +84,18 @@ class FaultQueue implements QueueHandler {
       case 'delay': {
         const tag = request.tag
         const result = this.memory.handleIo(request)
+        // A long zeroing the RAM disk completes itself, over several turns.
+        if (result === kIoPending) return result
         setTimeout(() => this.queue.complete(tag, result), spec.delayMs)
         return kIoPending
       }
       case 'no-fetch':
         return this.memory.handleIo(request)
     }
+  }
+
+  onCompletion(cookie: number, res: number): void {
+    this.memory.onCompletion(cookie, res)
   }
 
   endTurn(): void {

@@ -6,9 +6,14 @@
 //                   resubmitted for the rest; a read that meets end-of-file is zero-filled;
 //                   FUA writes carry RWF_DSYNC so they are durable before they complete
 //   FLUSH           fdatasync of the backing
-//   DISCARD         punch hole (regular file) or a real discard (block device)
-//   WRITE_ZEROES    zero range; without NOUNMAP a regular file's range is punched instead
-// A backing error completes the request with its negative errno.
+//   DISCARD         punch hole: a regular file frees the range, a block device zeroes it with
+//                   its write-zeroes (which may unmap), as the kernel loop driver does
+//   WRITE_ZEROES    zero range; a regular file's range is punched instead unless the request
+//                   says NOUNMAP, and on a filesystem that punches but cannot zero a range
+//                   (tmpfs) a NOUNMAP range is punched, then allocated again
+// A backing error completes the request with its negative errno. Each is advertised only as far
+// as the backing can do it (probeZeroing, at setup): the device's limits cannot change once it
+// started, and a request the backing refuses would fail with EOPNOTSUPP, logged by the kernel.
 //
 // Inline I/O: a file without FMODE_NOWAIT (tmpfs and ramfs in Linux 6.12) cannot be read or
 // written from io_uring without blocking, so the kernel hands every such SQE to an io-wq worker
@@ -19,7 +24,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 
 import {
-  FALLOC_FL_KEEP_SIZE, FALLOC_FL_NO_HIDE_STALE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+  FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   IORING_FSYNC_DATASYNC, IORING_OP_READ, IORING_OP_WRITE, RWF_DSYNC, encodeFallocate, encodeFsync,
   encodeReadWrite, kSqeWords,
 } from '../abi/io-uring.js'
@@ -38,7 +43,9 @@ import {
 const kEagain = -11
 const kEintr = -4
 const kEio = -5
+const kEinval = -22
 const kEopnotsupp = -95
+const kMaxZeroingSectors = 0x7fffffff
 
 interface Backing {
   path: string
@@ -46,8 +53,8 @@ interface Backing {
   sizeBytes: number
   logicalBlockSize: number
   physicalBlockSize: number
-  /** Block devices: whether they take discards at all. */
-  discards: boolean
+  /** Block devices: whether they zero ranges themselves (write_zeroes_max_bytes > 0). */
+  writeZeroes: boolean
   /** Allocation unit of a regular file's filesystem: the discard granularity. */
   allocationBytes: number
 }
@@ -63,11 +70,66 @@ interface LoopOptions {
   inlineIo: boolean | undefined
 }
 
+/** The fallocate modes that serve DISCARD and WRITE_ZEROES on a backing; 0: not advertised. */
+interface ZeroingModes {
+  discard: number
+  /** WRITE_ZEROES that may deallocate the range. */
+  zeroes: number
+  /** WRITE_ZEROES with NOUNMAP: the range stays allocated. */
+  zeroesKept: number
+  /** zeroesKept punches: allocate the range again after it (a filesystem without zero range). */
+  allocateAfterPunch: boolean
+}
+
 interface LoopSpec {
   fd: number
-  isBlockDevice: boolean
   directIo: boolean
   inlineIo: boolean
+  zeroing: ZeroingModes
+}
+
+const kPunch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+const kZeroRange = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+const kAllocate = FALLOC_FL_KEEP_SIZE
+
+/** fallocate(2) now, on the calling thread, through the inline executor; returns 0 or -errno. */
+function fallocateNow(fd: number, mode: number, offset: number, length: number): number {
+  const sqe = new Uint32Array(kSqeWords)
+  const result = new Int32Array(1)
+  encodeFallocate(sqe, 0, fd, mode, offset, length, 0, 0)
+  native.executeSqes(sqe.buffer as ArrayBuffer, 1, result)
+  return result[0]!
+}
+
+/**
+ * What the backing can do for DISCARD and WRITE_ZEROES. A block device: fallocate PUNCH_HOLE is
+ * its write-zeroes without a fallback (so only when it has one), ZERO_RANGE falls back to writing
+ * zeros and always works. A regular file: each mode is tried past the end of the file and of the
+ * device (KEEP_SIZE: the size stays), where no data lives, and what that allocated is given back.
+ */
+function probeZeroing(fd: number, backing: Backing, fileBytes: number, sizeBytes: number, readOnly: boolean): ZeroingModes {
+  if (readOnly) return { discard: 0, zeroes: 0, zeroesKept: 0, allocateAfterPunch: false }
+  if (backing.isBlockDevice) {
+    const unmap = backing.writeZeroes ? kPunch : kZeroRange
+    return { discard: backing.writeZeroes ? kPunch : 0, zeroes: unmap, zeroesKept: kZeroRange, allocateAfterPunch: false }
+  }
+  const unit = backing.allocationBytes
+  const at = Math.ceil(Math.max(fileBytes, sizeBytes) / unit) * unit
+  const works = (mode: number): boolean => {
+    const result = fallocateNow(fd, mode, at, unit)
+    return result !== kEopnotsupp && result !== kEinval
+  }
+  const punch = works(kPunch)
+  const zeroRange = works(kZeroRange)
+  const allocate = punch && !zeroRange && works(kAllocate)
+  if (zeroRange || allocate) {
+    // Past the end of the file: tmpfs keeps such pages through a truncate to the same size and
+    // frees them on a punch, ext4 punches nothing past the end and frees them on that truncate.
+    if (punch) fallocateNow(fd, kPunch, at, unit)
+    fs.ftruncateSync(fd, fileBytes)
+  }
+  const kept = zeroRange ? kZeroRange : punch ? kPunch : 0
+  return { discard: punch ? kPunch : 0, zeroes: punch ? kPunch : kept, zeroesKept: kept, allocateAfterPunch: allocate }
 }
 
 // statfs f_type of the filesystems whose files are memory: their reads and writes never wait.
@@ -103,7 +165,7 @@ function inspectBacking(file: string): Backing {
       sizeBytes: readSysfsNumber(`${sys}/size`) * 512,
       logicalBlockSize: readSysfsNumber(`${sys}/queue/logical_block_size`),
       physicalBlockSize: readSysfsNumber(`${sys}/queue/physical_block_size`),
-      discards: readSysfsNumber(`${sys}/queue/discard_max_bytes`) > 0,
+      writeZeroes: readSysfsNumber(`${sys}/queue/write_zeroes_max_bytes`) > 0,
       allocationBytes: readSysfsNumber(`${sys}/queue/logical_block_size`),
     }
   }
@@ -114,7 +176,7 @@ function inspectBacking(file: string): Backing {
     sizeBytes: stat.size,
     logicalBlockSize: kDefaultLogicalBlockSize,
     physicalBlockSize: kDefaultLogicalBlockSize,
-    discards: true,
+    writeZeroes: false,
     allocationBytes: stat.blksize > 0 ? stat.blksize : 4096,
   }
 }
@@ -156,6 +218,9 @@ class LoopQueue implements QueueHandler {
   private readonly op: Uint8Array
   private readonly fua: Uint8Array
   private readonly offset: Float64Array
+  /** WRITE_ZEROES: the range's length, and whether it is allocated again once punched. */
+  private readonly zeroBytes: Float64Array
+  private readonly allocateNext: Uint8Array
   private readonly total: Uint32Array
   private readonly done: Uint32Array
   private readonly buffers: (Buffer | null)[]
@@ -167,6 +232,8 @@ class LoopQueue implements QueueHandler {
     this.op = new Uint8Array(queue.depth)
     this.fua = new Uint8Array(queue.depth)
     this.offset = new Float64Array(queue.depth)
+    this.zeroBytes = new Float64Array(queue.depth)
+    this.allocateNext = new Uint8Array(queue.depth)
     this.total = new Uint32Array(queue.depth)
     this.done = new Uint32Array(queue.depth)
     this.buffers = new Array<Buffer | null>(queue.depth).fill(null)
@@ -206,26 +273,37 @@ class LoopQueue implements QueueHandler {
       case UBLK_IO_OP_FLUSH:
         encodeFsync(this.sqes, this.reserveSqe(tag), this.spec.fd, IORING_FSYNC_DATASYNC, tag, kUserDataTarget)
         return kIoPending
-      case UBLK_IO_OP_DISCARD: {
-        const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE | (this.spec.isBlockDevice ? FALLOC_FL_NO_HIDE_STALE : 0)
-        encodeFallocate(this.sqes, this.reserveSqe(tag), this.spec.fd, mode, offset, bytes, tag, kUserDataTarget)
-        return kIoPending
-      }
+      case UBLK_IO_OP_DISCARD:
+        return this.stageFallocate(tag, this.spec.zeroing.discard, offset, bytes)
       case UBLK_IO_OP_WRITE_ZEROES: {
         // A punched hole reads as zeros and frees the space, unless the caller wants it kept.
-        const unmap = !this.spec.isBlockDevice && (request.flags & UBLK_IO_F_NOUNMAP) === 0
-        const mode = (unmap ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE
-        encodeFallocate(this.sqes, this.reserveSqe(tag), this.spec.fd, mode, offset, bytes, tag, kUserDataTarget)
-        return kIoPending
+        const zeroing = this.spec.zeroing
+        const keep = (request.flags & UBLK_IO_F_NOUNMAP) !== 0
+        this.offset[tag] = offset
+        this.zeroBytes[tag] = bytes
+        this.allocateNext[tag] = keep && zeroing.allocateAfterPunch ? 1 : 0
+        return this.stageFallocate(tag, keep ? zeroing.zeroesKept : zeroing.zeroes, offset, bytes)
       }
       default:
         return kEopnotsupp
     }
   }
 
+  /** Mode 0: the device does not advertise the op, so the block layer never sends it. */
+  private stageFallocate(tag: number, mode: number, offset: number, bytes: number): number {
+    if (mode === 0) return kEopnotsupp
+    encodeFallocate(this.sqes, this.reserveSqe(tag), this.spec.fd, mode, offset, bytes, tag, kUserDataTarget)
+    return kIoPending
+  }
+
   onCompletion(tag: number, res: number): void {
     const op = this.op[tag]
     if (op !== UBLK_IO_OP_READ && op !== UBLK_IO_OP_WRITE) {
+      if (res === 0 && this.allocateNext[tag] === 1) {
+        this.allocateNext[tag] = 0
+        this.stageFallocate(tag, kAllocate, this.offset[tag]!, this.zeroBytes[tag]!)
+        return
+      }
       this.queue.complete(tag, res < 0 ? res : 0)
       return
     }
@@ -355,9 +433,16 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
   setup(options) {
     const inlineIo = options.inlineIo ?? onMemoryFilesystem(options.backing)
     const { fd, directIo } = openBacking(options)
-    const stat = fs.fstatSync(fd)
     const backing = options.backing
-    const maxSectors = 0x7fffffff
+    let stat: fs.Stats
+    let zeroing: ZeroingModes
+    try {
+      stat = fs.fstatSync(fd)
+      zeroing = probeZeroing(fd, backing, stat.size, options.sizeBytes, options.readOnly)
+    } catch (error) {
+      fs.closeSync(fd)
+      throw error
+    }
     return {
       geometry: {
         sizeBytes: options.sizeBytes,
@@ -368,11 +453,11 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
         fua: true,
         discard: {
           granularityBytes: Math.max(options.logicalBlockSize, backing.allocationBytes),
-          maxDiscardSectors: backing.discards ? maxSectors : 0,
-          maxWriteZeroesSectors: maxSectors,
+          maxDiscardSectors: zeroing.discard !== 0 ? kMaxZeroingSectors : 0,
+          maxWriteZeroesSectors: zeroing.zeroes !== 0 ? kMaxZeroingSectors : 0,
         },
       },
-      spec: { fd, isBlockDevice: backing.isBlockDevice, directIo, inlineIo },
+      spec: { fd, directIo, inlineIo, zeroing },
       describe: { file: backing.path, directIo, inlineIo, readOnly: options.readOnly },
       exclusiveKey: backing.isBlockDevice ? `block:${stat.rdev}` : `file:${stat.dev}:${stat.ino}`,
     }

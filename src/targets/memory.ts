@@ -1,14 +1,22 @@
 // memory: a RAM disk. The data lives in SharedArrayBuffers allocated by the main thread and
 // shared by every queue worker. Pages are only backed once written (the kernel maps anonymous
 // memory lazily), so the disk is sparse and never-written ranges read as zeros. DISCARD and
-// WRITE_ZEROES zero the range; FLUSH has nothing to do.
+// WRITE_ZEROES release the range: its whole pages go back to the kernel (they read as zeros
+// again and the disk gets smaller), only partial pages at its edges are cleared. A long one does
+// at most kZeroBytesPerTurn per loop turn, so it never stalls the queue. FLUSH has nothing to do.
+//
+// WRITE_ZEROES with NOUNMAP releases too: NOUNMAP asks to keep the range allocated so that later
+// writes find their space, but this disk reserves nothing for any range (a never-written one is
+// not allocated either), so keeping zero-filled pages would only cost memory, all of it at once.
+import { IORING_OP_NOP, encodeSqeHeader } from '../abi/io-uring.js'
 import {
   UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
 } from '../abi/ublk-cmd.js'
+import { kUserDataTarget } from '../common/user-data.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import { native, type NativeCopier } from '../native/addon.js'
 import {
-  requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target, type TargetSetup,
+  kIoPending, requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target, type TargetSetup,
 } from './target.js'
 
 interface MemoryOptions {
@@ -24,9 +32,15 @@ export interface MemorySpec {
 // One SharedArrayBuffer may hold at most 4 GiB on Node 20; 1 GiB chunks keep the tail small.
 const kChunkBytes = 2 ** 30
 const kEinval = -22
-// Copier op: [dst, dst offset lo, hi, src (-1: zeros), src offset lo, hi, bytes].
+// Copier op: [dst, dst offset lo, hi, src (-2: release), src offset lo, hi, bytes].
 const kOpWords = 7
-const kZeros = -1
+const kRelease = -2
+/**
+ * The store bytes one queue releases per loop turn, at most: a discard of the whole disk (the
+ * kernel sends up to 4 GiB at once; mkfs discards everything first) then takes many short turns,
+ * the queue serving its other requests between them instead of going silent for seconds.
+ */
+const kZeroBytesPerTurn = 64 * 2 ** 20
 // The Copier's buffer 0 is the queue's I/O buffer, 1.. the store's chunks.
 const kIoBufferIndex = 0
 
@@ -34,17 +48,35 @@ const kIoBufferIndex = 0
  * Moves data between the tag buffers and the store with the addon's Copier: each request stages
  * its copies, and endTurn() performs the turn's batch in one call, before the turn's commits go
  * to the kernel. No view is allocated per request (Buffer.copy makes one per call).
+ *
+ * Zeroing requests (DISCARD, WRITE_ZEROES) share a budget of kZeroBytesPerTurn per turn. One
+ * that finds the budget spent (or others waiting before it) is left pending in a FIFO of tags;
+ * endTurn() goes on with them as the budget allows, completes those done, and, while some are
+ * left, stages a NOP whose completion makes the loop turn again at once.
  */
 export class MemoryQueue implements QueueHandler {
   private readonly copier: NativeCopier
   private readonly ops: Int32Array
   private staged = 0
+  /** Store bytes zeroing may still stage this turn. */
+  private zeroBudget = kZeroBytesPerTurn
+  /** Pending zeroing: tags in arrival order (a ring of depth slots), and each one's rest. */
+  private readonly zeroTags: Int32Array
+  private zeroHead = 0
+  private zeroCount = 0
+  private readonly zeroNext: Float64Array
+  private readonly zeroEnd: Float64Array
+  /** A NOP is in flight to bring the next turn. */
+  private wakePending = false
 
   constructor(private readonly spec: MemorySpec, private readonly queue: QueueContext) {
     this.copier = new native.Copier([queue.ioBuffer, ...spec.chunks.map((chunk) => new Uint8Array(chunk))])
     // A READ or WRITE touches at most two chunks; zeroing stages as many ops as it needs,
     // performing the batch whenever it is full.
     this.ops = new Int32Array(2 * queue.depth * kOpWords)
+    this.zeroTags = new Int32Array(queue.depth)
+    this.zeroNext = new Float64Array(queue.depth)
+    this.zeroEnd = new Float64Array(queue.depth)
   }
 
   handleIo(request: IoRequest): number {
@@ -61,17 +93,63 @@ export class MemoryQueue implements QueueHandler {
       case UBLK_IO_OP_FLUSH:
         return 0
       case UBLK_IO_OP_DISCARD:
-      case UBLK_IO_OP_WRITE_ZEROES:
-        this.stageSpans(offset, bytes, kZeros, true)
-        return 0
+      case UBLK_IO_OP_WRITE_ZEROES: {
+        if (this.zeroCount === 0 && bytes <= this.zeroBudget) {
+          this.zeroBudget -= bytes
+          this.stageSpans(offset, bytes, kRelease, true)
+          return 0
+        }
+        const tag = request.tag
+        this.zeroNext[tag] = offset
+        this.zeroEnd[tag] = offset + bytes
+        this.zeroTags[(this.zeroHead + this.zeroCount++) % this.zeroTags.length] = tag
+        return kIoPending
+      }
       default:
         return kEinval
     }
   }
 
-  /** Perform the copies this turn staged: the turn's commits are submitted right after. */
+  /** The NOP staged by endTurn() came back: this turn goes on with the pending zeroing. */
+  onCompletion(_cookie: number, _res: number): void {
+    this.wakePending = false
+  }
+
+  /**
+   * Stage what the budget allows of the pending zeroing, perform the turn's copies (the turn's
+   * commits are submitted right after), complete the zeroing that is done, and renew the budget.
+   */
   endTurn(): void {
+    const done = this.zeroCount > 0 ? this.stageZeroing() : 0
     this.performStaged()
+    for (let i = 0; i < done; i++) {
+      this.queue.complete(this.zeroTags[this.zeroHead]!, 0)
+      this.zeroHead = (this.zeroHead + 1) % this.zeroTags.length
+      this.zeroCount--
+    }
+    this.zeroBudget = kZeroBytesPerTurn
+    if (this.zeroCount > 0 && !this.wakePending) {
+      // Any pending tag may carry the NOP: it has no other SQE in flight.
+      const cookie = this.zeroTags[this.zeroHead]!
+      encodeSqeHeader(this.queue.sqes, this.queue.reserveSqe(), IORING_OP_NOP, -1, cookie, kUserDataTarget)
+      this.wakePending = true
+    }
+  }
+
+  /** Stage pending zeroing, oldest first, within the budget; returns how many requests it finishes. */
+  private stageZeroing(): number {
+    let done = 0
+    while (done < this.zeroCount && this.zeroBudget > 0) {
+      const tag = this.zeroTags[(this.zeroHead + done) % this.zeroTags.length]!
+      const next = this.zeroNext[tag]!
+      const bytes = Math.min(this.zeroEnd[tag]! - next, this.zeroBudget)
+      this.stageSpans(next, bytes, kRelease, true)
+      this.zeroBudget -= bytes
+      this.zeroNext[tag] = next + bytes
+      if (next + bytes < this.zeroEnd[tag]!) break
+      done++
+    }
+    return done
   }
 
   private performStaged(): void {
@@ -82,8 +160,8 @@ export class MemoryQueue implements QueueHandler {
 
   /**
    * Stage the copies between the store's range [offset, offset + bytes) and the I/O buffer from
-   * `ioOffset` (into the store when `toStore`; kZeros: zeros into the store), one per chunk the
-   * range crosses.
+   * `ioOffset` (into the store when `toStore`; kRelease: release the store's range), one per
+   * chunk the range crosses.
    */
   private stageSpans(offset: number, bytes: number, ioOffset: number, toStore: boolean): void {
     const chunkBytes = this.spec.chunkBytes
@@ -94,7 +172,7 @@ export class MemoryQueue implements QueueHandler {
       const within = at % chunkBytes
       const length = Math.min(bytes - done, chunkBytes - within)
       if (!toStore) this.stageOp(kIoBufferIndex, ioOffset + done, chunk, within, length)
-      else if (ioOffset === kZeros) this.stageOp(chunk, within, kZeros, 0, length)
+      else if (ioOffset === kRelease) this.stageOp(chunk, within, kRelease, 0, length)
       else this.stageOp(chunk, within, kIoBufferIndex, ioOffset + done, length)
       done += length
     }
@@ -120,7 +198,10 @@ export class MemoryQueue implements QueueHandler {
 export function memorySetup(sizeBytes: number, logicalBlockSize: number): TargetSetup<MemorySpec> {
   const chunks: SharedArrayBuffer[] = []
   for (let left = sizeBytes; left > 0; left -= kChunkBytes) {
-    chunks.push(new SharedArrayBuffer(Math.min(left, kChunkBytes)))
+    const chunk = new SharedArrayBuffer(Math.min(left, kChunkBytes))
+    // 4 KiB pages: sparse at the grain of a page, and every released page given back.
+    native.noHugePages(new Uint8Array(chunk))
+    chunks.push(chunk)
   }
   return {
     geometry: {

@@ -1,4 +1,6 @@
 // native.Copier: batched copies between bound buffers, bounds-checked, in order.
+import fs from 'node:fs'
+
 import t from 'tap'
 
 import { native } from '../../src/native/addon.js'
@@ -50,4 +52,29 @@ t.test('a bound buffer unmapped since is refused instead of written', async (t) 
   const copier = new native.Copier([new Uint8Array(buffer), new Uint8Array(16)])
   native.munmap(buffer)
   t.throws(() => copier.run(Int32Array.from(op(0, 0, 1, 0, 16)), 1), /detached/)
+})
+
+t.test('release zeroes a range: its whole pages go back to the kernel, its partial edge pages are cleared', async (t) => {
+  const page = native.pageSize
+  const bytes = 64 * 2 ** 20
+  const store = new Uint8Array(new SharedArrayBuffer(bytes))
+  native.noHugePages(store) // as the memory target's store: with huge pages little would be given back
+  t.throws(() => native.noHugePages(new Uint16Array(4) as unknown as Uint8Array), TypeError)
+  const copier = new native.Copier([new Uint8Array(16), store])
+  const residentBytes = () => Number(fs.readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * page
+  store.fill(1)
+  const before = residentBytes()
+  // From 100 bytes into page 1 to 100 bytes into the last page.
+  const start = page + 100
+  const end = bytes - page + 100
+  copier.run(Int32Array.from(op(1, start, -2, 0, end - start)), 1)
+  const freed = before - residentBytes()
+  t.ok(freed > bytes - 4 * page - 2 ** 20, `${freed} bytes no longer resident`)
+  t.ok(store.subarray(start, end).every((b) => b === 0), 'the whole range reads as zeros')
+  t.ok(store.subarray(0, start).every((b) => b === 1), 'the bytes before it are kept, in its first page too')
+  t.ok(store.subarray(end).every((b) => b === 1), 'the bytes after it are kept, in its last page too')
+  copier.run(Int32Array.from([...op(1, 10, -2, 0, 20), ...op(1, page - 8, -2, 0, 16)]), 2)
+  t.same([store[9], store[10], store[29], store[30]], [1, 0, 0, 1], 'a range within one page is cleared')
+  t.same([store[page - 9], store[page - 8], store[page + 7], store[page + 8]], [1, 0, 0, 1], 'and one across two pages')
+  t.throws(() => copier.run(Int32Array.from(op(1, bytes - 8, -2, 0, 16)), 1), /destination outside/)
 })

@@ -4,7 +4,7 @@ import {
   UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
 } from '../../src/abi/ublk-cmd.js'
 import { findTarget } from '../../src/targets/registry.js'
-import type { IoRequest, QueueContext } from '../../src/targets/target.js'
+import { kIoPending, type IoRequest, type QueueContext } from '../../src/targets/target.js'
 
 const kIoBytes = 65536
 const ioBuffer = new Uint8Array(4 * kIoBytes)
@@ -70,6 +70,54 @@ t.test('memory: a turn with more copies than its batch holds performs them in or
   handler.handleIo(request(UBLK_IO_OP_READ, 0, 1, 3))
   handler.endTurn!()
   t.equal(tagBuffer(3)[0], 20, 'the last write wins')
+})
+
+t.test('memory: a long discard completes over several turns, each releasing a bounded part; later ones queue behind it', async (t) => {
+  const target = findTarget('memory')
+  const setup = target.setup(target.parseOptions({ size: '3G' }, 512))
+  const completed: [number, number][] = []
+  let nops = 0
+  const sqes = new Uint32Array(32 * 8)
+  const recording: QueueContext = {
+    ...queue, sqes,
+    reserveSqe: () => {
+      nops++
+      return 0
+    },
+    complete: (tag, result) => completed.push([tag, result]),
+  }
+  const handler = target.openQueue(setup.spec, recording)
+  const write = (sector: number, byte: number) => {
+    tagBuffer(1).fill(byte, 0, 4096)
+    handler.handleIo(request(UBLK_IO_OP_WRITE, sector, 8, 1))
+    handler.endTurn!()
+  }
+  const read = (sector: number): number => {
+    handler.handleIo(request(UBLK_IO_OP_READ, sector, 8, 2))
+    handler.endTurn!()
+    return tagBuffer(2)[0]!
+  }
+  const gib = 2 ** 30 / 512
+  for (const sector of [0, gib, 2 * gib + 8, 3 * gib - 8]) write(sector, 0x5a)
+  // Sectors [8, 2 GiB + 8): crosses the first chunk boundary.
+  t.equal(handler.handleIo(request(UBLK_IO_OP_DISCARD, 8, 2 * gib, 0)), kIoPending, 'too long for one turn')
+  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE_ZEROES, 3 * gib - 8, 8, 3)), kIoPending, 'queued behind it')
+  let turns = 0
+  while (completed.length < 2 && turns < 100) {
+    handler.endTurn!()
+    turns++
+    t.equal(nops, completed.length < 2 ? turns : turns - 1, 'a NOP brings the next turn while zeroing is left')
+    handler.onCompletion!(0, 0)
+  }
+  t.equal(turns, 33, '2 GiB in 32 turns of 64 MiB, the write-zeroes in the next')
+  t.same(completed, [[0, 0], [3, 0]], 'completed in order, successfully')
+  t.equal(read(0), 0x5a, 'the data before the range is kept')
+  t.equal(read(gib), 0, 'the data in the range reads as zeros')
+  t.equal(read(2 * gib + 8), 0x5a, 'the data after the range is kept')
+  t.equal(read(3 * gib - 8), 0, 'the queued write-zeroes was done too')
+  t.equal(handler.handleIo(request(UBLK_IO_OP_DISCARD, 0, 8, 0)), 0, 'a short one with none waiting completes at once')
+  handler.endTurn!()
+  t.equal(nops, 32, 'and needs no NOP')
 })
 
 t.test('null: reads return zeros even after a write used the same tag buffer', async (t) => {
