@@ -38,7 +38,8 @@ t.test('SIGTERM while an add is under way: the add finishes or fails, then nothi
   // START_DEV of this device never completes by itself: the add is in progress for 5 s.
   const adding = ublkd(vm, 'add -t fault --size 16M --fault no-fetch -d 4')
   await waitInVm(vm, 'ls /dev | grep -qE "^ublkc[0-9]+$"', 30_000)
-  await vm.run("pkill -TERM -f '[c]li.js daemon --kernel-timeout'")
+  // The daemon itself, not its sh -c wrapper, whose exit status the test waits for.
+  await vm.run("pkill -TERM -f '^node .*[c]li.js daemon --kernel-timeout'")
   const result = await adding
   t.not(result.code, 0, `the add did not succeed: ${result.stderr.trim()}`)
   await waitInVm(vm, 'test -f /tmp/daemon.rc', 60_000)
