@@ -1,6 +1,7 @@
 // The live status page served at `/` of the metrics listener: one self-contained HTML file (no
 // external assets) that polls /status.json every second and shows every device and queue with
-// IOPS, bandwidth and p99 service time computed from the deltas between polls.
+// IOPS, bandwidth and p99 service time computed from the deltas against the sample 1-2 s old
+// that /status.json carries.
 
 export const statusPageHtml = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ublkd status</title>
@@ -18,7 +19,7 @@ export const statusPageHtml = `<!doctype html>
 </style></head>
 <body><h1>ublkd</h1><div class="sub" id="sub">connecting...</div><div id="devices"></div>
 <script>
-let last = null
+let lastPoll = null
 const fmt = (n, d = 0) => n.toLocaleString(undefined, { maximumFractionDigits: d, minimumFractionDigits: d })
 const sum = (q, field) => ['read', 'write', 'flush', 'discard', 'write_zeroes', 'other'].reduce((a, op) => a + q[op + '_' + field], 0)
 function p99(now, before, bounds) {
@@ -38,6 +39,8 @@ function rates(now, before, seconds) {
 async function poll() {
   try {
     const status = await (await fetch('status.json', { cache: 'no-store' })).json()
+    // Rates against the daemon's own sample 1-2 s old (or, just after start, the last poll).
+    const last = status.previous ?? lastPoll
     const seconds = last ? (status.time - last.time) / 1000 : 1
     document.getElementById('sub').textContent = status.devices.length + ' device(s), daemon pid ' + status.pid + ', updated ' + new Date(status.time).toLocaleTimeString()
     const html = status.devices.map((d) => {
@@ -56,7 +59,7 @@ async function poll() {
         '<table><tr><th></th><th>IOPS</th><th>MiB/s</th><th>p99 service</th><th>in flight</th><th>errors</th><th>requests</th></tr>' + rows + '</table></div>'
     }).join('')
     document.getElementById('devices').innerHTML = html || '<div class="dev">no devices</div>'
-    last = status
+    lastPoll = status
   } catch (error) {
     document.getElementById('sub').textContent = 'cannot reach the daemon: ' + error
   }

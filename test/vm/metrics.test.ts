@@ -11,7 +11,7 @@ import { promisify } from 'node:util'
 import t from 'tap'
 
 import { addDevice, fio, ublkdCli, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
-import { bootVm, repoRoot } from '../lib/vm.js'
+import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const run = promisify(execFile)
 const vm = await bootVm({ forwardPorts: [9568] })
@@ -111,8 +111,9 @@ t.test('the shipped Prometheus config and rules are valid and only use metrics t
 })
 
 t.test('the status page shows the device with non-zero IOPS in headless Chromium', async (t) => {
+  // fio runs until the page was read: Chromium's start takes seconds when the host is busy.
   const load = fio(vm, `--name=page --filename=${device.blockDevice} --ioengine=io_uring --direct=1 --rw=randread ` +
-    '--bs=4k --iodepth=16 --time_based --runtime=20 --size=256M')
+    '--bs=4k --iodepth=16 --time_based --runtime=600 --size=256M')
   await waitForIo(vm, device.id, 'read_ops', 100)
   const artifacts = path.join(repoRoot, '.tap', 'artifacts')
   fs.mkdirSync(artifacts, { recursive: true })
@@ -125,8 +126,9 @@ t.test('the status page shows the device with non-zero IOPS in headless Chromium
   t.ok(iops, 'the page lists the device')
   t.ok(Number((iops ?? '0').replace(/,/g, '')) > 0, `IOPS shown: ${iops}`)
   t.match(dom.stdout, /queue 1/, 'per-queue rows')
-  const screenshot = path.join(artifacts, 'status-page.png')
+  const screenshot = path.join(artifacts, `status-page-${vmKernel}.png`)
   await run('chromium', [...chromium, `--screenshot=${screenshot}`, `${metricsUrl}/`], { timeout: 60_000 })
   t.ok(fs.statSync(screenshot).size > 10_000, `screenshot saved: ${screenshot}`)
+  await vm.run('pkill -INT -x fio')
   await load
 })
