@@ -20,17 +20,38 @@ rc=0
 run() { # run NAME KERNEL FILES...: one tap run, its TAP kept in .tap/NAME.tap
   local name=$1 kernel=$2
   shift 2
-  echo "# ---- $name ----"
-  UBLKD_VM_KERNEL=$kernel npx tap "$@" | tee ".tap/$name.tap"
-  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+  UBLKD_VM_KERNEL=$kernel npx tap "$@" > ".tap/$name.tap" 2>&1
+}
+# The VM runs of the kernels go side by side: each QEMU (single-threaded TCG) keeps one of the
+# machine's cores busy, so two kernels take about as long as one. Each run's TAP is printed whole
+# once both ended; meanwhile a line per finished test file shows progress.
+run_vm() { # run_vm FILES...: the files on every kernel at once
+  local kernel pid pids=() progress=()
+  for kernel in "${kernels[@]}"; do
+    : > ".tap/vm-$kernel.tap"
+    run "vm-$kernel" "$kernel" "$@" &
+    pid=$!
+    pids+=("$pid")
+    tail --pid="$pid" -n +1 -F ".tap/vm-$kernel.tap" 2>/dev/null | grep --line-buffered -E '^(not )?ok ' |
+      sed -u "s/^/# [$kernel] /" &
+    progress+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  wait "${progress[@]}"
+  for kernel in "${kernels[@]}"; do echo "# ---- vm-$kernel ----"; cat ".tap/vm-$kernel.tap"; done
+}
+host() { # host FILES...: the tests that need no VM, once
+  echo "# ---- host ----"
+  run host "${kernels[0]}" "$@" || rc=1
+  cat .tap/host.tap
 }
 if [ $# -eq 0 ]; then
-  run host "${kernels[0]}" test/unit test/addon
-  for kernel in "${kernels[@]}"; do run "vm-$kernel" "$kernel" test/vm; done
+  host test/unit test/addon
+  run_vm test/vm
 elif printf '%s\n' "$@" | grep -q 'test/vm'; then
-  for kernel in "${kernels[@]}"; do run "run-$kernel" "$kernel" "$@"; done
+  run_vm "$@"
 else
-  run host "${kernels[0]}" "$@"
+  host "$@"
 fi
 retries=$(wc -l < "$UBLKD_VM_BOOT_RETRY_LOG")
 echo "# vm boot retries: $retries"
