@@ -69,6 +69,8 @@ Options:
                                 huge pages: the kernel's copies get cheaper, but every buffer a
                                 request touches costs 2 MiB resident (default: 4 KiB pages, only
                                 what requests touch is resident)
+      --uuid UUID               the device's identity (default: a new random UUID); shown by
+                                list, checked on re-attach
       --no-partition-scan       do not scan the device for partitions when it starts
                                 (UBLK_F_NO_AUTO_PART_SCAN, Linux 7.0+; refused on older kernels)
       --json                    print the device as JSON
@@ -261,6 +263,7 @@ async function commandAdd(args: string[]): Promise<void> {
     recovery: { type: 'boolean' },
     'huge-page-buffers': { type: 'boolean' },
     'no-partition-scan': { type: 'boolean' },
+    uuid: { type: 'string' },
     queues: { type: 'string', short: 'q' },
     depth: { type: 'string', short: 'd' },
     number: { type: 'string', short: 'n' },
@@ -282,6 +285,7 @@ async function commandAdd(args: string[]): Promise<void> {
     queueMode: stringValue(values, 'queue-mode'),
     hugePageBuffers: values['huge-page-buffers'] === true ? true : undefined,
     noPartitionScan: values['no-partition-scan'] === true ? true : undefined,
+    uuid: stringValue(values, 'uuid'),
   }
   if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
   // The daemon has its own working directory: send it an absolute path.
@@ -334,8 +338,8 @@ async function commandList(args: string[]): Promise<void> {
   if (values['json']) return print(JSON.stringify(devices, null, 2))
   if (devices.length === 0) return print('no devices')
   const rows = devices.map((d) => [String(d.id), d.blockDevice, d.target, formatSize(d.sizeBytes),
-    String(d.queues), String(d.depth), d.state, String(d.daemonPid)])
-  printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID'], rows, 'left')
+    String(d.queues), String(d.depth), d.state, String(d.daemonPid), d.uuid ?? '-'])
+  printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID', 'UUID'], rows, 'left')
 }
 
 async function fetchDevice(stateDir: string, id: number): Promise<DeviceSummary> {

@@ -37,6 +37,8 @@ class Daemon {
   private readonly devices = new Map<number, Device>()
   /** Ids being added, so two adds of the same -n do not race into the kernel. */
   private readonly adding = new Set<number>()
+  /** UUIDs given with --uuid by adds in progress (the devices' own are in this.devices). */
+  private readonly addingUuids = new Set<string>()
   /** Adds in progress: a shutdown waits for them, then stops their devices too. */
   private readonly pendingAdds = new Set<Promise<unknown>>()
   private readonly exclusiveKeys = new Map<string, BackingClaim>()
@@ -91,6 +93,10 @@ class Daemon {
           this.store.remove(record.id)
         } else if (error instanceof UblkdError && error.code === 'UBLKD_ERR_NOT_RECOVERABLE') {
           await this.dropDevice(record.id, error)
+        } else if (error instanceof UblkdError && error.code === 'UBLKD_ERR_IDENTITY') {
+          // Someone else's device now has the id: it is left alone, the stale record goes.
+          this.log.error({ devId: record.id, err: error.message }, 'record of a device the kernel no longer has dropped')
+          this.store.remove(record.id)
         } else {
           this.log.error({ devId: record.id, err: messageOf(error) }, 'cannot re-attach device now; retry with ublkd recover')
         }
@@ -141,6 +147,13 @@ class Daemon {
       }
       this.adding.add(request.id)
     }
+    const uuid = request.uuid!
+    const holder = [...this.devices.values()].find((device) => device.uuid === uuid)
+    if (holder !== undefined || this.addingUuids.has(uuid)) {
+      if (request.id !== undefined) this.adding.delete(request.id)
+      throw new UblkdError('UBLKD_ERR_DEVICE_EXISTS', `uuid ${uuid} is already ${holder ? `device ${holder.id}'s` : 'being added'}`)
+    }
+    this.addingUuids.add(uuid)
     const creating = Device.create(request, this.deps())
     this.pendingAdds.add(creating)
     try {
@@ -148,6 +161,7 @@ class Daemon {
     } finally {
       this.pendingAdds.delete(creating)
       if (request.id !== undefined) this.adding.delete(request.id)
+      this.addingUuids.delete(uuid)
     }
   }
 

@@ -25,6 +25,7 @@ import { allocQueueStats, kStatHeartbeatMs, queueStatsView, readQueueStats, stat
 import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
 import type { UblkControl } from './control.js'
+import { checkIdentity, identityCookie } from './device-identity.js'
 import type { DeviceRequest } from './device-request.js'
 import { checkOffered, featureNeeds, neededFlags } from './kernel-features.js'
 import { QueuePool } from './queue-pool.js'
@@ -35,6 +36,8 @@ export type DeviceState = 'ADDING' | 'LIVE' | 'RECOVERING' | 'STOPPING' | 'DELET
 /** What `ublkd list --json` and `add --json` print for a device. */
 export interface DeviceSummary {
   id: number
+  /** null: re-attached from a record older than device identities. */
+  uuid: string | null
   blockDevice: string
   charDevice: string
   target: string
@@ -192,7 +195,7 @@ export class Device {
       devId: request.id ?? UBLK_DEV_ID_ANY,
       ublksrvPid: 0,
       flags: neededFlags(needs),
-      ublksrvFlags: 0n,
+      ublksrvFlags: identityCookie(request.uuid),
       ownerUid: 0,
       ownerGid: 0,
     }).catch((error: unknown) => {
@@ -246,6 +249,7 @@ export class Device {
       throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} (${target.name}) cannot be re-attached: its data died with the old daemon`)
     }
     const info = await deps.control.getDevInfo(id)
+    checkIdentity(id, request, info)
     if ((info.flags & UBLK_F_USER_RECOVERY) === 0n) {
       throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} was not created with --recovery`)
     }
@@ -495,6 +499,10 @@ export class Device {
   }
 
   /** A later daemon could take the device over: recovery is on and the data outlives us. */
+  get uuid(): string | undefined {
+    return this.request.uuid
+  }
+
   get reattachable(): boolean {
     return this.request.recovery && this.target.survivesRestart
   }
@@ -569,6 +577,7 @@ export class Device {
   summary(options: { withStats: boolean } = { withStats: true }): DeviceSummary {
     const summary: DeviceSummary = {
       id: this.id,
+      uuid: this.request.uuid ?? null,
       blockDevice: `/dev/ublkb${this.id}`,
       charDevice: `/dev/ublkc${this.id}`,
       target: this.target.name,

@@ -63,7 +63,7 @@ t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right ge
     const devices = await listDevices(vm)
     t.same(devices.map((d) => [d.id, d.state]), [[device.id, 'LIVE']])
     const table = await ublkd(vm, 'list')
-    t.match(table.stdout, new RegExp(`${device.id}\\s+/dev/ublkb${device.id}\\s+memory\\s+256 MiB\\s+2\\s+128\\s+LIVE`))
+    t.match(table.stdout, new RegExp(`${device.id}\\s+/dev/ublkb${device.id}\\s+memory\\s+256 MiB\\s+2\\s+128\\s+LIVE\\s+${device.daemonPid}\\s+${device.uuid}`))
   })
 
   t.test('dd writes and reads back through the device', async (t) => {

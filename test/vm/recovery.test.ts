@@ -149,3 +149,46 @@ t.test('--keep-devices-on-exit leaves a recoverable device to the next daemon', 
   const sum = await vm.run(`dd if=${device.blockDevice} bs=1M count=4 iflag=direct status=none | md5sum`)
   t.equal(sum, await vm.run('md5sum < /tmp/keep.pattern'), 'data intact after the hand-over')
 })
+
+t.test('re-attach serves only the recorded device: a stale record never takes over another server\'s device with its id', async (t) => {
+  // Two daemons with their own state dirs: "a" has a record of device 7 that outlived it, "b"
+  // (standing in for any other ublk server) created a device 7 of its own, then died.
+  const daemon = (dir: string) => startDaemon(`--state-dir ${dir}`)
+  const stop = async (pid: number) => {
+    await vm.run(`kill -TERM ${pid}`)
+    await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
+  }
+  await vm.run('truncate -s 16M /tmp/id-a.img && truncate -s 16M /tmp/id-b.img && head -c 1048576 /dev/urandom > /tmp/id-b.pattern')
+  await daemon('/tmp/id-a')
+  const stale = await addDevice(vm, '--state-dir /tmp/id-a -t loop -f /tmp/id-a.img -n 7 --recovery')
+  await vm.run('cp /tmp/id-a/devices/7.json /tmp/id-a-7.json')
+  t.equal((await ublkd(vm, 'del -n 7 --state-dir /tmp/id-a')).code, 0)
+  await stop(stale.daemonPid)
+
+  await daemon('/tmp/id-b')
+  const other = await addDevice(vm, '--state-dir /tmp/id-b -t loop -f /tmp/id-b.img -n 7 --recovery')
+  t.not(other.uuid, stale.uuid)
+  const taken = await ublkd(vm, `add --state-dir /tmp/id-b -t null --uuid ${other.uuid!.toUpperCase()}`)
+  t.match(taken.stderr, `uuid ${other.uuid} is already device 7's`, 'a UUID is one device\'s')
+  t.equal(taken.code, 1)
+  await vm.run(`dd if=/tmp/id-b.pattern of=${other.blockDevice} bs=1M oflag=direct status=none`)
+  await vm.run(`kill -9 ${other.daemonPid}`)
+  await waitInVm(vm, `! kill -0 ${other.daemonPid}`, 30_000)
+
+  await vm.run('cp /tmp/id-a-7.json /tmp/id-a/devices/7.json')
+  const logA = await daemon('/tmp/id-a')
+  t.same(JSON.parse(await vm.run(`${ublkdCli} list --json --state-dir /tmp/id-a`)), [], 'a serves nothing')
+  t.match(await vm.run(`cat ${logA}`), new RegExp(`kernel device 7 is not the device recorded as 7 \\(${stale.uuid}\\): identity 0x`))
+  t.equal((await vm.exec('test -e /tmp/id-a/devices/7.json')).code, 1, 'the stale record is dropped')
+  t.ok((await ublkNodes(vm)).includes('ublkb7'), 'the other device is left alone')
+
+  await daemon('/tmp/id-b')
+  const back = (JSON.parse(await vm.run(`${ublkdCli} list --json --state-dir /tmp/id-b`)) as DeviceSummary[])[0]
+  t.equal(back?.uuid, other.uuid, 'its own daemon re-attaches it')
+  t.equal(back?.state, 'LIVE')
+  const sum = await vm.run(`dd if=${other.blockDevice} bs=1M count=1 iflag=direct status=none | md5sum`)
+  t.equal(sum, await vm.run('md5sum < /tmp/id-b.pattern'), 'with its data')
+  t.equal((await ublkd(vm, 'del -n 7 --state-dir /tmp/id-b')).code, 0)
+  await stop(back!.daemonPid)
+  await vm.run("pkill -TERM -f '[c]li.js daemon --state-dir /tmp/id-a'; true")
+})
