@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'UBLKD_ERR_UNSUPPORTED'
   | 'UBLKD_ERR_NOT_RECOVERABLE'
   | 'UBLKD_ERR_IDENTITY'
+  | 'UBLKD_ERR_BUSY'
 
 export class UblkdError extends Error {
   readonly code: ErrorCode

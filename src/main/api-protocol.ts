@@ -4,7 +4,7 @@ import type { DeviceSummary } from './device.js'
 
 export type ApiRequest =
   | { op: 'add'; device: Record<string, unknown> }
-  | { op: 'del'; id?: number; all?: boolean }
+  | { op: 'del'; id?: number; all?: boolean; force?: boolean }
   | { op: 'list' }
   | { op: 'recover'; id?: number }
   | { op: 'ping' }

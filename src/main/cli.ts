@@ -81,13 +81,15 @@ ${targets.join('\n')}
 `
 }
 
-const delHelp = `Usage: ublkd del -n ID | --all
+const delHelp = `Usage: ublkd del -n ID | --all [--force]
 
 Stop and delete a device: in-flight I/O completes, new I/O fails, /dev/ublkbID goes away.
+A device in use (mounted, held by dm or md, open by a process) is refused, naming its users.
 
 Options:
   -n, --number ID   the device to delete
-  -a, --all         delete every device of the daemon
+  -a, --all         delete every device of the daemon (those in use are refused)
+  -f, --force       delete even a device in use: its users get I/O errors
       --state-dir DIR
 `
 
@@ -296,14 +298,17 @@ async function commandAdd(args: string[]): Promise<void> {
 }
 
 async function commandDel(args: string[]): Promise<void> {
-  const { values } = parse(args, { number: { type: 'string', short: 'n' }, all: { type: 'boolean', short: 'a' } })
+  const { values } = parse(args, {
+    number: { type: 'string', short: 'n' }, all: { type: 'boolean', short: 'a' }, force: { type: 'boolean', short: 'f' },
+  })
   if (values['help']) return print(delHelp)
   const number = stringValue(values, 'number')
   if ((number === undefined) === !values['all']) throw new UsageError('del needs exactly one of -n ID or --all')
-  let request: ApiRequest = { op: 'del', all: true }
+  const force = values['force'] === true
+  let request: ApiRequest = { op: 'del', all: true, force }
   if (number !== undefined) {
     if (!/^\d+$/.test(number)) throw new UsageError(`-n must be a device id, got '${number}'`)
-    request = { op: 'del', id: Number(number) }
+    request = { op: 'del', id: Number(number), force }
   }
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
   let reply: ApiReply

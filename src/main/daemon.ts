@@ -165,23 +165,31 @@ class Daemon {
     }
   }
 
-  private async del(request: { id?: number; all?: boolean }): Promise<number[]> {
+  private async del(request: { id?: number; all?: boolean; force?: boolean }): Promise<number[]> {
+    const force = request.force === true
     if (request.all === true) {
       const all = [...this.devices.values()]
-      await Promise.all(all.map((device) => this.remove(device)))
-      return all.map((device) => device.id)
+      const results = await Promise.allSettled(all.map((device) => this.remove(device, force)))
+      const failures = results.flatMap((result) => result.status === 'rejected' ? [result.reason as unknown] : [])
+      if (failures.length === 0) return all.map((device) => device.id)
+      const deleted = all.filter((_, i) => results[i]!.status === 'fulfilled').map((device) => device.id)
+      const first = failures[0]
+      const code = first instanceof UblkdError ? first.code : 'UBLKD_ERR_DAEMON'
+      throw new UblkdError(code, `${deleted.length > 0 ? `deleted ${deleted.map((id) => `/dev/ublkb${id}`).join(', ')}; ` : ''}` +
+        failures.map(messageOf).join('; '))
     }
     if (typeof request.id !== 'number' || !Number.isInteger(request.id) || request.id < 0) {
       throw new UsageError('del needs a device id (-n ID) or --all')
     }
     const device = this.devices.get(request.id)
     if (!device) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no device ${request.id} in this daemon`)
-    await this.remove(device)
+    await this.remove(device, force)
     return [device.id]
   }
 
-  private async remove(device: Device): Promise<void> {
-    await device.delete()
+  /** `force` false: only if nothing uses the device's disk (else UBLKD_ERR_BUSY, still served). */
+  private async remove(device: Device, force = true): Promise<void> {
+    await (force ? device.delete() : device.deleteIfIdle())
     this.forget(device)
   }
 

@@ -13,7 +13,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 
 import {
-  UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_USER_RECOVERY,
+  UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_SAFE_STOP_DEV, UBLK_F_USER_RECOVERY,
   UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_S_DEV_DEAD, UBLK_S_DEV_QUIESCED,
 } from '../abi/ublk-cmd.js'
 import { describeFeatureMask } from '../abi/feature-names.js'
@@ -29,6 +29,7 @@ import { checkIdentity, identityCookie } from './device-identity.js'
 import type { DeviceRequest } from './device-request.js'
 import { checkOffered, featureNeeds, neededFlags } from './kernel-features.js'
 import { QueuePool } from './queue-pool.js'
+import { stopIfIdle, type StopCommand } from './safe-stop.js'
 import type { DeviceRecord, StateStore } from './state-store.js'
 
 export type DeviceState = 'ADDING' | 'LIVE' | 'RECOVERING' | 'STOPPING' | 'DELETED' | 'FAILED'
@@ -152,6 +153,8 @@ export class Device {
   /** Whether teardown deletes the kernel device (DEL_DEV). */
   private ownsKernelDevice = false
   private deleting: Promise<void> | null = null
+  /** deleteIfIdle() stopped the disk already. */
+  private kernelStopped = false
   private pool: QueuePool | null = null
   private charFd: number | null = null
   private affinity: number[][] = []
@@ -421,13 +424,14 @@ export class Device {
     return null
   }
 
-  /** Await STOP_DEV; if a queue stalls meanwhile, it holds requests it will never complete, for
-   *  which STOP_DEV waits: force the queues down, so that the kernel fails them. */
-  private async stopDevice(): Promise<void> {
+  /** Await STOP_DEV (or TRY_STOP_DEV); if a queue stalls meanwhile, it holds requests it will
+   *  never complete, for which the stop waits: force the queues down, so that the kernel fails
+   *  them. Resolves with the command's error, or null. */
+  private async stopDevice(command: StopCommand): Promise<unknown> {
     let stopped = false
-    const stop = this.deps.control.stopDev(this.id).catch((error: unknown) => {
-      this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed')
-    }).finally(() => { stopped = true })
+    const { control } = this.deps
+    const stop = (command === 'STOP_DEV' ? control.stopDev(this.id) : control.tryStopDev(this.id))
+      .then(() => null, (error: unknown) => error).finally(() => { stopped = true })
     const pool = this.pool
     const sinceMs = Date.now()
     while (!stopped && pool !== null && this.pool === pool) {
@@ -438,7 +442,7 @@ export class Device {
         await this.stopQueues(0)
       }
     }
-    await stop
+    return stop
   }
 
   private stopSupervision(): void {
@@ -498,11 +502,11 @@ export class Device {
     }
   }
 
-  /** A later daemon could take the device over: recovery is on and the data outlives us. */
   get uuid(): string | undefined {
     return this.request.uuid
   }
 
+  /** A later daemon could take the device over: recovery is on and the data outlives us. */
   get reattachable(): boolean {
     return this.request.recovery && this.target.survivesRestart
   }
@@ -515,6 +519,28 @@ export class Device {
     await this.stopQueues(0)
     await this.releaseOwn()
     this.log.info('device detached, kept for re-attach')
+  }
+
+  /** Delete the device only if nothing uses its disk (src/main/safe-stop.ts); else throw
+   *  UBLKD_ERR_BUSY and keep serving it. */
+  async deleteIfIdle(): Promise<void> {
+    if (this.deleting || this.state !== 'LIVE' || !this.ownsKernelDevice) return this.delete()
+    // One check at a time; the queues' exit after the stop is not a queue death.
+    this.stopSupervision()
+    this.state = 'STOPPING'
+    try {
+      await stopIfIdle({
+        id: this.id,
+        tryStopDev: (this.flags & UBLK_F_SAFE_STOP_DEV) !== 0n,
+        runStop: (command) => this.stopDevice(command),
+      })
+    } catch (error) {
+      this.state = 'LIVE'
+      this.supervise()
+      throw error
+    }
+    this.kernelStopped = true
+    return this.delete()
   }
 
   /** STOP_DEV (in-flight I/O completes, new I/O fails), queues drain, then DEL_DEV. A device
@@ -545,7 +571,10 @@ export class Device {
   private async teardown({ queuesFirst }: { queuesFirst: boolean }): Promise<void> {
     const { control } = this.deps
     if (queuesFirst) await this.stopQueues(0)
-    if (this.ownsKernelDevice) await this.stopDevice()
+    if (this.ownsKernelDevice && !this.kernelStopped) {
+      const error = await this.stopDevice('STOP_DEV')
+      if (error !== null) this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed')
+    }
     await this.stopQueues(kQueueDrainGraceMs)
     if (this.ownsKernelDevice) {
       await control.delDev(this.id).catch((error: unknown) => {

@@ -21,7 +21,7 @@ t.teardown(async () => {
 // A failed test must not leave its device to the next one.
 t.afterEach(async () => {
   await vm.exec('umount /tmp/mnt 2>/dev/null; true')
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 async function del(id: number): Promise<void> {
@@ -158,7 +158,7 @@ t.test('a 4k-sector block device backing (kernel loop) gives a 4k device that ve
 })
 
 t.test('a file on a 4k-sector disk: a 4k device with direct I/O; 512-byte sectors served buffered', async (t) => {
-  await vm.run(`${repoRoot}/scripts/vm/load-module.sh loop`)
+  await vm.run(`${repoRoot}/scripts/vm/load-module.sh loop && ${repoRoot}/scripts/vm/load-module.sh ext4`)
   await vm.run('truncate -s 128M /tmp/k4.img && mkdir -p /tmp/k4')
   const disk = (await vm.run('losetup --sector-size 4096 -f --show /tmp/k4.img')).trim()
   await vm.run(`mkfs.ext4 -q ${disk} && mount ${disk} /tmp/k4 && truncate -s 32M /tmp/k4/backing.img`)

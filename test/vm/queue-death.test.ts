@@ -11,7 +11,7 @@ const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 
 t.afterEach(async () => {
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 const cases: [fault: string, addArgs: string, iodepth: number][] = [
@@ -38,7 +38,7 @@ for (const [fault, addArgs, iodepth] of cases) {
   })
 }
 
-t.test('ublkd del of a device whose queue just stalled returns promptly', async (t) => {
+t.test('ublkd del --force of a device whose queue just stalled returns promptly', async (t) => {
   const device = await addDevice(vm, '-t fault --size 64M --fault stall --fault-at 20 --fault-stall-ms 120000')
   const load = fio(vm, `--name=stuck --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=16 --size=16M --time_based --runtime=120', 200_000)
@@ -46,7 +46,7 @@ t.test('ublkd del of a device whose queue just stalled returns promptly', async 
   // supervision gives up on the queue (3 s).
   await waitInVm(vm, `test "$(cat /sys/block/ublkb${device.id}/inflight | tr -s ' ' '+' | sed 's/^+//')" != 0+0`, 60_000)
   const started = Date.now()
-  const del = await ublkd(vm, `del -n ${device.id}`)
+  const del = await ublkd(vm, `del -n ${device.id} --force`)
   t.ok(Date.now() - started < 15_000, `del returned in ${Date.now() - started} ms (${del.stderr.trim()})`)
   const { result } = await load
   t.not(result.code, 0, 'fio got errors')

@@ -32,7 +32,7 @@ async function onlyDevice(): Promise<DeviceSummary> {
 }
 
 t.afterEach(async () => {
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 t.test('kill -9 of the daemon during fio verify, three times: restarts re-attach, fio verifies clean', async (t) => {
