@@ -8,17 +8,16 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 
 import { describeFeatureMask } from '../abi/feature-names.js'
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
-import { isLogLevel, resolveLogLevel } from '../common/log.js'
+import { isLogLevel, resolveLogLevel } from '../common/log-level.js'
 import { formatSize } from '../common/size.js'
 import { kDefaultStatsPublishMicros } from '../common/stats-layout.js'
 import { allTargetFlags, allTargets } from '../targets/registry.js'
 import { callDaemon, isNoDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { UblkControl, kDefaultKernelTimeoutMs } from './control.js'
-import { runDaemon } from './daemon.js'
 import type { DeviceSummary } from './device.js'
 import { deviceDefaults } from './device-request.js'
-import { kDefaultMetricsAddress, parseListenAddress } from './metrics-server.js'
+import { kDefaultMetricsAddress, parseListenAddress } from './listen-address.js'
 import { daemonLogPath, kDefaultStateDir, socketPath, stateDirFrom } from './paths.js'
 import { queueRates, totalErrors } from './stats-view.js'
 
@@ -432,6 +431,8 @@ async function commandDaemon(args: string[]): Promise<void> {
   }
   const level = stringValue(values, 'log-level')
   if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level '${level}' is not a pino level`)
+  // Loaded only here: the daemon's modules (pino, prom-client, piscina) are most of the CLI's start.
+  const { runDaemon } = await import('./daemon.js')
   await runDaemon({
     stateDir: stateDirFrom(stringValue(values, 'state-dir')),
     logLevel: resolveLogLevel(level),
