@@ -31,6 +31,7 @@ import type { DeviceRequest } from './device-request.js'
 import { checkOffered, featureNeeds, neededFlags } from './kernel-features.js'
 import { QueuePool } from './queue-pool.js'
 import { stopIfIdle, type StopCommand } from './safe-stop.js'
+import { StallWatch } from './stall-watch.js'
 import type { DeviceRecord, StateStore } from './state-store.js'
 
 export type DeviceState = 'ADDING' | 'LIVE' | 'RECOVERING' | 'STOPPING' | 'DELETED' | 'FAILED'
@@ -84,8 +85,7 @@ export interface DeviceDeps {
 const kQueueDrainGraceMs = 10_000
 // Healthy queues of a device being healed exit at once (the kernel aborts their fetches).
 const kHealGraceMs = 2_000
-// A queue loop turns at least twice a second; this long without a turn means it is stuck.
-const kQueueStallMs = 3_000
+// A queue loop turns at least twice a second; src/main/stall-watch.ts says when it is stuck.
 const kSupervisionIntervalMs = 250
 // After a queue or daemon death the kernel quiesces the device and releases the char device
 // asynchronously (ring teardown runs in a kworker): poll for that long.
@@ -396,7 +396,7 @@ export class Device {
   /** Watch the queues: a task that ends, or a heartbeat that stops, is a queue death. */
   private supervise(): void {
     const pool = this.pool!
-    const watchedSinceMs = Date.now()
+    const watch = new StallWatch(kSupervisionIntervalMs, Date.now())
     let handled = false
     const died = (reason: string) => {
       if (handled || this.pool !== pool || this.state !== 'LIVE') return
@@ -406,23 +406,16 @@ export class Device {
     }
     pool.firstExit().catch((error: unknown) => died(messageOf(error)))
     this.supervision = setInterval(() => {
-      const stalled = this.stalledQueue(pool, watchedSinceMs)
+      const stalled = this.stalledQueue(pool, watch)
       if (stalled) died(stalled)
     }, kSupervisionIntervalMs)
     this.supervision.unref()
   }
 
-  /** A running queue of `pool` that has not turned its loop for kQueueStallMs (not counting
-   *  the time before `sinceMs`), described; null if none. */
-  private stalledQueue(pool: QueuePool, sinceMs: number): string | null {
-    const now = Date.now()
-    const values = this.queueStatValues()
-    for (const task of pool.tasks) {
-      if (task.settled) continue
-      const lastTurnMs = Math.max(values[task.queueId]![kStatHeartbeatMs]!, sinceMs)
-      if (now - lastTurnMs > kQueueStallMs) return `queue ${task.queueId} stalled: no loop turn for ${now - lastTurnMs} ms`
-    }
-    return null
+  /** A running queue of `pool` that `watch` finds stalled, described; null if none. */
+  private stalledQueue(pool: QueuePool, watch: StallWatch): string | null {
+    const heartbeats = this.queueStatValues().map((values) => values[kStatHeartbeatMs]!)
+    return watch.check(Date.now(), heartbeats, pool.tasks)
   }
 
   /** Await STOP_DEV (or TRY_STOP_DEV); if a queue stalls meanwhile, it holds requests it will
@@ -434,10 +427,10 @@ export class Device {
     const stop = (command === 'STOP_DEV' ? control.stopDev(this.id) : control.tryStopDev(this.id))
       .then(() => null, (error: unknown) => error).finally(() => { stopped = true })
     const pool = this.pool
-    const sinceMs = Date.now()
+    const watch = new StallWatch(kSupervisionIntervalMs, Date.now())
     while (!stopped && pool !== null && this.pool === pool) {
       await Promise.race([stop, new Promise((resolve) => setTimeout(resolve, kSupervisionIntervalMs))])
-      const stalled = stopped ? null : this.stalledQueue(pool, sinceMs)
+      const stalled = stopped ? null : this.stalledQueue(pool, watch)
       if (stalled) {
         this.log.warn({ reason: stalled }, 'queue stuck while stopping: forcing the queues down')
         await this.stopQueues(0)

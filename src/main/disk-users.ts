@@ -83,8 +83,15 @@ function processes(parts: Map<string, string>, exceptPid: number): string[] {
   return found
 }
 
-/** What uses /dev/`disk` now, one phrase each; empty when nothing was found. */
-export function diskUsers(disk: string): string[] {
+export interface DiskUsers {
+  /** Mounts and stacked devices: they stay until someone removes them. */
+  lasting: string[]
+  /** Processes with the disk open: some only pass (udev's blkid). */
+  processes: string[]
+}
+
+/** What uses /dev/`disk` now, one phrase each. */
+export function diskUsers(disk: string): DiskUsers {
   const parts = diskParts(disk)
-  return [...mounts(parts), ...holders(disk, parts), ...processes(parts, process.pid)]
+  return { lasting: [...mounts(parts), ...holders(disk, parts)], processes: processes(parts, process.pid) }
 }

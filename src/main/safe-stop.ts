@@ -7,13 +7,14 @@
 //                                claimed, and keeps mounts and claims out until STOP_DEV; the
 //                                processes are found in /proc. A process that opens the disk
 //                                between that scan and STOP_DEV gets I/O errors
-// A user that comes and goes (udev's blkid probing a new disk) is waited out for up to 2 s.
+// A process that comes and goes (udev's blkid probing a new disk), or an opener nobody can name
+// (the kernel's own partition scan), is waited out for up to 2 s; a mount or holder is not.
 import fs from 'node:fs'
 
 import { KernelError, UblkdError } from '../common/errors.js'
-import { diskUsers } from './disk-users.js'
+import { diskUsers, type DiskUsers } from './disk-users.js'
 
-const kAttempts = 10
+const kPassingUserMs = 2_000
 const kRetryMs = 200
 const kEbusy = -16
 
@@ -27,7 +28,8 @@ export interface SafeStopParts {
   runStop: (command: StopCommand) => Promise<unknown>
 }
 
-function busy(id: number, users: string[]): UblkdError {
+function busy(id: number, { lasting, processes }: DiskUsers): UblkdError {
+  const users = [...lasting, ...processes]
   const what = users.length > 0 ? users.join('; ') : 'open by a holder the daemon cannot name'
   return new UblkdError('UBLKD_ERR_BUSY', `device ${id} is in use: ${what}; del --force deletes it anyway`)
 }
@@ -37,16 +39,17 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 /** Stop the disk if nothing uses it, else throw UBLKD_ERR_BUSY (the disk is left running). */
 export async function stopIfIdle(parts: SafeStopParts): Promise<void> {
   const disk = `ublkb${parts.id}`
-  for (let attempt = 1; ; attempt++) {
+  const deadline = Date.now() + kPassingUserMs
+  for (;;) {
     const users = parts.tryStopDev ? await tryStop(parts) : await claimAndStop(parts, disk)
     if (users === null) return
-    if (attempt === kAttempts) throw busy(parts.id, users)
+    if (users.lasting.length > 0 || Date.now() >= deadline) throw busy(parts.id, users)
     await sleep(kRetryMs)
   }
 }
 
 /** TRY_STOP_DEV: null once stopped, else who uses the disk. */
-async function tryStop(parts: SafeStopParts): Promise<string[] | null> {
+async function tryStop(parts: SafeStopParts): Promise<DiskUsers | null> {
   const error = await parts.runStop('TRY_STOP_DEV')
   if (error === null) return null
   if (error instanceof KernelError && error.errno === kEbusy) return diskUsers(`ublkb${parts.id}`)
@@ -54,7 +57,7 @@ async function tryStop(parts: SafeStopParts): Promise<string[] | null> {
 }
 
 /** Exclusive open, scan, STOP_DEV: null once stopped, else who uses the disk. */
-async function claimAndStop(parts: SafeStopParts, disk: string): Promise<string[] | null> {
+async function claimAndStop(parts: SafeStopParts, disk: string): Promise<DiskUsers | null> {
   let fd: number
   try {
     // Without O_CREAT, O_EXCL on a block device claims it: EBUSY while mounted or held.
@@ -65,7 +68,7 @@ async function claimAndStop(parts: SafeStopParts, disk: string): Promise<string[
   }
   try {
     const users = diskUsers(disk)
-    if (users.length > 0) return users
+    if (users.lasting.length + users.processes.length > 0) return users
     const error = await parts.runStop('STOP_DEV')
     if (error !== null) throw error
     return null

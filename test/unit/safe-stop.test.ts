@@ -29,7 +29,7 @@ t.test('TRY_STOP_DEV: EBUSY for 2 s is UBLKD_ERR_BUSY, other errors are the kern
     code: 'UBLKD_ERR_BUSY',
     message: `device ${id} is in use: open by a holder the daemon cannot name; del --force deletes it anyway`,
   })
-  t.equal(fake.commands.length, 10)
+  t.ok(fake.commands.length >= 5 && fake.commands.length <= 11, `tried for 2 s: ${fake.commands.length} times`)
   const failing = kernel([new KernelError('TRY_STOP_DEV', -19)])
   await t.rejects(stopIfIdle({ id, tryStopDev: true, runStop: failing.runStop }), { code: 'UBLKD_ERR_KERNEL', errno: -19 })
 })

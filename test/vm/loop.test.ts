@@ -49,7 +49,7 @@ for (const mode of verifyCases) {
     t.equal(device.sizeBytes, 64 * 2 ** 20, 'size defaults to the file size')
     t.equal(device.options['file'], mode.backing)
     t.equal(device.options['inlineIo'], mode.inline, `inline I/O ${mode.inline ? 'on' : 'off'}`)
-    for (const [bs, depth, size] of [['512', 4, '2M'], ['4k', 32, '8M'], ['64k', 8, '16M'], ['1M', 2, '32M']] as const) {
+    for (const [bs, depth, size] of [['512', 4, '1M'], ['4k', 32, '4M'], ['64k', 8, '8M'], ['1M', 2, '16M']] as const) {
       const { result, report } = await fio(vm, `--name=v${bs} --filename=${device.blockDevice} --ioengine=io_uring ` +
         `--direct=1 --rw=randwrite --bs=${bs} --iodepth=${depth} --size=${size} --verify=crc32c --verify_fatal=1`)
       t.equal(result.code, 0, `bs=${bs} qd=${depth}: ${result.stderr}`)
