@@ -16,6 +16,7 @@ import { callDaemon, isNoDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { UblkControl, kDefaultKernelTimeoutMs } from './control.js'
 import type { DeviceSummary } from './device.js'
+import { listOrphans, type OrphanSummary } from './orphans.js'
 import { deviceDefaults } from './device-request.js'
 import { kDefaultMetricsAddress, parseListenAddress } from './listen-address.js'
 import { daemonLogPath, kDefaultStateDir, socketPath, stateDirFrom } from './paths.js'
@@ -81,6 +82,7 @@ ${targets.join('\n')}
 }
 
 const delHelp = `Usage: ublkd del -n ID | --all [--force]
+       ublkd del --orphan -n ID [--force]
 
 Stop and delete a device: in-flight I/O completes, new I/O fails, /dev/ublkbID goes away.
 A device in use (mounted, held by dm or md, open by a process) is refused, naming its users.
@@ -89,6 +91,8 @@ Options:
   -n, --number ID   the device to delete
   -a, --all         delete every device of the daemon (those in use are refused)
   -f, --force       delete even a device in use: its users get I/O errors
+      --orphan      delete a kernel device this daemon does not serve (see list --all), once
+                    no process holds its char device (its server is gone); in-use rules as above
       --state-dir DIR
 `
 
@@ -103,12 +107,14 @@ Options:
       --state-dir DIR
 `
 
-const listHelp = `Usage: ublkd list [--json]
+const listHelp = `Usage: ublkd list [--all] [--json]
 
 List the devices of the running daemon (nothing when no daemon runs).
 
 Options:
-  --json            one JSON array of devices
+  -a, --all         also the kernel's ublk devices this daemon does not serve (orphans:
+                    another server's, or a dead daemon's), with who holds them
+  --json            one JSON array of devices; with --all, {"devices": [...], "orphans": [...]}
   --state-dir DIR
 `
 
@@ -299,15 +305,17 @@ async function commandAdd(args: string[]): Promise<void> {
 async function commandDel(args: string[]): Promise<void> {
   const { values } = parse(args, {
     number: { type: 'string', short: 'n' }, all: { type: 'boolean', short: 'a' }, force: { type: 'boolean', short: 'f' },
+    orphan: { type: 'boolean' },
   })
   if (values['help']) return print(delHelp)
   const number = stringValue(values, 'number')
   if ((number === undefined) === !values['all']) throw new UsageError('del needs exactly one of -n ID or --all')
   const force = values['force'] === true
+  if (values['orphan'] && number === undefined) throw new UsageError('del --orphan needs -n ID')
   let request: ApiRequest = { op: 'del', all: true, force }
   if (number !== undefined) {
     if (!/^\d+$/.test(number)) throw new UsageError(`-n must be a device id, got '${number}'`)
-    request = { op: 'del', id: Number(number), force }
+    request = { op: 'del', id: Number(number), force, orphan: values['orphan'] === true }
   }
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
   let reply: ApiReply
@@ -330,20 +338,40 @@ async function commandRecover(args: string[]): Promise<void> {
 }
 
 async function commandList(args: string[]): Promise<void> {
-  const { values } = parse(args, { json: { type: 'boolean' } })
+  const { values } = parse(args, { json: { type: 'boolean' }, all: { type: 'boolean', short: 'a' } })
   if (values['help']) return print(listHelp)
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  const all = values['all'] === true
   let devices: DeviceSummary[] = []
+  let orphans: OrphanSummary[] | null = null
   try {
-    devices = unwrap(await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)).devices ?? []
+    const reply = unwrap(await callDaemon(socketPath(stateDir), { op: 'list', all }, kRequestTimeoutMs))
+    devices = reply.devices ?? []
+    orphans = reply.orphans ?? null
   } catch (error) {
     if (!isNoDaemon(error)) throw error
+    // No daemon: every kernel device is someone else's.
+    if (all) {
+      const control = UblkControl.open()
+      try {
+        orphans = await listOrphans(control, () => false)
+      } finally {
+        control.close()
+      }
+    }
   }
-  if (values['json']) return print(JSON.stringify(devices, null, 2))
-  if (devices.length === 0) return print('no devices')
-  const rows = devices.map((d) => [String(d.id), d.blockDevice, d.target, formatSize(d.sizeBytes),
-    String(d.queues), String(d.depth), d.state, String(d.daemonPid), d.uuid ?? '-'])
-  printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID', 'UUID'], rows, 'left')
+  if (values['json']) return print(JSON.stringify(all ? { devices, orphans: orphans ?? [] } : devices, null, 2))
+  if (devices.length === 0) print('no devices')
+  else {
+    const rows = devices.map((d) => [String(d.id), d.blockDevice, d.target, formatSize(d.sizeBytes),
+      String(d.queues), String(d.depth), d.state, String(d.daemonPid), d.uuid ?? '-'])
+    printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID', 'UUID'], rows, 'left')
+  }
+  if (!all) return
+  if (!orphans || orphans.length === 0) return print('no orphaned kernel devices')
+  print('\nKernel devices this daemon does not serve (ublkd del --orphan -n ID removes one):')
+  printTable(['ID', 'STATE', 'DISK', 'RECOVERY', 'QUEUES', 'DEPTH', 'SERVED BY'], orphans.map((o) => [String(o.id), o.state,
+    o.blockDevice ?? '-', o.recovery ? 'yes' : 'no', String(o.queues), String(o.depth), o.servedBy.join('; ') || 'nobody']), 'left')
 }
 
 async function fetchDevice(stateDir: string, id: number): Promise<DeviceSummary> {

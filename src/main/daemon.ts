@@ -6,6 +6,7 @@ import type http from 'node:http'
 import os from 'node:os'
 import type net from 'node:net'
 
+import { UBLK_F_SAFE_STOP_DEV } from '../abi/ublk-cmd.js'
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
 import { createLogger, type Logger } from '../common/log.js'
 import type { LogLevel } from '../common/log-level.js'
@@ -18,7 +19,9 @@ import { parseDeviceRequest } from './device-request.js'
 import type { ListenAddress } from './listen-address.js'
 import { listenMetrics } from './metrics-server.js'
 import { socketPath } from './paths.js'
-import { StateStore } from './state-store.js'
+import { describeOrphan, listOrphans } from './orphans.js'
+import { stopIfIdle } from './safe-stop.js'
+import { StateStore, type DeviceRecord } from './state-store.js'
 
 const kShutdownTimeoutMs = 60_000
 
@@ -44,6 +47,8 @@ class Daemon {
   /** Adds in progress: a shutdown waits for them, then stops their devices too. */
   private readonly pendingAdds = new Set<Promise<unknown>>()
   private readonly exclusiveKeys = new Map<string, BackingClaim>()
+  /** See DeviceDeps.arriving. */
+  private readonly arriving = new Set<number>()
   private server: net.Server | null = null
   private metricsServer: http.Server | null = null
   private stopping = false
@@ -61,7 +66,7 @@ class Daemon {
 
   private deps(): DeviceDeps {
     return {
-      control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys,
+      control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys, arriving: this.arriving,
       store: this.store, statsPublishMicros: this.statsPublishMicros, kernelFeatures: this.kernelFeatures,
     }
   }
@@ -88,7 +93,7 @@ class Daemon {
     for (const record of records) {
       if (this.devices.has(record.id)) continue
       try {
-        this.adopt(await Device.attach(record, this.deps()))
+        await this.attach(record)
       } catch (error) {
         if (error instanceof KernelError && error.errno === -19) {
           this.log.info({ devId: record.id }, 'device of a previous daemon is gone; record dropped')
@@ -106,6 +111,15 @@ class Daemon {
     }
   }
 
+  private async attach(record: DeviceRecord): Promise<Device> {
+    this.arriving.add(record.id)
+    try {
+      return this.adopt(await Device.attach(record, this.deps()))
+    } finally {
+      this.arriving.delete(record.id)
+    }
+  }
+
   private async dropDevice(id: number, cause: unknown): Promise<void> {
     this.log.error({ devId: id, err: messageOf(cause) }, 'cannot re-attach device: stopping and deleting it')
     await this.control.stopDev(id).catch(() => {})
@@ -115,6 +129,38 @@ class Daemon {
     this.store.remove(id)
   }
 
+  /** Stop and delete a kernel device whose server is gone: safely (its disk unused) unless `force`. */
+  private async deleteOrphan(id: unknown, force: boolean): Promise<number> {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new UsageError('del --orphan needs a device id (-n ID)')
+    if (this.devices.has(id) || this.arriving.has(id)) {
+      throw new UsageError(`device ${id} is this daemon's, not an orphan: ublkd del -n ${id}`)
+    }
+    const info = await this.control.getDevInfo(id).catch((error: unknown) => {
+      if (error instanceof KernelError && error.errno === -19) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no ublk device ${id} in the kernel`)
+      throw error
+    })
+    const orphan = describeOrphan(id, info)
+    if (orphan.servedBy.length > 0) {
+      throw new UblkdError('UBLKD_ERR_BUSY', `device ${id} is served: its char device is ${orphan.servedBy.join('; ')}; stop that server instead`)
+    }
+    this.log.info({ devId: id, state: orphan.state, force }, 'deleting an orphaned device')
+    if (orphan.blockDevice !== null) {
+      const stop = (command: 'STOP_DEV' | 'TRY_STOP_DEV') =>
+        (command === 'STOP_DEV' ? this.control.stopDev(id) : this.control.tryStopDev(id)).then(() => null, (error: unknown) => error)
+      if (force) {
+        const error = await stop('STOP_DEV')
+        if (error !== null) throw error
+      } else {
+        await stopIfIdle({ id, tryStopDev: (info.flags & UBLK_F_SAFE_STOP_DEV) !== 0n, runStop: stop })
+      }
+    }
+    await this.control.delDev(id)
+    // A record left for `ublkd recover` describes what is now gone.
+    this.store.remove(id)
+    this.log.info({ devId: id }, 'orphaned device deleted')
+    return id
+  }
+
   private async recover(id: unknown): Promise<Device> {
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new UsageError('recover needs a device id (-n ID)')
     // Already served (a starting daemon re-attaches every recorded device): nothing to do.
@@ -122,7 +168,7 @@ class Daemon {
     if (served) return served
     const record = this.store.list().records.find((candidate) => candidate.id === id)
     if (!record) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no record of device ${id} in the state dir`)
-    return this.adopt(await Device.attach(record, this.deps()))
+    return await this.attach(record)
   }
 
   async handle(request: ApiRequest): Promise<ApiReply> {
@@ -130,8 +176,11 @@ class Daemon {
     switch (request.op) {
       case 'ping':
         return { ok: true, pid: process.pid }
-      case 'list':
-        return { ok: true, devices: [...this.devices.values()].map((device) => device.summary()) }
+      case 'list': {
+        const devices = [...this.devices.values()].map((device) => device.summary())
+        if (request.all !== true) return { ok: true, devices }
+        return { ok: true, devices, orphans: await listOrphans(this.control, (id) => this.devices.has(id) || this.arriving.has(id)) }
+      }
       case 'add':
         return { ok: true, device: (await this.add(request.device)).summary() }
       case 'del':
@@ -159,7 +208,9 @@ class Daemon {
     const creating = Device.create(request, this.deps())
     this.pendingAdds.add(creating)
     try {
-      return this.adopt(await creating)
+      const device = this.adopt(await creating)
+      this.arriving.delete(device.id)
+      return device
     } finally {
       this.pendingAdds.delete(creating)
       if (request.id !== undefined) this.adding.delete(request.id)
@@ -167,8 +218,9 @@ class Daemon {
     }
   }
 
-  private async del(request: { id?: number; all?: boolean; force?: boolean }): Promise<number[]> {
+  private async del(request: { id?: number; all?: boolean; force?: boolean; orphan?: boolean }): Promise<number[]> {
     const force = request.force === true
+    if (request.orphan === true) return [await this.deleteOrphan(request.id, force)]
     if (request.all === true) {
       const all = [...this.devices.values()]
       const results = await Promise.allSettled(all.map((device) => this.remove(device, force)))

@@ -76,6 +76,9 @@ export interface DeviceDeps {
   statsPublishMicros: number
   /** Backings in use (TargetSetup.exclusiveKey -> its claim), shared by the daemon's devices. */
   exclusiveKeys: Map<string, BackingClaim>
+  /** Kernel devices this daemon is creating or re-attaching, not yet among its devices: never
+   *  orphans. create() adds the id ADD_DEV gave; the daemon removes it. */
+  arriving: Set<number>
   /** What the kernel offers (GET_FEATURES at daemon start). */
   kernelFeatures: bigint
   store: StateStore
@@ -210,6 +213,7 @@ export class Device {
       }
       throw error
     })
+    deps.arriving.add(info.devId)
     const device = new Device(info.devId, request, target, setup, queueMode, deps, deps.log.child({ devId: info.devId }),
       info.nrHwQueues, info.queueDepth, info.maxIoBufBytes, info.flags)
     device.releaseTarget = release
@@ -235,6 +239,7 @@ export class Device {
       device.log.warn({ err: messageOf(error) }, 'add failed, unwinding')
       // A queue may be dead or never have fetched: the kernel must see the server gone first.
       await device.teardown({ queuesFirst: true })
+      deps.arriving.delete(device.id)
       throw error
     }
     device.becomeLive('device live')

@@ -58,8 +58,8 @@ function holders(disk: string, parts: Map<string, string>): string[] {
   return found
 }
 
-function processes(parts: Map<string, string>, exceptPid: number): string[] {
-  const nodes = new Set([...parts.keys()].map((name) => `/dev/${name}`))
+/** The processes (but `exceptPid`) that have one of the device `nodes` open, one phrase each. */
+export function processesWithOpen(nodes: ReadonlySet<string>, exceptPid: number): string[] {
   const found: string[] = []
   let more = 0
   for (const pid of entries('/proc').filter((entry) => /^\d+$/.test(entry))) {
@@ -93,5 +93,6 @@ export interface DiskUsers {
 /** What uses /dev/`disk` now, one phrase each. */
 export function diskUsers(disk: string): DiskUsers {
   const parts = diskParts(disk)
-  return { lasting: [...mounts(parts), ...holders(disk, parts)], processes: processes(parts, process.pid) }
+  const nodes = new Set([...parts.keys()].map((name) => `/dev/${name}`))
+  return { lasting: [...mounts(parts), ...holders(disk, parts)], processes: processesWithOpen(nodes, process.pid) }
 }

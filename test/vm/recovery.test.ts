@@ -102,6 +102,19 @@ t.test('a queue thread that exits is healed in-process with --recovery; fio sees
   t.match(log, /"healMs":\d+.*"msg":"device healed"/, 'heal time logged')
 })
 
+t.test('a queue that throws with every tag in service is healed with --recovery; fio sees no error', async (t) => {
+  // iodepth 64 on depth 16: every tag holds a request when the queue task throws (#14 item 3).
+  const device = await addDevice(vm, '-t fault --size 64M --fault throw --fault-at 2000 -d 16 --recovery')
+  const { result, report } = await fio(vm, `--name=full --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=64 --size=16M --verify=crc32c --verify_fatal=1')
+  t.equal(result.code, 0, `fio: ${result.stderr}`)
+  t.equal(report?.jobs[0]?.error, 0)
+  const after = await onlyDevice()
+  t.equal(after.recoveries, 1, 'healed once')
+  t.equal(after.state, 'LIVE')
+  t.ok(result.ms < 60_000, `fio took ${result.ms} ms: the heal did not wait for the block layer's timeout`)
+})
+
 t.test('a stalled queue thread is detected and healed with --recovery', async (t) => {
   const device = await addDevice(vm, '-t fault --size 64M --fault stall --fault-at 2000 --fault-stall-ms 600000 -q 2 --recovery')
   const { result } = await fio(vm, `--name=stall --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
@@ -191,4 +204,42 @@ t.test('re-attach serves only the recorded device: a stale record never takes ov
   t.equal((await ublkd(vm, 'del -n 7 --state-dir /tmp/id-b')).code, 0)
   await stop(back!.daemonPid)
   await vm.run("pkill -TERM -f '[c]li.js daemon --state-dir /tmp/id-a'; true")
+})
+
+t.test('orphans: list --all shows kernel devices this daemon does not serve; del --orphan removes one whose server is gone', async (t) => {
+  const stop = async (pid: number) => {
+    await vm.run(`kill -TERM ${pid}`)
+    await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
+  }
+  await vm.run('truncate -s 16M /tmp/orphan.img')
+  await startDaemon('--state-dir /tmp/or-dead')
+  const dead = await addDevice(vm, '--state-dir /tmp/or-dead -t loop -f /tmp/orphan.img --recovery')
+  await vm.run(`kill -9 ${dead.daemonPid}`)
+  await waitInVm(vm, `! kill -0 ${dead.daemonPid}`, 30_000)
+  await startDaemon('--state-dir /tmp/or-live')
+  const served = await addDevice(vm, '--state-dir /tmp/or-live -t null')
+  const own = await addDevice(vm, '-t null')
+
+  const listed = JSON.parse(await vm.run(`${ublkdCli} list --all --json`)) as { devices: DeviceSummary[]; orphans: Record<string, unknown>[] }
+  t.same(listed.devices.map((d) => d.id), [own.id], 'its own devices')
+  const byId = new Map(listed.orphans.map((o) => [o['id'], o]))
+  t.notOk(byId.has(own.id), 'its own device is no orphan')
+  t.match(byId.get(dead.id), { state: 'QUIESCED', recovery: true, servedBy: [], blockDevice: dead.blockDevice }, 'the dead daemon\'s device')
+  t.match(byId.get(served.id), { state: 'LIVE', servedBy: [new RegExp(`^open by pid ${served.daemonPid} \\(`)] }, 'the other daemon\'s device')
+  t.match(await vm.run(`${ublkdCli} list --all`), new RegExp(`\\n${dead.id}\\s+QUIESCED\\s+${dead.blockDevice}\\s+yes\\s+1\\s+128\\s+nobody`))
+
+  const mine = await ublkd(vm, `del --orphan -n ${own.id}`)
+  t.match(mine.stderr, `device ${own.id} is this daemon's, not an orphan: ublkd del -n ${own.id}`)
+  const busy = await ublkd(vm, `del --orphan -n ${served.id}`)
+  t.equal(busy.code, 1)
+  t.match(busy.stderr, new RegExp(`device ${served.id} is served: its char device is open by pid ${served.daemonPid} .*stop that server instead \\[UBLKD_ERR_BUSY\\]`))
+  const removed = await ublkd(vm, `del --orphan -n ${dead.id}`)
+  t.equal(removed.code, 0, removed.stderr)
+  t.match(removed.stdout, `deleted /dev/ublkb${dead.id}`)
+  t.notOk((await ublkNodes(vm)).includes(`ublkc${dead.id}`), 'the orphan is gone')
+  t.match(await ublkd(vm, `del --orphan -n ${dead.id}`), { code: 1, stderr: /no ublk device \d+ in the kernel/ })
+  const untouched = JSON.parse(await vm.run(`${ublkdCli} list --json --state-dir /tmp/or-live`)) as DeviceSummary[]
+  t.same(untouched.map((d) => [d.id, d.state]), [[served.id, 'LIVE']], 'the other daemon\'s device is untouched')
+  t.equal((await ublkd(vm, `del -n ${served.id} --state-dir /tmp/or-live`)).code, 0)
+  await stop(served.daemonPid)
 })
