@@ -93,6 +93,8 @@ const kSupervisionIntervalMs = 250
 // After a queue or daemon death the kernel quiesces the device and releases the char device
 // asynchronously (ring teardown runs in a kworker): poll for that long.
 const kQuiesceWaitMs = 20_000
+// The request timeout of a --recovery device (see setIoTimeout): well within kQuiesceWaitMs.
+const kRecoveryIoTimeoutMs = 5_000
 // /dev/ublkcN is created by devtmpfs at ADD_DEV; udev may still be adjusting it.
 const kCharDeviceWaitMs = 5_000
 
@@ -235,6 +237,7 @@ export class Device {
       await device.startQueues()
       await Promise.race([deps.control.startDev(device.id, process.pid), device.pool!.firstExit()])
       device.setIoScheduler(request.ioScheduler)
+      if (request.recovery) device.setIoTimeout(kRecoveryIoTimeoutMs)
     } catch (error) {
       device.log.warn({ err: messageOf(error) }, 'add failed, unwinding')
       // A queue may be dead or never have fetched: the kernel must see the server gone first.
@@ -326,6 +329,13 @@ export class Device {
 
   private schedulerFile(): string {
     return `/sys/block/ublkb${this.id}/queue/scheduler`
+  }
+
+  /** The block layer's request timeout. On a timeout the driver only re-arms the timer while
+   *  the device's server lives; Linux 6.12 also uses it to notice a queue that died with every
+   *  tag in service (no fetch left for it to cancel), which it then aborts and quiesces. */
+  private setIoTimeout(ms: number): void {
+    fs.writeFileSync(`/sys/block/ublkb${this.id}/queue/io_timeout`, String(ms))
   }
 
   /** The kernel chose a scheduler at START_DEV; replace it with the requested one. */

@@ -105,6 +105,7 @@ t.test('a queue thread that exits is healed in-process with --recovery; fio sees
 t.test('a queue that throws with every tag in service is healed with --recovery; fio sees no error', async (t) => {
   // iodepth 64 on depth 16: every tag holds a request when the queue task throws (#14 item 3).
   const device = await addDevice(vm, '-t fault --size 64M --fault throw --fault-at 2000 -d 16 --recovery')
+  t.equal((await vm.run(`cat /sys/block/ublkb${device.id}/queue/io_timeout`)).trim(), '5000', 'a 5 s request timeout')
   const { result, report } = await fio(vm, `--name=full --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=64 --size=16M --verify=crc32c --verify_fatal=1')
   t.equal(result.code, 0, `fio: ${result.stderr}`)
@@ -166,7 +167,8 @@ t.test('--keep-devices-on-exit leaves a recoverable device to the next daemon', 
 t.test('re-attach serves only the recorded device: a stale record never takes over another server\'s device with its id', async (t) => {
   // Two daemons with their own state dirs: "a" has a record of device 7 that outlived it, "b"
   // (standing in for any other ublk server) created a device 7 of its own, then died.
-  const daemon = (dir: string) => startDaemon(`--state-dir ${dir}`)
+  // Beside the suite's daemon, which has the metrics port.
+  const daemon = (dir: string) => startDaemon(`--state-dir ${dir} --metrics off`)
   const stop = async (pid: number) => {
     await vm.run(`kill -TERM ${pid}`)
     await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
@@ -212,11 +214,11 @@ t.test('orphans: list --all shows kernel devices this daemon does not serve; del
     await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
   }
   await vm.run('truncate -s 16M /tmp/orphan.img')
-  await startDaemon('--state-dir /tmp/or-dead')
+  await startDaemon('--state-dir /tmp/or-dead --metrics off')
   const dead = await addDevice(vm, '--state-dir /tmp/or-dead -t loop -f /tmp/orphan.img --recovery')
   await vm.run(`kill -9 ${dead.daemonPid}`)
   await waitInVm(vm, `! kill -0 ${dead.daemonPid}`, 30_000)
-  await startDaemon('--state-dir /tmp/or-live')
+  await startDaemon('--state-dir /tmp/or-live --metrics off')
   const served = await addDevice(vm, '--state-dir /tmp/or-live -t null')
   const own = await addDevice(vm, '-t null')
 
