@@ -27,6 +27,7 @@ Native::Native(Napi::Env env, Napi::Object exports) {
   exports.Set("noHugePages", Napi::Function::New<NoHugePages>(env, "noHugePages"));
   exports.Set("pinThread", Napi::Function::New<PinThread>(env, "pinThread"));
   exports.Set("setIoFlusher", Napi::Function::New<SetIoFlusher>(env, "setIoFlusher"));
+  exports.Set("directIoAlignment", Napi::Function::New<DirectIoAlignment>(env, "directIoAlignment"));
   exports.Set("threadAffinity", Napi::Function::New<ThreadAffinity>(env, "threadAffinity"));
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("eventFd", Napi::Function::New<EventFd>(env, "eventFd"));

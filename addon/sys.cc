@@ -1,8 +1,11 @@
 #include "sys.h"
 
 #include <sched.h>
+#include <fcntl.h>
+#include <linux/stat.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -154,6 +157,18 @@ Napi::Value SetIoFlusher(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) return ThrowErrno(env, "prctl(PR_SET_IO_FLUSHER)", errno);
   return env.Undefined();
+}
+
+// directIoAlignment(path): the file offset and length alignment O_DIRECT I/O on the file needs
+// (statx STATX_DIOALIGN, Linux 6.1+), or 0 when the filesystem does not say (or has no O_DIRECT).
+Napi::Value DirectIoAlignment(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) return ThrowType(env, "directIoAlignment(path)");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  struct statx st {};
+  if (statx(AT_FDCWD, path.c_str(), 0, STATX_DIOALIGN, &st) != 0) return ThrowErrno(env, "statx", errno);
+  uint32_t alignment = (st.stx_mask & STATX_DIOALIGN) != 0 ? st.stx_dio_offset_align : 0;
+  return Napi::Number::New(env, alignment);
 }
 
 // threadAffinity(): the CPUs the calling thread may run on.

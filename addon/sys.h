@@ -12,6 +12,7 @@ Napi::Value Munmap(const Napi::CallbackInfo& info);
 Napi::Value NoHugePages(const Napi::CallbackInfo& info);
 Napi::Value PinThread(const Napi::CallbackInfo& info);
 Napi::Value SetIoFlusher(const Napi::CallbackInfo& info);
+Napi::Value DirectIoAlignment(const Napi::CallbackInfo& info);
 Napi::Value ThreadAffinity(const Napi::CallbackInfo& info);
 Napi::Value GetTid(const Napi::CallbackInfo& info);
 Napi::Value EventFd(const Napi::CallbackInfo& info);

@@ -9,7 +9,8 @@ set -eu
 dir=$(sed -n 's/.*\bublkd\.modules=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -n "$dir" ] && [ -f "$dir/depends" ] || { echo "load-module.sh: no module cache (ublkd.modules=$dir)" >&2; exit 1; }
 
-loaded() { grep -q "^$1 " /proc/modules; }
+# /proc/modules and /sys/module name modules with underscores (dm-mod.ko is dm_mod).
+loaded() { grep -q "^$(echo "$1" | tr - _) " /proc/modules; }
 
 load() {
   local module=$1 dep
@@ -25,7 +26,7 @@ if loaded "$name"; then
   for param in "$@"; do
     key=${param%%=*}
     value=${param#*=}
-    current=$(cat "/sys/module/$name/parameters/$key" 2>/dev/null) || current='?'
+    current=$(cat "/sys/module/$(echo "$name" | tr - _)/parameters/$key" 2>/dev/null) || current='?'
     [ "$current" = "$value" ] || stale="$stale $key=$current (want $value)"
   done
   [ -z "$stale" ] && exit 0

@@ -2,7 +2,7 @@
 # Prepares everything the VM tests, the demo and the bench need, idempotently:
 #   - Debian packages: qemu-system-x86, busybox-static, cpio, xz-utils, fio, e2fsprogs, xfsprogs,
 #     and for the observability tests prometheus (with promtool) and chromium
-#   - the guest kernels, each with the modules we load (ublk_drv, loop, null_blk, nbd, ext4, xfs,
+#   - the guest kernels, each with the modules we load (ublk_drv, loop, null_blk, nbd, ext4, xfs, dm-mod,
 #     the 9p stack, virtio_net), unpacked under $cache/<kernel>/:
 #       6.12  Debian bookworm's linux-image-6.12.*-amd64-unsigned, from the system's apt sources
 #       7.3   Debian trixie-backports' linux-binary-7.3.*+deb13-amd64 + linux-modules-7.3.*, fetched
@@ -71,7 +71,7 @@ backports_package() {
 
 # Every module the tests load, and the ones a module asks for at run time rather than by its
 # modinfo (6.12's ext4 and xfs look crc32c up through the crypto API; 7.x links the library).
-required_modules=(9p 9pnet_virtio ublk_drv loop null_blk nbd ext4 xfs virtio_net)
+required_modules=(9p 9pnet_virtio ublk_drv loop null_blk nbd ext4 xfs virtio_net dm-mod)
 declare -A soft_deps=([ext4]=crc32c_generic [xfs]=crc32c_generic)
 
 prepare_kernel() {

@@ -14,6 +14,8 @@ export type ErrorCode =
   | 'UBLKD_ERR_KERNEL_TIMEOUT'
   | 'UBLKD_ERR_UNSUPPORTED'
   | 'UBLKD_ERR_NOT_RECOVERABLE'
+  | 'UBLKD_ERR_IDENTITY'
+  | 'UBLKD_ERR_BUSY'
 
 export class UblkdError extends Error {
   readonly code: ErrorCode

@@ -7,20 +7,9 @@ import tty from 'node:tty'
 
 import { pino, type Logger } from 'pino'
 
+import type { LogLevel } from './log-level.js'
+
 export type { Logger }
-
-export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
-export type LogLevel = (typeof logLevels)[number]
-
-export function isLogLevel(value: string): value is LogLevel {
-  return (logLevels as readonly string[]).includes(value)
-}
-
-/** Level from an explicit flag, else LOG_LEVEL, else info. */
-export function resolveLogLevel(flag?: string): LogLevel {
-  const candidate = flag ?? process.env['LOG_LEVEL'] ?? 'info'
-  return isLogLevel(candidate) ? candidate : 'info'
-}
 
 const levelNames: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' }
 const kHiddenFields = new Set(['level', 'time', 'msg', 'pid', 'hostname'])

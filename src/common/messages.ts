@@ -2,7 +2,7 @@
 // survive structured cloning (SharedArrayBuffers are shared, MessagePorts transferred).
 import type { MessagePort } from 'node:worker_threads'
 
-import type { LogLevel } from './log.js'
+import type { LogLevel } from './log-level.js'
 
 /**
  * How a queue thread waits for work: `ring` blocks in io_uring_enter (fastest; the thread runs

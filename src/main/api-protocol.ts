@@ -1,11 +1,12 @@
 // The control API on the daemon's unix socket: one JSON request line per connection, one JSON
 // reply line back. Root-only by the socket's mode (0600) inside a 0700 state dir.
 import type { DeviceSummary } from './device.js'
+import type { OrphanSummary } from './orphans.js'
 
 export type ApiRequest =
   | { op: 'add'; device: Record<string, unknown> }
-  | { op: 'del'; id?: number; all?: boolean }
-  | { op: 'list' }
+  | { op: 'del'; id?: number; all?: boolean; force?: boolean; orphan?: boolean }
+  | { op: 'list'; all?: boolean }
   | { op: 'recover'; id?: number }
   | { op: 'ping' }
 
@@ -15,7 +16,7 @@ export interface ApiErrorBody {
 }
 
 export type ApiReply =
-  | { ok: true; devices?: DeviceSummary[]; device?: DeviceSummary; deleted?: number[]; pid?: number }
+  | { ok: true; devices?: DeviceSummary[]; orphans?: OrphanSummary[]; device?: DeviceSummary; deleted?: number[]; pid?: number }
   | { ok: false; error: ApiErrorBody }
 
 /** Requests larger than this are refused (a device request is a few hundred bytes). */

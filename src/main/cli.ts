@@ -8,17 +8,17 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 
 import { describeFeatureMask } from '../abi/feature-names.js'
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
-import { isLogLevel, resolveLogLevel } from '../common/log.js'
+import { isLogLevel, resolveLogLevel } from '../common/log-level.js'
 import { formatSize } from '../common/size.js'
 import { kDefaultStatsPublishMicros } from '../common/stats-layout.js'
 import { allTargetFlags, allTargets } from '../targets/registry.js'
 import { callDaemon, isNoDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { UblkControl, kDefaultKernelTimeoutMs } from './control.js'
-import { runDaemon } from './daemon.js'
 import type { DeviceSummary } from './device.js'
+import { listOrphans, type OrphanSummary } from './orphans.js'
 import { deviceDefaults } from './device-request.js'
-import { kDefaultMetricsAddress, parseListenAddress } from './metrics-server.js'
+import { kDefaultMetricsAddress, parseListenAddress } from './listen-address.js'
 import { daemonLogPath, kDefaultStateDir, socketPath, stateDirFrom } from './paths.js'
 import { queueRates, totalErrors } from './stats-view.js'
 
@@ -69,6 +69,8 @@ Options:
                                 huge pages: the kernel's copies get cheaper, but every buffer a
                                 request touches costs 2 MiB resident (default: 4 KiB pages, only
                                 what requests touch is resident)
+      --uuid UUID               the device's identity (default: a new random UUID); shown by
+                                list, checked on re-attach
       --no-partition-scan       do not scan the device for partitions when it starts
                                 (UBLK_F_NO_AUTO_PART_SCAN, Linux 7.0+; refused on older kernels)
       --json                    print the device as JSON
@@ -79,13 +81,18 @@ ${targets.join('\n')}
 `
 }
 
-const delHelp = `Usage: ublkd del -n ID | --all
+const delHelp = `Usage: ublkd del -n ID | --all [--force]
+       ublkd del --orphan -n ID [--force]
 
 Stop and delete a device: in-flight I/O completes, new I/O fails, /dev/ublkbID goes away.
+A device in use (mounted, held by dm or md, open by a process) is refused, naming its users.
 
 Options:
   -n, --number ID   the device to delete
-  -a, --all         delete every device of the daemon
+  -a, --all         delete every device of the daemon (those in use are refused)
+  -f, --force       delete even a device in use: its users get I/O errors
+      --orphan      delete a kernel device this daemon does not serve (see list --all), once
+                    no process holds its char device (its server is gone); in-use rules as above
       --state-dir DIR
 `
 
@@ -100,12 +107,14 @@ Options:
       --state-dir DIR
 `
 
-const listHelp = `Usage: ublkd list [--json]
+const listHelp = `Usage: ublkd list [--all] [--json]
 
 List the devices of the running daemon (nothing when no daemon runs).
 
 Options:
-  --json            one JSON array of devices
+  -a, --all         also the kernel's ublk devices this daemon does not serve (orphans:
+                    another server's, or a dead daemon's), with who holds them
+  --json            one JSON array of devices; with --all, {"devices": [...], "orphans": [...]}
   --state-dir DIR
 `
 
@@ -261,6 +270,7 @@ async function commandAdd(args: string[]): Promise<void> {
     recovery: { type: 'boolean' },
     'huge-page-buffers': { type: 'boolean' },
     'no-partition-scan': { type: 'boolean' },
+    uuid: { type: 'string' },
     queues: { type: 'string', short: 'q' },
     depth: { type: 'string', short: 'd' },
     number: { type: 'string', short: 'n' },
@@ -282,6 +292,7 @@ async function commandAdd(args: string[]): Promise<void> {
     queueMode: stringValue(values, 'queue-mode'),
     hugePageBuffers: values['huge-page-buffers'] === true ? true : undefined,
     noPartitionScan: values['no-partition-scan'] === true ? true : undefined,
+    uuid: stringValue(values, 'uuid'),
   }
   if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
   // The daemon has its own working directory: send it an absolute path.
@@ -292,14 +303,19 @@ async function commandAdd(args: string[]): Promise<void> {
 }
 
 async function commandDel(args: string[]): Promise<void> {
-  const { values } = parse(args, { number: { type: 'string', short: 'n' }, all: { type: 'boolean', short: 'a' } })
+  const { values } = parse(args, {
+    number: { type: 'string', short: 'n' }, all: { type: 'boolean', short: 'a' }, force: { type: 'boolean', short: 'f' },
+    orphan: { type: 'boolean' },
+  })
   if (values['help']) return print(delHelp)
   const number = stringValue(values, 'number')
   if ((number === undefined) === !values['all']) throw new UsageError('del needs exactly one of -n ID or --all')
-  let request: ApiRequest = { op: 'del', all: true }
+  const force = values['force'] === true
+  if (values['orphan'] && number === undefined) throw new UsageError('del --orphan needs -n ID')
+  let request: ApiRequest = { op: 'del', all: true, force }
   if (number !== undefined) {
     if (!/^\d+$/.test(number)) throw new UsageError(`-n must be a device id, got '${number}'`)
-    request = { op: 'del', id: Number(number) }
+    request = { op: 'del', id: Number(number), force, orphan: values['orphan'] === true }
   }
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
   let reply: ApiReply
@@ -322,20 +338,40 @@ async function commandRecover(args: string[]): Promise<void> {
 }
 
 async function commandList(args: string[]): Promise<void> {
-  const { values } = parse(args, { json: { type: 'boolean' } })
+  const { values } = parse(args, { json: { type: 'boolean' }, all: { type: 'boolean', short: 'a' } })
   if (values['help']) return print(listHelp)
   const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  const all = values['all'] === true
   let devices: DeviceSummary[] = []
+  let orphans: OrphanSummary[] | null = null
   try {
-    devices = unwrap(await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)).devices ?? []
+    const reply = unwrap(await callDaemon(socketPath(stateDir), { op: 'list', all }, kRequestTimeoutMs))
+    devices = reply.devices ?? []
+    orphans = reply.orphans ?? null
   } catch (error) {
     if (!isNoDaemon(error)) throw error
+    // No daemon: every kernel device is someone else's.
+    if (all) {
+      const control = UblkControl.open()
+      try {
+        orphans = await listOrphans(control, () => false)
+      } finally {
+        control.close()
+      }
+    }
   }
-  if (values['json']) return print(JSON.stringify(devices, null, 2))
-  if (devices.length === 0) return print('no devices')
-  const rows = devices.map((d) => [String(d.id), d.blockDevice, d.target, formatSize(d.sizeBytes),
-    String(d.queues), String(d.depth), d.state, String(d.daemonPid)])
-  printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID'], rows, 'left')
+  if (values['json']) return print(JSON.stringify(all ? { devices, orphans: orphans ?? [] } : devices, null, 2))
+  if (devices.length === 0) print('no devices')
+  else {
+    const rows = devices.map((d) => [String(d.id), d.blockDevice, d.target, formatSize(d.sizeBytes),
+      String(d.queues), String(d.depth), d.state, String(d.daemonPid), d.uuid ?? '-'])
+    printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID', 'UUID'], rows, 'left')
+  }
+  if (!all) return
+  if (!orphans || orphans.length === 0) return print('no orphaned kernel devices')
+  print('\nKernel devices this daemon does not serve (ublkd del --orphan -n ID removes one):')
+  printTable(['ID', 'STATE', 'DISK', 'RECOVERY', 'QUEUES', 'DEPTH', 'SERVED BY'], orphans.map((o) => [String(o.id), o.state,
+    o.blockDevice ?? '-', o.recovery ? 'yes' : 'no', String(o.queues), String(o.depth), o.servedBy.join('; ') || 'nobody']), 'left')
 }
 
 async function fetchDevice(stateDir: string, id: number): Promise<DeviceSummary> {
@@ -423,6 +459,8 @@ async function commandDaemon(args: string[]): Promise<void> {
   }
   const level = stringValue(values, 'log-level')
   if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level '${level}' is not a pino level`)
+  // Loaded only here: the daemon's modules (pino, prom-client, piscina) are most of the CLI's start.
+  const { runDaemon } = await import('./daemon.js')
   await runDaemon({
     stateDir: stateDirFrom(stringValue(values, 'state-dir')),
     logLevel: resolveLogLevel(level),

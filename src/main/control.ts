@@ -19,7 +19,7 @@ import {
   ublkParams, ublksrvCtrlDevInfo, type DevInfo, type Params,
 } from '../abi/structs.js'
 import {
-  UBLK_QUEUE_ID_NONE, UBLK_U_CMD_ADD_DEV, UBLK_U_CMD_DEL_DEV, UBLK_U_CMD_GET_DEV_INFO,
+  UBLK_QUEUE_ID_NONE, UBLK_U_CMD_ADD_DEV, UBLK_U_CMD_DEL_DEV, UBLK_U_CMD_GET_DEV_INFO, UBLK_U_CMD_TRY_STOP_DEV,
   UBLK_U_CMD_GET_FEATURES, UBLK_U_CMD_GET_PARAMS, UBLK_U_CMD_GET_QUEUE_AFFINITY,
   UBLK_U_CMD_END_USER_RECOVERY, UBLK_U_CMD_SET_PARAMS, UBLK_U_CMD_START_DEV,
   UBLK_U_CMD_START_USER_RECOVERY, UBLK_U_CMD_STOP_DEV,
@@ -164,6 +164,11 @@ export class UblkControl {
 
   async stopDev(devId: number): Promise<void> {
     await this.command('STOP_DEV', UBLK_U_CMD_STOP_DEV, { devId })
+  }
+
+  /** STOP_DEV unless the disk has openers (EBUSY); needs UBLK_F_SAFE_STOP_DEV. */
+  async tryStopDev(devId: number): Promise<void> {
+    await this.command('TRY_STOP_DEV', UBLK_U_CMD_TRY_STOP_DEV, { devId })
   }
 
   async getDevInfo(devId: number): Promise<DevInfo> {

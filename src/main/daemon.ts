@@ -6,17 +6,22 @@ import type http from 'node:http'
 import os from 'node:os'
 import type net from 'node:net'
 
+import { UBLK_F_SAFE_STOP_DEV } from '../abi/ublk-cmd.js'
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
-import { createLogger, type LogLevel, type Logger } from '../common/log.js'
+import { createLogger, type Logger } from '../common/log.js'
+import type { LogLevel } from '../common/log-level.js'
 import { callDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { listenApi } from './api-server.js'
 import { UblkControl } from './control.js'
 import { Device, type BackingClaim, type DeviceDeps } from './device.js'
 import { parseDeviceRequest } from './device-request.js'
-import { listenMetrics, type ListenAddress } from './metrics-server.js'
+import type { ListenAddress } from './listen-address.js'
+import { listenMetrics } from './metrics-server.js'
 import { socketPath } from './paths.js'
-import { StateStore } from './state-store.js'
+import { describeOrphan, listOrphans } from './orphans.js'
+import { stopIfIdle } from './safe-stop.js'
+import { StateStore, type DeviceRecord } from './state-store.js'
 
 const kShutdownTimeoutMs = 60_000
 
@@ -37,9 +42,13 @@ class Daemon {
   private readonly devices = new Map<number, Device>()
   /** Ids being added, so two adds of the same -n do not race into the kernel. */
   private readonly adding = new Set<number>()
+  /** UUIDs given with --uuid by adds in progress (the devices' own are in this.devices). */
+  private readonly addingUuids = new Set<string>()
   /** Adds in progress: a shutdown waits for them, then stops their devices too. */
   private readonly pendingAdds = new Set<Promise<unknown>>()
   private readonly exclusiveKeys = new Map<string, BackingClaim>()
+  /** See DeviceDeps.arriving. */
+  private readonly arriving = new Set<number>()
   private server: net.Server | null = null
   private metricsServer: http.Server | null = null
   private stopping = false
@@ -57,7 +66,7 @@ class Daemon {
 
   private deps(): DeviceDeps {
     return {
-      control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys,
+      control: this.control, log: this.log, logLevel: this.logLevel, exclusiveKeys: this.exclusiveKeys, arriving: this.arriving,
       store: this.store, statsPublishMicros: this.statsPublishMicros, kernelFeatures: this.kernelFeatures,
     }
   }
@@ -84,17 +93,30 @@ class Daemon {
     for (const record of records) {
       if (this.devices.has(record.id)) continue
       try {
-        this.adopt(await Device.attach(record, this.deps()))
+        await this.attach(record)
       } catch (error) {
         if (error instanceof KernelError && error.errno === -19) {
           this.log.info({ devId: record.id }, 'device of a previous daemon is gone; record dropped')
           this.store.remove(record.id)
         } else if (error instanceof UblkdError && error.code === 'UBLKD_ERR_NOT_RECOVERABLE') {
           await this.dropDevice(record.id, error)
+        } else if (error instanceof UblkdError && error.code === 'UBLKD_ERR_IDENTITY') {
+          // Someone else's device now has the id: it is left alone, the stale record goes.
+          this.log.error({ devId: record.id, err: error.message }, 'record of a device the kernel no longer has dropped')
+          this.store.remove(record.id)
         } else {
           this.log.error({ devId: record.id, err: messageOf(error) }, 'cannot re-attach device now; retry with ublkd recover')
         }
       }
+    }
+  }
+
+  private async attach(record: DeviceRecord): Promise<Device> {
+    this.arriving.add(record.id)
+    try {
+      return this.adopt(await Device.attach(record, this.deps()))
+    } finally {
+      this.arriving.delete(record.id)
     }
   }
 
@@ -107,6 +129,38 @@ class Daemon {
     this.store.remove(id)
   }
 
+  /** Stop and delete a kernel device whose server is gone: safely (its disk unused) unless `force`. */
+  private async deleteOrphan(id: unknown, force: boolean): Promise<number> {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new UsageError('del --orphan needs a device id (-n ID)')
+    if (this.devices.has(id) || this.arriving.has(id)) {
+      throw new UsageError(`device ${id} is this daemon's, not an orphan: ublkd del -n ${id}`)
+    }
+    const info = await this.control.getDevInfo(id).catch((error: unknown) => {
+      if (error instanceof KernelError && error.errno === -19) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no ublk device ${id} in the kernel`)
+      throw error
+    })
+    const orphan = describeOrphan(id, info)
+    if (orphan.servedBy.length > 0) {
+      throw new UblkdError('UBLKD_ERR_BUSY', `device ${id} is served: its char device is ${orphan.servedBy.join('; ')}; stop that server instead`)
+    }
+    this.log.info({ devId: id, state: orphan.state, force }, 'deleting an orphaned device')
+    if (orphan.blockDevice !== null) {
+      const stop = (command: 'STOP_DEV' | 'TRY_STOP_DEV') =>
+        (command === 'STOP_DEV' ? this.control.stopDev(id) : this.control.tryStopDev(id)).then(() => null, (error: unknown) => error)
+      if (force) {
+        const error = await stop('STOP_DEV')
+        if (error !== null) throw error
+      } else {
+        await stopIfIdle({ id, tryStopDev: (info.flags & UBLK_F_SAFE_STOP_DEV) !== 0n, runStop: stop })
+      }
+    }
+    await this.control.delDev(id)
+    // A record left for `ublkd recover` describes what is now gone.
+    this.store.remove(id)
+    this.log.info({ devId: id }, 'orphaned device deleted')
+    return id
+  }
+
   private async recover(id: unknown): Promise<Device> {
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new UsageError('recover needs a device id (-n ID)')
     // Already served (a starting daemon re-attaches every recorded device): nothing to do.
@@ -114,7 +168,7 @@ class Daemon {
     if (served) return served
     const record = this.store.list().records.find((candidate) => candidate.id === id)
     if (!record) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no record of device ${id} in the state dir`)
-    return this.adopt(await Device.attach(record, this.deps()))
+    return await this.attach(record)
   }
 
   async handle(request: ApiRequest): Promise<ApiReply> {
@@ -122,8 +176,11 @@ class Daemon {
     switch (request.op) {
       case 'ping':
         return { ok: true, pid: process.pid }
-      case 'list':
-        return { ok: true, devices: [...this.devices.values()].map((device) => device.summary()) }
+      case 'list': {
+        const devices = [...this.devices.values()].map((device) => device.summary())
+        if (request.all !== true) return { ok: true, devices }
+        return { ok: true, devices, orphans: await listOrphans(this.control, (id) => this.devices.has(id) || this.arriving.has(id)) }
+      }
       case 'add':
         return { ok: true, device: (await this.add(request.device)).summary() }
       case 'del':
@@ -141,33 +198,52 @@ class Daemon {
       }
       this.adding.add(request.id)
     }
+    const uuid = request.uuid!
+    const holder = [...this.devices.values()].find((device) => device.uuid === uuid)
+    if (holder !== undefined || this.addingUuids.has(uuid)) {
+      if (request.id !== undefined) this.adding.delete(request.id)
+      throw new UblkdError('UBLKD_ERR_DEVICE_EXISTS', `uuid ${uuid} is already ${holder ? `device ${holder.id}'s` : 'being added'}`)
+    }
+    this.addingUuids.add(uuid)
     const creating = Device.create(request, this.deps())
     this.pendingAdds.add(creating)
     try {
-      return this.adopt(await creating)
+      const device = this.adopt(await creating)
+      this.arriving.delete(device.id)
+      return device
     } finally {
       this.pendingAdds.delete(creating)
       if (request.id !== undefined) this.adding.delete(request.id)
+      this.addingUuids.delete(uuid)
     }
   }
 
-  private async del(request: { id?: number; all?: boolean }): Promise<number[]> {
+  private async del(request: { id?: number; all?: boolean; force?: boolean; orphan?: boolean }): Promise<number[]> {
+    const force = request.force === true
+    if (request.orphan === true) return [await this.deleteOrphan(request.id, force)]
     if (request.all === true) {
       const all = [...this.devices.values()]
-      await Promise.all(all.map((device) => this.remove(device)))
-      return all.map((device) => device.id)
+      const results = await Promise.allSettled(all.map((device) => this.remove(device, force)))
+      const failures = results.flatMap((result) => result.status === 'rejected' ? [result.reason as unknown] : [])
+      if (failures.length === 0) return all.map((device) => device.id)
+      const deleted = all.filter((_, i) => results[i]!.status === 'fulfilled').map((device) => device.id)
+      const first = failures[0]
+      const code = first instanceof UblkdError ? first.code : 'UBLKD_ERR_DAEMON'
+      throw new UblkdError(code, `${deleted.length > 0 ? `deleted ${deleted.map((id) => `/dev/ublkb${id}`).join(', ')}; ` : ''}` +
+        failures.map(messageOf).join('; '))
     }
     if (typeof request.id !== 'number' || !Number.isInteger(request.id) || request.id < 0) {
       throw new UsageError('del needs a device id (-n ID) or --all')
     }
     const device = this.devices.get(request.id)
     if (!device) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no device ${request.id} in this daemon`)
-    await this.remove(device)
+    await this.remove(device, force)
     return [device.id]
   }
 
-  private async remove(device: Device): Promise<void> {
-    await device.delete()
+  /** `force` false: only if nothing uses the device's disk (else UBLKD_ERR_BUSY, still served). */
+  private async remove(device: Device, force = true): Promise<void> {
+    await (force ? device.delete() : device.deleteIfIdle())
     this.forget(device)
   }
 

@@ -3,6 +3,7 @@ import { UBLK_MAX_QUEUE_DEPTH, UBLK_MAX_UBLKS } from '../abi/ublk-cmd.js'
 import { UsageError } from '../common/errors.js'
 import { queueModes, type QueueMode } from '../common/messages.js'
 import type { RawTargetOptions } from '../targets/target.js'
+import { deviceUuid } from './device-identity.js'
 
 export interface DeviceRequest {
   target: string
@@ -23,6 +24,9 @@ export interface DeviceRequest {
   hugePageBuffers: boolean
   /** UBLK_F_NO_AUTO_PART_SCAN: START_DEV does not scan the device for partitions. */
   noPartitionScan: boolean
+  /** The device's identity (src/main/device-identity.ts): set at add, absent in records older
+   *  than identities. */
+  uuid?: string
 }
 
 /**
@@ -39,7 +43,7 @@ export const deviceDefaults = {
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers', 'noPartitionScan']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers', 'noPartitionScan', 'uuid']
 // A block-layer elevator name (none, mq-deadline, kyber, bfq): also what may go into sysfs.
 const kSchedulerName = /^[a-z][a-z0-9_-]{0,31}$/
 
@@ -105,6 +109,7 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
   if (logical !== undefined) request.logicalBlockSize = logical
   const queueMode = queueModeField(raw)
   if (queueMode !== undefined) request.queueMode = queueMode
+  request.uuid = deviceUuid(raw['uuid'])
   const devId = integerField(raw, 'id', '--number', 0, UBLK_MAX_UBLKS - 1)
   if (devId !== undefined) request.id = devId
   return request

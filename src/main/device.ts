@@ -13,21 +13,25 @@ import fs from 'node:fs'
 import os from 'node:os'
 
 import {
-  UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_USER_RECOVERY,
+  UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_SAFE_STOP_DEV, UBLK_F_USER_RECOVERY,
   UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_S_DEV_DEAD, UBLK_S_DEV_QUIESCED,
 } from '../abi/ublk-cmd.js'
 import { describeFeatureMask } from '../abi/feature-names.js'
 import { ublksrvIoDesc, type Params } from '../abi/structs.js'
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
-import type { LogLevel, Logger } from '../common/log.js'
+import type { Logger } from '../common/log.js'
+import type { LogLevel } from '../common/log-level.js'
 import type { QueueMode } from '../common/messages.js'
 import { allocQueueStats, kStatHeartbeatMs, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
 import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
 import type { UblkControl } from './control.js'
+import { checkIdentity, identityCookie } from './device-identity.js'
 import type { DeviceRequest } from './device-request.js'
 import { checkOffered, featureNeeds, neededFlags } from './kernel-features.js'
 import { QueuePool } from './queue-pool.js'
+import { stopIfIdle, type StopCommand } from './safe-stop.js'
+import { StallWatch } from './stall-watch.js'
 import type { DeviceRecord, StateStore } from './state-store.js'
 
 export type DeviceState = 'ADDING' | 'LIVE' | 'RECOVERING' | 'STOPPING' | 'DELETED' | 'FAILED'
@@ -35,6 +39,8 @@ export type DeviceState = 'ADDING' | 'LIVE' | 'RECOVERING' | 'STOPPING' | 'DELET
 /** What `ublkd list --json` and `add --json` print for a device. */
 export interface DeviceSummary {
   id: number
+  /** null: re-attached from a record older than device identities. */
+  uuid: string | null
   blockDevice: string
   charDevice: string
   target: string
@@ -70,6 +76,9 @@ export interface DeviceDeps {
   statsPublishMicros: number
   /** Backings in use (TargetSetup.exclusiveKey -> its claim), shared by the daemon's devices. */
   exclusiveKeys: Map<string, BackingClaim>
+  /** Kernel devices this daemon is creating or re-attaching, not yet among its devices: never
+   *  orphans. create() adds the id ADD_DEV gave; the daemon removes it. */
+  arriving: Set<number>
   /** What the kernel offers (GET_FEATURES at daemon start). */
   kernelFeatures: bigint
   store: StateStore
@@ -79,12 +88,13 @@ export interface DeviceDeps {
 const kQueueDrainGraceMs = 10_000
 // Healthy queues of a device being healed exit at once (the kernel aborts their fetches).
 const kHealGraceMs = 2_000
-// A queue loop turns at least twice a second; this long without a turn means it is stuck.
-const kQueueStallMs = 3_000
+// A queue loop turns at least twice a second; src/main/stall-watch.ts says when it is stuck.
 const kSupervisionIntervalMs = 250
 // After a queue or daemon death the kernel quiesces the device and releases the char device
 // asynchronously (ring teardown runs in a kworker): poll for that long.
 const kQuiesceWaitMs = 20_000
+// The request timeout of a --recovery device (see setIoTimeout): well within kQuiesceWaitMs.
+const kRecoveryIoTimeoutMs = 5_000
 // /dev/ublkcN is created by devtmpfs at ADD_DEV; udev may still be adjusting it.
 const kCharDeviceWaitMs = 5_000
 
@@ -149,6 +159,8 @@ export class Device {
   /** Whether teardown deletes the kernel device (DEL_DEV). */
   private ownsKernelDevice = false
   private deleting: Promise<void> | null = null
+  /** deleteIfIdle() stopped the disk already. */
+  private kernelStopped = false
   private pool: QueuePool | null = null
   private charFd: number | null = null
   private affinity: number[][] = []
@@ -192,7 +204,7 @@ export class Device {
       devId: request.id ?? UBLK_DEV_ID_ANY,
       ublksrvPid: 0,
       flags: neededFlags(needs),
-      ublksrvFlags: 0n,
+      ublksrvFlags: identityCookie(request.uuid),
       ownerUid: 0,
       ownerGid: 0,
     }).catch((error: unknown) => {
@@ -203,6 +215,7 @@ export class Device {
       }
       throw error
     })
+    deps.arriving.add(info.devId)
     const device = new Device(info.devId, request, target, setup, queueMode, deps, deps.log.child({ devId: info.devId }),
       info.nrHwQueues, info.queueDepth, info.maxIoBufBytes, info.flags)
     device.releaseTarget = release
@@ -224,10 +237,12 @@ export class Device {
       await device.startQueues()
       await Promise.race([deps.control.startDev(device.id, process.pid), device.pool!.firstExit()])
       device.setIoScheduler(request.ioScheduler)
+      if (request.recovery) device.setIoTimeout(kRecoveryIoTimeoutMs)
     } catch (error) {
       device.log.warn({ err: messageOf(error) }, 'add failed, unwinding')
       // A queue may be dead or never have fetched: the kernel must see the server gone first.
       await device.teardown({ queuesFirst: true })
+      deps.arriving.delete(device.id)
       throw error
     }
     device.becomeLive('device live')
@@ -246,6 +261,7 @@ export class Device {
       throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} (${target.name}) cannot be re-attached: its data died with the old daemon`)
     }
     const info = await deps.control.getDevInfo(id)
+    checkIdentity(id, request, info)
     if ((info.flags & UBLK_F_USER_RECOVERY) === 0n) {
       throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} was not created with --recovery`)
     }
@@ -313,6 +329,13 @@ export class Device {
 
   private schedulerFile(): string {
     return `/sys/block/ublkb${this.id}/queue/scheduler`
+  }
+
+  /** The block layer's request timeout. On a timeout the driver only re-arms the timer while
+   *  the device's server lives; Linux 6.12 also uses it to notice a queue that died with every
+   *  tag in service (no fetch left for it to cancel), which it then aborts and quiesces. */
+  private setIoTimeout(ms: number): void {
+    fs.writeFileSync(`/sys/block/ublkb${this.id}/queue/io_timeout`, String(ms))
   }
 
   /** The kernel chose a scheduler at START_DEV; replace it with the requested one. */
@@ -388,7 +411,7 @@ export class Device {
   /** Watch the queues: a task that ends, or a heartbeat that stops, is a queue death. */
   private supervise(): void {
     const pool = this.pool!
-    const watchedSinceMs = Date.now()
+    const watch = new StallWatch(kSupervisionIntervalMs, Date.now())
     let handled = false
     const died = (reason: string) => {
       if (handled || this.pool !== pool || this.state !== 'LIVE') return
@@ -398,43 +421,37 @@ export class Device {
     }
     pool.firstExit().catch((error: unknown) => died(messageOf(error)))
     this.supervision = setInterval(() => {
-      const stalled = this.stalledQueue(pool, watchedSinceMs)
+      const stalled = this.stalledQueue(pool, watch)
       if (stalled) died(stalled)
     }, kSupervisionIntervalMs)
     this.supervision.unref()
   }
 
-  /** A running queue of `pool` that has not turned its loop for kQueueStallMs (not counting
-   *  the time before `sinceMs`), described; null if none. */
-  private stalledQueue(pool: QueuePool, sinceMs: number): string | null {
-    const now = Date.now()
-    const values = this.queueStatValues()
-    for (const task of pool.tasks) {
-      if (task.settled) continue
-      const lastTurnMs = Math.max(values[task.queueId]![kStatHeartbeatMs]!, sinceMs)
-      if (now - lastTurnMs > kQueueStallMs) return `queue ${task.queueId} stalled: no loop turn for ${now - lastTurnMs} ms`
-    }
-    return null
+  /** A running queue of `pool` that `watch` finds stalled, described; null if none. */
+  private stalledQueue(pool: QueuePool, watch: StallWatch): string | null {
+    const heartbeats = this.queueStatValues().map((values) => values[kStatHeartbeatMs]!)
+    return watch.check(Date.now(), heartbeats, pool.tasks)
   }
 
-  /** Await STOP_DEV; if a queue stalls meanwhile, it holds requests it will never complete, for
-   *  which STOP_DEV waits: force the queues down, so that the kernel fails them. */
-  private async stopDevice(): Promise<void> {
+  /** Await STOP_DEV (or TRY_STOP_DEV); if a queue stalls meanwhile, it holds requests it will
+   *  never complete, for which the stop waits: force the queues down, so that the kernel fails
+   *  them. Resolves with the command's error, or null. */
+  private async stopDevice(command: StopCommand): Promise<unknown> {
     let stopped = false
-    const stop = this.deps.control.stopDev(this.id).catch((error: unknown) => {
-      this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed')
-    }).finally(() => { stopped = true })
+    const { control } = this.deps
+    const stop = (command === 'STOP_DEV' ? control.stopDev(this.id) : control.tryStopDev(this.id))
+      .then(() => null, (error: unknown) => error).finally(() => { stopped = true })
     const pool = this.pool
-    const sinceMs = Date.now()
+    const watch = new StallWatch(kSupervisionIntervalMs, Date.now())
     while (!stopped && pool !== null && this.pool === pool) {
       await Promise.race([stop, new Promise((resolve) => setTimeout(resolve, kSupervisionIntervalMs))])
-      const stalled = stopped ? null : this.stalledQueue(pool, sinceMs)
+      const stalled = stopped ? null : this.stalledQueue(pool, watch)
       if (stalled) {
         this.log.warn({ reason: stalled }, 'queue stuck while stopping: forcing the queues down')
         await this.stopQueues(0)
       }
     }
-    await stop
+    return stop
   }
 
   private stopSupervision(): void {
@@ -494,6 +511,10 @@ export class Device {
     }
   }
 
+  get uuid(): string | undefined {
+    return this.request.uuid
+  }
+
   /** A later daemon could take the device over: recovery is on and the data outlives us. */
   get reattachable(): boolean {
     return this.request.recovery && this.target.survivesRestart
@@ -507,6 +528,28 @@ export class Device {
     await this.stopQueues(0)
     await this.releaseOwn()
     this.log.info('device detached, kept for re-attach')
+  }
+
+  /** Delete the device only if nothing uses its disk (src/main/safe-stop.ts); else throw
+   *  UBLKD_ERR_BUSY and keep serving it. */
+  async deleteIfIdle(): Promise<void> {
+    if (this.deleting || this.state !== 'LIVE' || !this.ownsKernelDevice) return this.delete()
+    // One check at a time; the queues' exit after the stop is not a queue death.
+    this.stopSupervision()
+    this.state = 'STOPPING'
+    try {
+      await stopIfIdle({
+        id: this.id,
+        tryStopDev: (this.flags & UBLK_F_SAFE_STOP_DEV) !== 0n,
+        runStop: (command) => this.stopDevice(command),
+      })
+    } catch (error) {
+      this.state = 'LIVE'
+      this.supervise()
+      throw error
+    }
+    this.kernelStopped = true
+    return this.delete()
   }
 
   /** STOP_DEV (in-flight I/O completes, new I/O fails), queues drain, then DEL_DEV. A device
@@ -537,7 +580,10 @@ export class Device {
   private async teardown({ queuesFirst }: { queuesFirst: boolean }): Promise<void> {
     const { control } = this.deps
     if (queuesFirst) await this.stopQueues(0)
-    if (this.ownsKernelDevice) await this.stopDevice()
+    if (this.ownsKernelDevice && !this.kernelStopped) {
+      const error = await this.stopDevice('STOP_DEV')
+      if (error !== null) this.log.warn({ err: messageOf(error) }, 'STOP_DEV failed')
+    }
     await this.stopQueues(kQueueDrainGraceMs)
     if (this.ownsKernelDevice) {
       await control.delDev(this.id).catch((error: unknown) => {
@@ -569,6 +615,7 @@ export class Device {
   summary(options: { withStats: boolean } = { withStats: true }): DeviceSummary {
     const summary: DeviceSummary = {
       id: this.id,
+      uuid: this.request.uuid ?? null,
       blockDevice: `/dev/ublkb${this.id}`,
       charDevice: `/dev/ublkc${this.id}`,
       target: this.target.name,

@@ -2,28 +2,13 @@
 // its data at /status.json. Read-only: the control API never listens on TCP.
 import http from 'node:http'
 
-import { UsageError, messageOf } from '../common/errors.js'
+import { messageOf } from '../common/errors.js'
 import type { Logger } from '../common/log.js'
 import { kLatencyBucketBoundsNs, type StatName } from '../common/stats-layout.js'
 import type { DeviceState } from './device.js'
+import type { ListenAddress } from './listen-address.js'
 import { createMetricsRegistry, type MetricsSource } from './metrics.js'
 import { statusPageHtml } from './status-page.js'
-
-export const kDefaultMetricsAddress = '127.0.0.1:9568'
-
-export interface ListenAddress {
-  host: string
-  port: number
-}
-
-/** 'HOST:PORT' or '[v6]:PORT'; 'off' disables the listener (null). */
-export function parseListenAddress(text: string): ListenAddress | null {
-  if (text === 'off') return null
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text)
-  const port = match ? Number(match[3]) : NaN
-  if (!match || port > 65535) throw new UsageError(`--metrics must be HOST:PORT or off, got '${text}'`)
-  return { host: match[1] ?? match[2]!, port }
-}
 
 const kStatusSampleMs = 1000
 

@@ -6,7 +6,7 @@ import { MessageChannel } from 'node:worker_threads'
 import { Piscina } from 'piscina'
 
 import { UblkdError } from '../common/errors.js'
-import type { LogLevel } from '../common/log.js'
+import type { LogLevel } from '../common/log-level.js'
 import type { QueueEvent, QueueExit, QueueMode, QueueTaskInput } from '../common/messages.js'
 import { native } from '../native/addon.js'
 

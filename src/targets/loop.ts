@@ -3,7 +3,9 @@
 // submits its file I/O on its own ring, in the same turn as its commits, or performs it inline
 // (below):
 //   READ / WRITE    IORING_OP_READ / WRITE at the request's offset; partial transfers are
-//                   resubmitted for the rest; a read that meets end-of-file is zero-filled;
+//                   resubmitted for the rest; a read that meets the end of a regular file
+//                   is zero-filled (the file may be shorter than the device), the end of a
+//                   block device fails with EIO (it shrank under us: there is no data);
 //                   FUA writes carry RWF_DSYNC so they are durable before they complete
 //   FLUSH           fdatasync of the backing
 //   DISCARD         punch hole: a regular file frees the range, a block device zeroes it with
@@ -57,6 +59,8 @@ interface Backing {
   writeZeroes: boolean
   /** Allocation unit of a regular file's filesystem: the discard granularity. */
   allocationBytes: number
+  /** A regular file: the alignment O_DIRECT needs there (statx), 0 when its filesystem does not say. */
+  directIoAlignment: number
 }
 
 interface LoopOptions {
@@ -83,6 +87,7 @@ interface ZeroingModes {
 
 interface LoopSpec {
   fd: number
+  blockDevice: boolean
   directIo: boolean
   inlineIo: boolean
   zeroing: ZeroingModes
@@ -167,6 +172,7 @@ function inspectBacking(file: string): Backing {
       physicalBlockSize: readSysfsNumber(`${sys}/queue/physical_block_size`),
       writeZeroes: readSysfsNumber(`${sys}/queue/write_zeroes_max_bytes`) > 0,
       allocationBytes: readSysfsNumber(`${sys}/queue/logical_block_size`),
+      directIoAlignment: 0,
     }
   }
   if (!stat.isFile()) throw new UsageError(`backing file ${resolved} is neither a regular file nor a block device`)
@@ -178,7 +184,16 @@ function inspectBacking(file: string): Backing {
     physicalBlockSize: kDefaultLogicalBlockSize,
     writeZeroes: false,
     allocationBytes: stat.blksize > 0 ? stat.blksize : 4096,
+    directIoAlignment: native.directIoAlignment(resolved),
   }
+}
+
+/** The backing's logical block size, or for a regular file the alignment its direct I/O needs
+ *  (a file on a 4 KiB-sector disk), as the kernel loop driver chooses with direct I/O. */
+function defaultBlockSize(backing: Backing, directIo: boolean | undefined): number {
+  const alignment = backing.directIoAlignment
+  if (directIo !== false && alignment > backing.logicalBlockSize && alignment <= 4096) return alignment
+  return backing.logicalBlockSize
 }
 
 function onOff(value: unknown, flag: string): boolean | undefined {
@@ -321,6 +336,10 @@ class LoopQueue implements QueueHandler {
         this.finish(tag, kEio) // no progress: do not spin
         return
       }
+      if (this.spec.blockDevice) {
+        this.finish(tag, kEio)
+        return
+      }
       // End of the backing file: the rest of the device reads as zeros.
       this.buffers[tag]!.fill(0, this.done[tag]!, total)
       this.finish(tag, total)
@@ -412,9 +431,19 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
     const file = raw['file']
     if (typeof file !== 'string' || file.length === 0) throw new UsageError('loop needs a backing file: -f PATH')
     const backing = inspectBacking(file)
-    const logicalBlockSize = requestedBlockSize ?? backing.logicalBlockSize
+    let directIo = onOff(raw['directIo'], '--direct-io')
+    const logicalBlockSize = requestedBlockSize ?? defaultBlockSize(backing, directIo)
     if (logicalBlockSize < backing.logicalBlockSize) {
       throw new UsageError(`--logical-block-size ${logicalBlockSize} is smaller than ${backing.path}'s ${backing.logicalBlockSize}`)
+    }
+    // O_DIRECT on a file needs the alignment of its filesystem's device: a smaller block size
+    // is served with buffered I/O, unless direct I/O was asked for.
+    if (directIo !== false && logicalBlockSize < backing.directIoAlignment) {
+      if (directIo === true) {
+        throw new UsageError(`--logical-block-size ${logicalBlockSize} is smaller than the ${backing.directIoAlignment}-byte ` +
+          `alignment direct I/O needs on ${backing.path}: use --logical-block-size ${backing.directIoAlignment} or --direct-io off`)
+      }
+      directIo = false
     }
     if (raw['size'] === undefined && backing.sizeBytes === 0) {
       throw new UsageError(`backing file ${backing.path} is empty: give --size`)
@@ -425,8 +454,7 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
     }
     const readOnly = onOff(raw['readOnly'], '--read-only') ?? false
     return {
-      backing, sizeBytes, logicalBlockSize, readOnly,
-      directIo: onOff(raw['directIo'], '--direct-io'),
+      backing, sizeBytes, logicalBlockSize, readOnly, directIo,
       inlineIo: onOff(raw['inlineIo'], '--inline-io'),
     }
   },
@@ -457,7 +485,7 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
           maxWriteZeroesSectors: zeroing.zeroes !== 0 ? kMaxZeroingSectors : 0,
         },
       },
-      spec: { fd, directIo, inlineIo, zeroing },
+      spec: { fd, blockDevice: backing.isBlockDevice, directIo, inlineIo, zeroing },
       describe: { file: backing.path, directIo, inlineIo, readOnly: options.readOnly },
       exclusiveKey: backing.isBlockDevice ? `block:${stat.rdev}` : `file:${stat.dev}:${stat.ino}`,
     }

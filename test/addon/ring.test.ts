@@ -141,3 +141,13 @@ t.test('pinThread restricts the calling thread', async (t) => {
   t.throws(() => native.pinThread([-1]), TypeError)
   t.equal(typeof native.gettid(), 'number')
 })
+
+t.test('directIoAlignment reads statx STATX_DIOALIGN, and fails like fs for a missing file', async (t) => {
+  // A disk filesystem reports its block device's logical block size (the VM tests check a 4 KiB
+  // one); what this checkout sits on may also report nothing.
+  const alignment = native.directIoAlignment(os.tmpdir())
+  t.ok(alignment === 0 || [512, 1024, 2048, 4096].includes(alignment), `${os.tmpdir()}: ${alignment}`)
+  t.equal(native.directIoAlignment('/proc/self/status'), 0, 'procfs: not reported')
+  t.throws(() => native.directIoAlignment('/nonexistent/file'), { code: 'ENOENT', syscall: 'statx' })
+  t.throws(() => (native.directIoAlignment as (path: unknown) => number)(3), TypeError)
+})

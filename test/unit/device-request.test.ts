@@ -19,6 +19,16 @@ t.test('defaults follow ublksrv: 1 queue, depth 128; the block size is the targe
   t.same(huge.targetOptions, {}, 'not a target option')
 })
 
+t.test('every device gets a UUID: the one given (canonical lower case) or a new random one', async (t) => {
+  const given = parseDeviceRequest({ target: 'null', uuid: '5F0C3D52-7A1E-4B8E-9A55-1C2D3E4F5A6B' })
+  t.equal(given.uuid, '5f0c3d52-7a1e-4b8e-9a55-1c2d3e4f5a6b')
+  t.same(given.targetOptions, {}, 'not a target option')
+  const first = parseDeviceRequest({ target: 'null' }).uuid
+  const second = parseDeviceRequest({ target: 'null' }).uuid
+  t.match(first, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'a random (v4) UUID')
+  t.not(first, second)
+})
+
 t.test('strings from the CLI and numbers from the API are both accepted', async (t) => {
   const request = parseDeviceRequest({ target: 'memory', queues: '2', depth: 64, id: '5', size: '1G' })
   t.equal(request.queues, 2)
@@ -41,6 +51,9 @@ t.test('bad common fields are usage errors with the flag named', async (t) => {
     [{ target: 'null', ioScheduler: 'None' }, /--io-scheduler/],
     [{ target: 'null', ioScheduler: 3 }, /--io-scheduler/],
     [{ target: 'null', hugePageBuffers: 'yes' }, /--huge-page-buffers must be true or false/],
+    [{ target: 'null', uuid: 'not-a-uuid' }, /--uuid must be a UUID/],
+    [{ target: 'null', uuid: '5f0c3d52-7a1e-4b8e-9a55-1c2d3e4f5a6' }, /--uuid must be a UUID/],
+    [{ target: 'null', uuid: 7 }, /--uuid must be a UUID such as .*, got '7'$/],
   ]
   for (const [raw, message] of cases) {
     t.throws(() => parseDeviceRequest(raw), { code: 'UBLKD_ERR_USAGE', message }, JSON.stringify(raw))

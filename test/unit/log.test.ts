@@ -1,6 +1,7 @@
 import t from 'tap'
 
-import { formatRecord, resolveLogLevel } from '../../src/common/log.js'
+import { formatRecord } from '../../src/common/log.js'
+import { resolveLogLevel } from '../../src/common/log-level.js'
 
 t.test('a JSON record becomes one readable line with its bindings', async (t) => {
   const line = formatRecord(JSON.stringify({ level: 30, time: '2026-11-24T20:00:01.234Z', pid: 7, role: 'daemon', devId: 3, queues: [0, 1], msg: 'device live' }))

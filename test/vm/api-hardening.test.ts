@@ -66,7 +66,7 @@ t.test('after all that the daemon is alive, serves, and left nothing behind', as
   const device = await addDevice(vm, '-t null --size 1G')
   t.equal(device.state, 'LIVE')
   t.equal((await listDevices(vm)).length, 1)
-  await vm.run(`${ublkdCli} del --all`)
+  await vm.run(`${ublkdCli} del --all --force`)
 })
 
 t.test('the socket is root-only: another user gets a clear refusal', async (t) => {

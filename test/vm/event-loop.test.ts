@@ -9,7 +9,7 @@ import { bootVm } from '../lib/vm.js'
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 t.afterEach(async () => {
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 t.test('memory in event-loop mode, 2 queues: fio random write with crc32c verify passes', async (t) => {

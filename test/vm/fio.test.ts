@@ -49,13 +49,15 @@ t.test('null: fio random read completes with the requested I/O count', async (t)
   t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
 })
 
-t.test('del while fio runs: fio sees errors, the daemon survives, the device is gone', async (t) => {
+t.test('del --force while fio runs: fio sees errors, the daemon survives, the device is gone', async (t) => {
   const device = await addDevice(vm, '-t memory --size 128M')
   const running = fio(vm, `--name=busy --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=16 --time_based --runtime=120 --size=128M')
   // Let fio get going before the device goes away under it.
   await waitForIo(vm, device.id, 'write_ops', 500)
-  const del = await ublkd(vm, `del -n ${device.id}`)
+  const refused = await ublkd(vm, `del -n ${device.id}`)
+  t.match(refused.stderr, new RegExp(`device ${device.id} is in use: open by pid \\d+ \\(fio\\)`), 'without --force: fio is named')
+  const del = await ublkd(vm, `del -n ${device.id} --force`)
   t.equal(del.code, 0, del.stderr)
   const { result } = await running
   t.not(result.code, 0, 'fio failed instead of hanging for its 120 s')
@@ -102,5 +104,5 @@ t.test('a device costs the daemon a queue worker and the buffer pages its reques
   t.ok(hugeMiB > 64, `the daemon grew by ${hugeMiB.toFixed(1)} MiB: 64 MiB of buffers and the worker`)
   const anonHuge = await vm.run(`awk '/^AnonHugePages:/ {print $2}' /proc/${first.daemonPid}/smaps_rollup`)
   t.ok(Number(anonHuge.trim()) >= 60 * 1024, `backed by huge pages (${anonHuge.trim()} KiB)`)
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })

@@ -86,7 +86,7 @@ t.test('--no-partition-scan: 7.x skips the scan, 6.12 refuses it before creating
 })
 
 t.test('a control command past its deadline fails with UBLKD_ERR_KERNEL_TIMEOUT; the daemon lives, nothing is left', async (t) => {
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
   await vm.run("pkill -f '[c]li.js daemon' || true")
   await waitInVm(vm, "! pgrep -f '[c]li.js daemon'", 30_000)
   const log = await startDaemon(vm, '--kernel-timeout 5')

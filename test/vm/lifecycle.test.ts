@@ -2,8 +2,8 @@
 // pinned to the CPUs the kernel reports for each queue.
 import t from 'tap'
 
-import { addDevice, listDevices, ublkd, ublkNodes } from '../lib/ublkd-in-vm.js'
-import { bootVm } from '../lib/vm.js'
+import { addDevice, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { bootVm, repoRoot } from '../lib/vm.js'
 
 /** '0-2, 5' or '0,1' -> [0, 1, 2, 5] */
 function parseCpuList(text: string): number[] {
@@ -63,7 +63,7 @@ t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right ge
     const devices = await listDevices(vm)
     t.same(devices.map((d) => [d.id, d.state]), [[device.id, 'LIVE']])
     const table = await ublkd(vm, 'list')
-    t.match(table.stdout, new RegExp(`${device.id}\\s+/dev/ublkb${device.id}\\s+memory\\s+256 MiB\\s+2\\s+128\\s+LIVE`))
+    t.match(table.stdout, new RegExp(`${device.id}\\s+/dev/ublkb${device.id}\\s+memory\\s+256 MiB\\s+2\\s+128\\s+LIVE\\s+${device.daemonPid}\\s+${device.uuid}`))
   })
 
   t.test('dd writes and reads back through the device', async (t) => {
@@ -93,5 +93,50 @@ t.test('add null with an explicit id, then del --all', async (t) => {
   t.equal(nonZeroBytes.trim(), '0', 'reads return zeros')
   const del = await ublkd(vm, 'del --all')
   t.equal(del.code, 0, del.stderr)
+  t.same(await ublkNodes(vm), [])
+})
+
+t.test('safe delete: a device in use is refused with its users named, --force deletes it anyway', async (t) => {
+  await vm.run(`${repoRoot}/scripts/vm/load-module.sh ext4 && ${repoRoot}/scripts/vm/load-module.sh dm-mod`)
+  const mounted = await addDevice(vm, '-t memory --size 64M')
+  const held = await addDevice(vm, '-t memory --size 16M')
+  const stacked = await addDevice(vm, '-t memory --size 16M')
+  const idle = await addDevice(vm, '-t null')
+  await vm.run(`mkfs.ext4 -q ${mounted.blockDevice} && mkdir -p /tmp/safe && mount ${mounted.blockDevice} /tmp/safe && echo kept > /tmp/safe/file`)
+  t.teardown(() => vm.exec('umount -l /tmp/safe'))
+  // The shell opens the disk as sleep's stdin: a process holding it open.
+  const holder = (await vm.run(`setsid sh -c 'exec sleep 600' < ${held.blockDevice} > /dev/null 2>&1 & echo $!`)).trim()
+  await vm.run(`dmsetup create --noudevsync ublkd-held --table "0 32768 linear ${stacked.blockDevice} 0"`)
+  t.teardown(() => vm.exec('dmsetup remove --noudevsync ublkd-held'))
+
+  const refused = await ublkd(vm, `del -n ${mounted.id}`)
+  t.equal(refused.code, 1)
+  t.match(refused.stderr, `ublkd: device ${mounted.id} is in use: mounted on /tmp/safe (ext4); del --force deletes it anyway [UBLKD_ERR_BUSY]`)
+  t.equal((await vm.run('cat /tmp/safe/file')).trim(), 'kept', 'the filesystem is still served')
+  const open = await ublkd(vm, `del -n ${held.id}`)
+  t.match(open.stderr, `device ${held.id} is in use: open by pid ${holder} (sleep)`)
+  const dm = await ublkd(vm, `del -n ${stacked.id}`)
+  t.match(dm.stderr, new RegExp(`device ${stacked.id} is in use: held by dm-\\d+ \\(ublkd-held\\)`))
+
+  const all = await ublkd(vm, 'del --all')
+  t.equal(all.code, 1, 'del --all refuses what is in use')
+  t.match(all.stderr, `deleted /dev/ublkb${idle.id}; `)
+  t.match(all.stderr, `device ${mounted.id} is in use`)
+  t.match(all.stderr, `device ${held.id} is in use`)
+  t.same((await listDevices(vm)).map((d) => [d.id, d.state]).sort(), [[mounted.id, 'LIVE'], [held.id, 'LIVE'], [stacked.id, 'LIVE']].sort())
+
+  await vm.run(`kill ${holder}`)
+  await waitInVm(vm, `! kill -0 ${holder}`, 10_000)
+  const released = await ublkd(vm, `del -n ${held.id}`)
+  t.equal(released.code, 0, `once the process closed it: ${released.stderr}`)
+  await vm.run('dmsetup remove --noudevsync ublkd-held')
+  const unstacked = await ublkd(vm, `del -n ${stacked.id}`)
+  t.equal(unstacked.code, 0, `once dm let it go: ${unstacked.stderr}`)
+
+  const forced = await ublkd(vm, `del -n ${mounted.id} --force`)
+  t.equal(forced.code, 0, forced.stderr)
+  t.match(forced.stdout, `deleted /dev/ublkb${mounted.id}`)
+  t.not((await vm.exec('dd if=/dev/zero of=/tmp/safe/new bs=4k count=1 conv=fsync status=none')).code, 0, 'the mount now fails its I/O')
+  await vm.run('umount -l /tmp/safe')
   t.same(await ublkNodes(vm), [])
 })

@@ -21,7 +21,7 @@ t.teardown(async () => {
 // A failed test must not leave its device to the next one.
 t.afterEach(async () => {
   await vm.exec('umount /tmp/mnt 2>/dev/null; true')
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 async function del(id: number): Promise<void> {
@@ -49,7 +49,7 @@ for (const mode of verifyCases) {
     t.equal(device.sizeBytes, 64 * 2 ** 20, 'size defaults to the file size')
     t.equal(device.options['file'], mode.backing)
     t.equal(device.options['inlineIo'], mode.inline, `inline I/O ${mode.inline ? 'on' : 'off'}`)
-    for (const [bs, depth, size] of [['512', 4, '2M'], ['4k', 32, '8M'], ['64k', 8, '16M'], ['1M', 2, '32M']] as const) {
+    for (const [bs, depth, size] of [['512', 4, '1M'], ['4k', 32, '4M'], ['64k', 8, '8M'], ['1M', 2, '16M']] as const) {
       const { result, report } = await fio(vm, `--name=v${bs} --filename=${device.blockDevice} --ioengine=io_uring ` +
         `--direct=1 --rw=randwrite --bs=${bs} --iodepth=${depth} --size=${size} --verify=crc32c --verify_fatal=1`)
       t.equal(result.code, 0, `bs=${bs} qd=${depth}: ${result.stderr}`)
@@ -155,6 +155,50 @@ t.test('a 4k-sector block device backing (kernel loop) gives a 4k device that ve
   t.equal(result.code, 0, result.stderr)
   await del(device.id)
   await vm.run(`losetup -d ${loopDevice}`)
+})
+
+t.test('a file on a 4k-sector disk: a 4k device with direct I/O; 512-byte sectors served buffered', async (t) => {
+  await vm.run(`${repoRoot}/scripts/vm/load-module.sh loop && ${repoRoot}/scripts/vm/load-module.sh ext4`)
+  await vm.run('truncate -s 128M /tmp/k4.img && mkdir -p /tmp/k4')
+  const disk = (await vm.run('losetup --sector-size 4096 -f --show /tmp/k4.img')).trim()
+  await vm.run(`mkfs.ext4 -q ${disk} && mount ${disk} /tmp/k4 && truncate -s 32M /tmp/k4/backing.img`)
+  t.teardown(() => vm.exec(`umount /tmp/k4; losetup -d ${disk}`))
+  const native = await addDevice(vm, '-t loop -f /tmp/k4/backing.img')
+  t.equal(native.logicalBlockSize, 4096, 'the alignment direct I/O needs there')
+  t.equal(native.options['directIo'], true)
+  const { result } = await fio(vm, `--name=k4 --filename=${native.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=8 --size=8M --verify=crc32c --verify_fatal=1')
+  t.equal(result.code, 0, result.stderr)
+  await del(native.id)
+  const small = await addDevice(vm, '-t loop -f /tmp/k4/backing.img --logical-block-size 512')
+  t.equal(small.logicalBlockSize, 512)
+  t.equal(small.options['directIo'], false, 'buffered: O_DIRECT would fail 512-byte I/O with EINVAL')
+  await vm.run('head -c 65536 /dev/urandom > /tmp/k4.pattern')
+  const write = await vm.exec(`dd if=/tmp/k4.pattern of=${small.blockDevice} bs=512 seek=7 oflag=direct status=none`)
+  t.equal(write.code, 0, `dd bs=512 oflag=direct: ${write.stderr}`)
+  const back = await vm.run(`dd if=${small.blockDevice} bs=512 skip=7 count=128 iflag=direct status=none | md5sum`)
+  t.equal(back, await vm.run('md5sum < /tmp/k4.pattern'), '512-byte sectors read back')
+  await del(small.id)
+  const refused = await ublkd(vm, 'add -t loop -f /tmp/k4/backing.img --logical-block-size 512 --direct-io on')
+  t.equal(refused.code, 2)
+  t.match(refused.stderr, 'is smaller than the 4096-byte alignment direct I/O needs on /tmp/k4/backing.img')
+})
+
+t.test('a block device backing that shrinks fails reads past its new end with EIO, never zeros', async (t) => {
+  await vm.run(`${repoRoot}/scripts/vm/load-module.sh loop`)
+  await vm.run('truncate -s 64M /tmp/shrink.img')
+  const disk = (await vm.run('losetup --direct-io=on -f --show /tmp/shrink.img')).trim()
+  t.teardown(() => vm.exec(`losetup -d ${disk}`))
+  const device = await addDevice(vm, `-t loop -f ${disk}`)
+  await vm.run(`head -c 1048576 /dev/urandom > /tmp/shrink.pattern && dd if=/tmp/shrink.pattern of=${device.blockDevice} bs=1M seek=40 oflag=direct status=none`)
+  await vm.run(`truncate -s 32M /tmp/shrink.img && losetup -c ${disk}`)
+  t.equal((await vm.run(`blockdev --getsize64 ${disk}`)).trim(), String(32 * 2 ** 20), 'the backing shrank')
+  const past = await vm.exec(`dd if=${device.blockDevice} of=/dev/null bs=1M skip=40 count=1 iflag=direct`)
+  t.not(past.code, 0, 'a read past the new end fails')
+  t.match(past.stderr, /Input\/output error/)
+  const before = await vm.exec(`dd if=${device.blockDevice} of=/dev/null bs=1M count=1 iflag=direct status=none`)
+  t.equal(before.code, 0, 'data before it still reads')
+  await del(device.id)
 })
 
 t.test('bad input is refused clearly and leaves nothing behind', async (t) => {

@@ -12,7 +12,7 @@ const vm = await bootVm({ memMiB: 2048 })
 t.teardown(() => vm.shutdown())
 
 t.afterEach(async () => {
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 const kMiB = 2 ** 20

@@ -4,14 +4,14 @@
 // server held only once the char device is released, so the daemon must let go of it first.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
-import { bootVm } from '../lib/vm.js'
+import { addDevice, fio, listDevices, ublkd, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { bootVm, repoRoot } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 
 t.afterEach(async () => {
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 const cases: [fault: string, addArgs: string, iodepth: number][] = [
@@ -38,7 +38,7 @@ for (const [fault, addArgs, iodepth] of cases) {
   })
 }
 
-t.test('ublkd del of a device whose queue just stalled returns promptly', async (t) => {
+t.test('ublkd del --force of a device whose queue just stalled returns promptly', async (t) => {
   const device = await addDevice(vm, '-t fault --size 64M --fault stall --fault-at 20 --fault-stall-ms 120000')
   const load = fio(vm, `--name=stuck --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=16 --size=16M --time_based --runtime=120', 200_000)
@@ -46,7 +46,7 @@ t.test('ublkd del of a device whose queue just stalled returns promptly', async 
   // supervision gives up on the queue (3 s).
   await waitInVm(vm, `test "$(cat /sys/block/ublkb${device.id}/inflight | tr -s ' ' '+' | sed 's/^+//')" != 0+0`, 60_000)
   const started = Date.now()
-  const del = await ublkd(vm, `del -n ${device.id}`)
+  const del = await ublkd(vm, `del -n ${device.id} --force`)
   t.ok(Date.now() - started < 15_000, `del returned in ${Date.now() - started} ms (${del.stderr.trim()})`)
   const { result } = await load
   t.not(result.code, 0, 'fio got errors')
@@ -54,4 +54,26 @@ t.test('ublkd del of a device whose queue just stalled returns promptly', async 
   await waitInVm(vm, `! test -e ${device.blockDevice}`, 30_000)
   t.same(await ublkNodes(vm), [], 'no node left')
   t.same(await listDevices(vm), [], 'daemon alive and empty')
+})
+
+// #14 item 15: time a queue thread cannot run (its machine, its process or only itself stopped
+// or starved) is not a stall. fio verifies on a device without recovery, which a false stall
+// would remove.
+t.test('a queue thread that cannot run for 4 s is not stalled: no device lost, fio verifies clean', async (t) => {
+  const device = await addDevice(vm, '-t memory --size 64M -q 2')
+  const verify = fio(vm, `--name=paused --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=16 --size=16M --rate_iops=500 --verify=crc32c --verify_fatal=1', 300_000)
+  await waitForIo(vm, device.id, 'write_ops', 200)
+  const logStart = Number((await vm.run('wc -c < /run/ublkd/daemon.log')).trim())
+  const tid = device.queueTids[0]!
+  await vm.run(`/usr/bin/python3 ${repoRoot}/test/lib/stop-thread.py ${tid} 4`)
+  t.pass(`queue thread ${tid} stopped for 4 s alone`)
+  await vm.run(`kill -STOP ${device.daemonPid} && sleep 4 && kill -CONT ${device.daemonPid}`)
+  t.pass('the whole daemon stopped for 4 s')
+  const { result, report } = await verify
+  t.equal(result.code, 0, `fio: ${result.stderr}`)
+  t.equal(report?.jobs[0]?.error, 0, 'no I/O error')
+  t.same((await listDevices(vm)).map((d) => [d.id, d.state]), [[device.id, 'LIVE']], 'the device is still served')
+  const log = await vm.run(`tail -c +${logStart + 1} /run/ublkd/daemon.log`)
+  t.notMatch(log, /stalled|queue died/, 'no stall was declared')
 })

@@ -10,7 +10,7 @@ const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 
 t.afterEach(async () => {
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 /** Device ids as the daemon, /dev and the state dir's records each see them. */

@@ -32,7 +32,7 @@ async function onlyDevice(): Promise<DeviceSummary> {
 }
 
 t.afterEach(async () => {
-  await ublkd(vm, 'del --all')
+  await ublkd(vm, 'del --all --force')
 })
 
 t.test('kill -9 of the daemon during fio verify, three times: restarts re-attach, fio verifies clean', async (t) => {
@@ -102,6 +102,20 @@ t.test('a queue thread that exits is healed in-process with --recovery; fio sees
   t.match(log, /"healMs":\d+.*"msg":"device healed"/, 'heal time logged')
 })
 
+t.test('a queue that throws with every tag in service is healed with --recovery; fio sees no error', async (t) => {
+  // iodepth 64 on depth 16: every tag holds a request when the queue task throws (#14 item 3).
+  const device = await addDevice(vm, '-t fault --size 64M --fault throw --fault-at 2000 -d 16 --recovery')
+  t.equal((await vm.run(`cat /sys/block/ublkb${device.id}/queue/io_timeout`)).trim(), '5000', 'a 5 s request timeout')
+  const { result, report } = await fio(vm, `--name=full --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=64 --size=16M --verify=crc32c --verify_fatal=1')
+  t.equal(result.code, 0, `fio: ${result.stderr}`)
+  t.equal(report?.jobs[0]?.error, 0)
+  const after = await onlyDevice()
+  t.equal(after.recoveries, 1, 'healed once')
+  t.equal(after.state, 'LIVE')
+  t.ok(result.ms < 60_000, `fio took ${result.ms} ms: the heal did not wait for the block layer's timeout`)
+})
+
 t.test('a stalled queue thread is detected and healed with --recovery', async (t) => {
   const device = await addDevice(vm, '-t fault --size 64M --fault stall --fault-at 2000 --fault-stall-ms 600000 -q 2 --recovery')
   const { result } = await fio(vm, `--name=stall --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
@@ -148,4 +162,86 @@ t.test('--keep-devices-on-exit leaves a recoverable device to the next daemon', 
   t.equal(back.state, 'LIVE')
   const sum = await vm.run(`dd if=${device.blockDevice} bs=1M count=4 iflag=direct status=none | md5sum`)
   t.equal(sum, await vm.run('md5sum < /tmp/keep.pattern'), 'data intact after the hand-over')
+})
+
+t.test('re-attach serves only the recorded device: a stale record never takes over another server\'s device with its id', async (t) => {
+  // Two daemons with their own state dirs: "a" has a record of device 7 that outlived it, "b"
+  // (standing in for any other ublk server) created a device 7 of its own, then died.
+  // Beside the suite's daemon, which has the metrics port.
+  const daemon = (dir: string) => startDaemon(`--state-dir ${dir} --metrics off`)
+  const stop = async (pid: number) => {
+    await vm.run(`kill -TERM ${pid}`)
+    await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
+  }
+  await vm.run('truncate -s 16M /tmp/id-a.img && truncate -s 16M /tmp/id-b.img && head -c 1048576 /dev/urandom > /tmp/id-b.pattern')
+  await daemon('/tmp/id-a')
+  const stale = await addDevice(vm, '--state-dir /tmp/id-a -t loop -f /tmp/id-a.img -n 7 --recovery')
+  await vm.run('cp /tmp/id-a/devices/7.json /tmp/id-a-7.json')
+  t.equal((await ublkd(vm, 'del -n 7 --state-dir /tmp/id-a')).code, 0)
+  await stop(stale.daemonPid)
+
+  await daemon('/tmp/id-b')
+  const other = await addDevice(vm, '--state-dir /tmp/id-b -t loop -f /tmp/id-b.img -n 7 --recovery')
+  t.not(other.uuid, stale.uuid)
+  const taken = await ublkd(vm, `add --state-dir /tmp/id-b -t null --uuid ${other.uuid!.toUpperCase()}`)
+  t.match(taken.stderr, `uuid ${other.uuid} is already device 7's`, 'a UUID is one device\'s')
+  t.equal(taken.code, 1)
+  await vm.run(`dd if=/tmp/id-b.pattern of=${other.blockDevice} bs=1M oflag=direct status=none`)
+  await vm.run(`kill -9 ${other.daemonPid}`)
+  await waitInVm(vm, `! kill -0 ${other.daemonPid}`, 30_000)
+
+  await vm.run('cp /tmp/id-a-7.json /tmp/id-a/devices/7.json')
+  const logA = await daemon('/tmp/id-a')
+  t.same(JSON.parse(await vm.run(`${ublkdCli} list --json --state-dir /tmp/id-a`)), [], 'a serves nothing')
+  t.match(await vm.run(`cat ${logA}`), new RegExp(`kernel device 7 is not the device recorded as 7 \\(${stale.uuid}\\): identity 0x`))
+  t.equal((await vm.exec('test -e /tmp/id-a/devices/7.json')).code, 1, 'the stale record is dropped')
+  t.ok((await ublkNodes(vm)).includes('ublkb7'), 'the other device is left alone')
+
+  await daemon('/tmp/id-b')
+  const back = (JSON.parse(await vm.run(`${ublkdCli} list --json --state-dir /tmp/id-b`)) as DeviceSummary[])[0]
+  t.equal(back?.uuid, other.uuid, 'its own daemon re-attaches it')
+  t.equal(back?.state, 'LIVE')
+  const sum = await vm.run(`dd if=${other.blockDevice} bs=1M count=1 iflag=direct status=none | md5sum`)
+  t.equal(sum, await vm.run('md5sum < /tmp/id-b.pattern'), 'with its data')
+  t.equal((await ublkd(vm, 'del -n 7 --state-dir /tmp/id-b')).code, 0)
+  await stop(back!.daemonPid)
+  await vm.run("pkill -TERM -f '[c]li.js daemon --state-dir /tmp/id-a'; true")
+})
+
+t.test('orphans: list --all shows kernel devices this daemon does not serve; del --orphan removes one whose server is gone', async (t) => {
+  const stop = async (pid: number) => {
+    await vm.run(`kill -TERM ${pid}`)
+    await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
+  }
+  await vm.run('truncate -s 16M /tmp/orphan.img')
+  await startDaemon('--state-dir /tmp/or-dead --metrics off')
+  const dead = await addDevice(vm, '--state-dir /tmp/or-dead -t loop -f /tmp/orphan.img --recovery')
+  await vm.run(`kill -9 ${dead.daemonPid}`)
+  await waitInVm(vm, `! kill -0 ${dead.daemonPid}`, 30_000)
+  await startDaemon('--state-dir /tmp/or-live --metrics off')
+  const served = await addDevice(vm, '--state-dir /tmp/or-live -t null')
+  const own = await addDevice(vm, '-t null')
+
+  const listed = JSON.parse(await vm.run(`${ublkdCli} list --all --json`)) as { devices: DeviceSummary[]; orphans: Record<string, unknown>[] }
+  t.same(listed.devices.map((d) => d.id), [own.id], 'its own devices')
+  const byId = new Map(listed.orphans.map((o) => [o['id'], o]))
+  t.notOk(byId.has(own.id), 'its own device is no orphan')
+  t.match(byId.get(dead.id), { state: 'QUIESCED', recovery: true, servedBy: [], blockDevice: dead.blockDevice }, 'the dead daemon\'s device')
+  t.match(byId.get(served.id), { state: 'LIVE', servedBy: [new RegExp(`^open by pid ${served.daemonPid} \\(`)] }, 'the other daemon\'s device')
+  t.match(await vm.run(`${ublkdCli} list --all`), new RegExp(`\\n${dead.id}\\s+QUIESCED\\s+${dead.blockDevice}\\s+yes\\s+1\\s+128\\s+nobody`))
+
+  const mine = await ublkd(vm, `del --orphan -n ${own.id}`)
+  t.match(mine.stderr, `device ${own.id} is this daemon's, not an orphan: ublkd del -n ${own.id}`)
+  const busy = await ublkd(vm, `del --orphan -n ${served.id}`)
+  t.equal(busy.code, 1)
+  t.match(busy.stderr, new RegExp(`device ${served.id} is served: its char device is open by pid ${served.daemonPid} .*stop that server instead \\[UBLKD_ERR_BUSY\\]`))
+  const removed = await ublkd(vm, `del --orphan -n ${dead.id}`)
+  t.equal(removed.code, 0, removed.stderr)
+  t.match(removed.stdout, `deleted /dev/ublkb${dead.id}`)
+  t.notOk((await ublkNodes(vm)).includes(`ublkc${dead.id}`), 'the orphan is gone')
+  t.match(await ublkd(vm, `del --orphan -n ${dead.id}`), { code: 1, stderr: /no ublk device \d+ in the kernel/ })
+  const untouched = JSON.parse(await vm.run(`${ublkdCli} list --json --state-dir /tmp/or-live`)) as DeviceSummary[]
+  t.same(untouched.map((d) => [d.id, d.state]), [[served.id, 'LIVE']], 'the other daemon\'s device is untouched')
+  t.equal((await ublkd(vm, `del -n ${served.id} --state-dir /tmp/or-live`)).code, 0)
+  await stop(served.daemonPid)
 })

@@ -62,7 +62,7 @@ t.test('load-module.sh reloads a module loaded with other parameters, or refuses
 })
 
 t.test('every module the tests use loads on this kernel', async (t) => {
-  for (const module of ['loop', 'nbd', 'ext4', 'xfs']) {
+  for (const module of ['loop', 'nbd', 'ext4', 'xfs', 'dm-mod']) {
     const result = await vm.exec(`${repoRoot}/scripts/vm/load-module.sh ${module}`)
     t.equal(result.code, 0, `${module}: ${result.stderr}`)
   }

@@ -1,0 +1,98 @@
+// Who uses a block device: the filesystems mounted on it or its partitions, the devices stacked
+// on it (dm, md: sysfs holders) and the processes that have it open. For the messages of a
+// refused delete, and on kernels without TRY_STOP_DEV for the check itself.
+import fs from 'node:fs'
+import path from 'node:path'
+
+const kMaxProcesses = 5
+
+function readTrimmed(file: string): string | null {
+  try {
+    return fs.readFileSync(file, 'utf8').trim()
+  } catch {
+    return null
+  }
+}
+
+function entries(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir)
+  } catch {
+    return []
+  }
+}
+
+/** The disk and its partitions: name -> "major:minor". */
+function diskParts(disk: string): Map<string, string> {
+  const parts = new Map<string, string>()
+  const sys = `/sys/block/${disk}`
+  for (const name of [disk, ...entries(sys).filter((entry) => entry.startsWith(disk))]) {
+    const dev = readTrimmed(name === disk ? `${sys}/dev` : `${sys}/${name}/dev`)
+    if (dev !== null) parts.set(name, dev)
+  }
+  return parts
+}
+
+function mounts(parts: Map<string, string>): string[] {
+  const numbers = new Set(parts.values())
+  const found: string[] = []
+  // mountinfo: id parent major:minor root mount-point options [optional...] - fstype source ...
+  for (const line of (readTrimmed('/proc/self/mountinfo') ?? '').split('\n')) {
+    const fields = line.split(' ')
+    if (!numbers.has(fields[2] ?? '')) continue
+    const fsType = fields[fields.indexOf('-') + 1] ?? '?'
+    found.push(`mounted on ${fields[4]!.replace(/\\040/g, ' ')} (${fsType})`)
+  }
+  return found
+}
+
+function holders(disk: string, parts: Map<string, string>): string[] {
+  const found: string[] = []
+  for (const name of parts.keys()) {
+    const dir = name === disk ? `/sys/block/${disk}/holders` : `/sys/block/${disk}/${name}/holders`
+    for (const holder of entries(dir)) {
+      const dmName = readTrimmed(`/sys/block/${holder}/dm/name`)
+      found.push(`held by ${holder}${dmName ? ` (${dmName})` : ''}${name === disk ? '' : ` through ${name}`}`)
+    }
+  }
+  return found
+}
+
+/** The processes (but `exceptPid`) that have one of the device `nodes` open, one phrase each. */
+export function processesWithOpen(nodes: ReadonlySet<string>, exceptPid: number): string[] {
+  const found: string[] = []
+  let more = 0
+  for (const pid of entries('/proc').filter((entry) => /^\d+$/.test(entry))) {
+    if (Number(pid) === exceptPid) continue
+    const fdDir = path.join('/proc', pid, 'fd')
+    const open = entries(fdDir).some((fd) => {
+      try {
+        return nodes.has(fs.readlinkSync(path.join(fdDir, fd)))
+      } catch {
+        return false
+      }
+    })
+    if (!open) continue
+    if (found.length === kMaxProcesses) {
+      more++
+      continue
+    }
+    found.push(`open by pid ${pid} (${readTrimmed(`/proc/${pid}/comm`) ?? '?'})`)
+  }
+  if (more > 0) found.push(`and ${more} more process${more === 1 ? '' : 'es'}`)
+  return found
+}
+
+export interface DiskUsers {
+  /** Mounts and stacked devices: they stay until someone removes them. */
+  lasting: string[]
+  /** Processes with the disk open: some only pass (udev's blkid). */
+  processes: string[]
+}
+
+/** What uses /dev/`disk` now, one phrase each. */
+export function diskUsers(disk: string): DiskUsers {
+  const parts = diskParts(disk)
+  const nodes = new Set([...parts.keys()].map((name) => `/dev/${name}`))
+  return { lasting: [...mounts(parts), ...holders(disk, parts)], processes: processesWithOpen(nodes, process.pid) }
+}
