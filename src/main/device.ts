@@ -545,7 +545,11 @@ export class Device {
   /** Delete the device only if nothing uses its disk (src/main/safe-stop.ts); else throw
    *  UBLKD_ERR_BUSY and keep serving it. */
   async deleteIfIdle(): Promise<void> {
-    if (this.deleting || this.state !== 'LIVE' || !this.ownsKernelDevice) return this.delete()
+    if (this.deleting) return this.deleting
+    // Its users cannot be told from the heal's own work on it.
+    if (this.state === 'RECOVERING') throw new UblkdError('UBLKD_ERR_BUSY', `device ${this.id} is being healed: try again, or del --force`)
+    // A device that failed, or is stopping, goes anyway.
+    if (this.state !== 'LIVE' || !this.ownsKernelDevice) return this.delete()
     // One check at a time; the queues' exit after the stop is not a queue death.
     this.stopSupervision()
     this.state = 'STOPPING'
