@@ -546,7 +546,7 @@ export class Device {
    *  UBLKD_ERR_BUSY and keep serving it. */
   async deleteIfIdle(): Promise<void> {
     if (this.deleting) return this.deleting
-    // Its users cannot be told from the heal's own work on it.
+    // The heal drives the kernel device meanwhile (START/END_USER_RECOVERY).
     if (this.state === 'RECOVERING') throw new UblkdError('UBLKD_ERR_BUSY', `device ${this.id} is being healed: try again, or del --force`)
     // A device that failed, or is stopping, goes anyway.
     if (this.state !== 'LIVE' || !this.ownsKernelDevice) return this.delete()
