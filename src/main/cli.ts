@@ -38,6 +38,7 @@ Commands:
   stats      per-queue I/O counters of a device
   features   show the ublk features of the running kernel
   daemon     run the daemon in the foreground
+  udev-id    udev properties of a device (for examples/udev/60-ublkd.rules)
 
 Common options:
   --state-dir DIR   daemon socket and log directory (default ${kDefaultStateDir}, env UBLKD_STATE_DIR)
@@ -171,11 +172,13 @@ const commonOptions: Options = {
   'state-dir': { type: 'string' },
 }
 
-function parse(args: string[], options: Options): { values: Record<string, string | boolean | undefined> } {
+/** Parse a command's flags; positional arguments are refused unless `positionals`. */
+function parse(args: string[], options: Options, positionals = false):
+  { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
-    const { values, positionals } = parseArgs({ args, options: { ...commonOptions, ...options }, allowPositionals: true, strict: true })
-    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`)
-    return { values: values as Record<string, string | boolean | undefined> }
+    const parsed = parseArgs({ args, options: { ...commonOptions, ...options }, allowPositionals: true, strict: true })
+    if (!positionals && parsed.positionals.length > 0) throw new UsageError(`unexpected argument '${parsed.positionals[0]}'`)
+    return { values: parsed.values as Record<string, string | boolean | undefined>, positionals: parsed.positionals }
   } catch (error) {
     if (error instanceof UsageError) throw error
     // node:util's messages span lines; the CLI prints one.
@@ -443,6 +446,31 @@ async function commandFeatures(args: string[]): Promise<void> {
   }
 }
 
+const udevIdHelp = `Usage: ublkd udev-id ublkbN
+
+For udev's IMPORT{program}: print ID_UBLKD_UUID=... and ID_UBLKD_TARGET=... of a device the
+daemon of the state dir serves, nothing for any other device. Never starts a daemon; always
+exits 0 once its arguments are valid, so that a udev event never fails because of it.
+
+Options:
+  --state-dir DIR
+`
+
+async function commandUdevId(args: string[]): Promise<void> {
+  const { values, positionals } = parse(args, {}, true)
+  if (values['help']) return print(udevIdHelp)
+  const id = /^ublkb(\d+)$/.exec(positionals[0] ?? '')?.[1]
+  if (positionals.length !== 1 || id === undefined) throw new UsageError('udev-id needs one disk name: ublkbN')
+  let devices: DeviceSummary[] = []
+  try {
+    devices = unwrap(await callDaemon(socketPath(stateDirFrom(stringValue(values, 'state-dir'))), { op: 'list' }, kRequestTimeoutMs)).devices ?? []
+  } catch {
+    return
+  }
+  const device = devices.find((candidate) => candidate.id === Number(id))
+  if (device?.uuid) print(`ID_UBLKD_UUID=${device.uuid}\nID_UBLKD_TARGET=${device.target}`)
+}
+
 async function commandDaemon(args: string[]): Promise<void> {
   const { values } = parse(args, {
     'log-level': { type: 'string' }, metrics: { type: 'string' }, 'keep-devices-on-exit': { type: 'boolean' },
@@ -479,6 +507,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   stats: commandStats,
   features: commandFeatures,
   daemon: commandDaemon,
+  'udev-id': commandUdevId,
 }
 
 async function main(argv: string[]): Promise<void> {

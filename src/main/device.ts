@@ -247,6 +247,7 @@ export class Device {
     }
     device.becomeLive('device live')
     deps.store.save({ version: 1, id: device.id, request, createdMs: device.createdMs })
+    device.announce()
     return device
   }
 
@@ -285,6 +286,7 @@ export class Device {
     device.ownsKernelDevice = true
     device.recoveries++
     device.becomeLive('device re-attached', Date.now() - started)
+    device.announce()
     return device
   }
 
@@ -329,6 +331,16 @@ export class Device {
 
   private schedulerFile(): string {
     return `/sys/block/ublkb${this.id}/queue/scheduler`
+  }
+
+  /** A "change" uevent for the disk: udev's rules ran at START_DEV, before `ublkd udev-id` could
+   *  name the device (examples/udev/60-ublkd.rules); now it can. */
+  private announce(): void {
+    try {
+      fs.writeFileSync(`/sys/block/ublkb${this.id}/uevent`, 'change')
+    } catch (error) {
+      this.log.warn({ err: messageOf(error) }, 'cannot send the disk\'s change uevent')
+    }
   }
 
   /** The block layer's request timeout. On a timeout the driver only re-arms the timer while
@@ -533,7 +545,11 @@ export class Device {
   /** Delete the device only if nothing uses its disk (src/main/safe-stop.ts); else throw
    *  UBLKD_ERR_BUSY and keep serving it. */
   async deleteIfIdle(): Promise<void> {
-    if (this.deleting || this.state !== 'LIVE' || !this.ownsKernelDevice) return this.delete()
+    if (this.deleting) return this.deleting
+    // The heal drives the kernel device meanwhile (START/END_USER_RECOVERY).
+    if (this.state === 'RECOVERING') throw new UblkdError('UBLKD_ERR_BUSY', `device ${this.id} is being healed: try again, or del --force`)
+    // A device that failed, or is stopping, goes anyway.
+    if (this.state !== 'LIVE' || !this.ownsKernelDevice) return this.delete()
     // One check at a time; the queues' exit after the stop is not a queue death.
     this.stopSupervision()
     this.state = 'STOPPING'

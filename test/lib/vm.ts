@@ -332,7 +332,32 @@ async function bootOnce(options: VmOptions): Promise<Vm> {
   return vm
 }
 
-/** Connect to the agent's port once QEMU created it, and wait for the agent's hello. */
+/**
+ * Connect to a unix socket a server is about to listen on. Its file exists from bind() on, before
+ * listen(): until then a connect is refused (ECONNREFUSED), as it is while there is no file
+ * (ENOENT); both are retried every 50 ms, after `check()`, which throws to give up. Any other
+ * error is `fail(error)`.
+ */
+export async function connectWhenListening(socketPath: string, check: () => void,
+  fail: (error: Error) => Error): Promise<net.Socket> {
+  for (;;) {
+    check()
+    const result = await new Promise<net.Socket | NodeJS.ErrnoException>((resolve) => {
+      const socket = net.createConnection(socketPath)
+      const onError = (error: NodeJS.ErrnoException) => resolve(error)
+      socket.once('error', onError)
+      socket.once('connect', () => {
+        socket.off('error', onError)
+        resolve(socket)
+      })
+    })
+    if (result instanceof net.Socket) return result
+    if (result.code !== 'ECONNREFUSED' && result.code !== 'ENOENT') throw fail(result)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** Connect to the agent's port once QEMU listens on it, and wait for the agent's hello. */
 async function connectAgent(socketPath: string, hasExited: () => boolean, timeoutMs: number,
   consoleText: () => string): Promise<net.Socket> {
   const deadline = Date.now() + timeoutMs
@@ -340,12 +365,10 @@ async function connectAgent(socketPath: string, hasExited: () => boolean, timeou
     const text = consoleText()
     return new VmBootError(/Kernel panic - not syncing/.test(text) ? 'panic' : kind, why, text)
   }
-  while (!fs.existsSync(socketPath)) {
+  const socket = await connectWhenListening(socketPath, () => {
     if (hasExited()) throw fail('qemu-exit', 'qemu exited')
     if (Date.now() > deadline) throw fail('agent-timeout', 'no agent socket')
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  const socket = net.createConnection(socketPath)
+  }, (error) => fail(hasExited() ? 'qemu-exit' : 'agent-error', error.message))
   socket.setEncoding('utf8')
   await new Promise<void>((resolve, reject) => {
     let hello = ''

@@ -2,7 +2,7 @@
 // pinned to the CPUs the kernel reports for each queue.
 import t from 'tap'
 
-import { addDevice, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 /** '0-2, 5' or '0,1' -> [0, 1, 2, 5] */
@@ -139,4 +139,24 @@ t.test('safe delete: a device in use is refused with its users named, --force de
   t.not((await vm.exec('dd if=/dev/zero of=/tmp/safe/new bs=4k count=1 conv=fsync status=none')).code, 0, 'the mount now fails its I/O')
   await vm.run('umount -l /tmp/safe')
   t.same(await ublkNodes(vm), [])
+})
+
+t.test('udev: ublkd udev-id names a device, and the shipped rule gives it /dev/disk/by-id/ublk-<uuid>', async (t) => {
+  const uuid = '5f0c3d52-7a1e-4b8e-9a55-1c2d3e4f5a6b'
+  const device = await addDevice(vm, `-t memory --size 16M --uuid ${uuid}`)
+  t.equal(device.uuid, uuid)
+  t.equal(await vm.run(`${ublkdCli} udev-id ublkb${device.id}`), `ID_UBLKD_UUID=${uuid}\nID_UBLKD_TARGET=memory\n`)
+  t.equal(await vm.run(`${ublkdCli} udev-id ublkb${device.id + 1}`), '', 'nothing for a device the daemon does not serve')
+  t.equal(await vm.run(`${ublkdCli} udev-id ublkb0 --state-dir /tmp/no-daemon`), '', 'nothing, and no daemon started')
+  t.equal((await vm.exec('test -e /tmp/no-daemon/ublkd.sock')).code, 1)
+  t.match(await ublkd(vm, 'udev-id sda'), { code: 2, stderr: /udev-id needs one disk name: ublkbN/ })
+  // udevadm test runs the rules (and their programs) for the disk as udevd would, this
+  // checkout's CLI standing in for /usr/local/bin/ublkd.
+  await vm.run(`mkdir -p /run/udev/rules.d && sed 's|/usr/local/bin/ublkd|/usr/bin/node ${repoRoot}/dist/main/cli.js|' ` +
+    `${repoRoot}/examples/udev/60-ublkd.rules > /run/udev/rules.d/60-ublkd.rules`)
+  t.teardown(() => vm.exec('rm -f /run/udev/rules.d/60-ublkd.rules'))
+  const rules = await vm.exec(`udevadm test --action=change /sys/block/ublkb${device.id}`)
+  t.match(rules.stdout + rules.stderr, `ID_UBLKD_UUID=${uuid}`)
+  t.match(rules.stdout + rules.stderr, new RegExp(`DEVLINKS=.*/dev/disk/by-id/ublk-${uuid}`))
+  t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
 })
