@@ -20,7 +20,7 @@ import type { ListenAddress } from './listen-address.js'
 import { listenMetrics } from './metrics-server.js'
 import { socketPath } from './paths.js'
 import { describeOrphan, listOrphans } from './orphans.js'
-import { stopIfIdle } from './safe-stop.js'
+import { sendStop, stopIfIdle, type StopCommand } from './safe-stop.js'
 import { StateStore, type DeviceRecord } from './state-store.js'
 
 const kShutdownTimeoutMs = 60_000
@@ -145,8 +145,7 @@ class Daemon {
     }
     this.log.info({ devId: id, state: orphan.state, force }, 'deleting an orphaned device')
     if (orphan.blockDevice !== null) {
-      const stop = (command: 'STOP_DEV' | 'TRY_STOP_DEV') =>
-        (command === 'STOP_DEV' ? this.control.stopDev(id) : this.control.tryStopDev(id)).then(() => null, (error: unknown) => error)
+      const stop = (command: StopCommand) => sendStop(this.control, id, command)
       if (force) {
         const error = await stop('STOP_DEV')
         if (error !== null) throw error

@@ -30,7 +30,7 @@ import { checkIdentity, identityCookie } from './device-identity.js'
 import type { DeviceRequest } from './device-request.js'
 import { checkOffered, featureNeeds, neededFlags } from './kernel-features.js'
 import { QueuePool } from './queue-pool.js'
-import { stopIfIdle, type StopCommand } from './safe-stop.js'
+import { sendStop, stopIfIdle, type StopCommand } from './safe-stop.js'
 import { StallWatch } from './stall-watch.js'
 import type { DeviceRecord, StateStore } from './state-store.js'
 
@@ -450,9 +450,7 @@ export class Device {
    *  them. Resolves with the command's error, or null. */
   private async stopDevice(command: StopCommand): Promise<unknown> {
     let stopped = false
-    const { control } = this.deps
-    const stop = (command === 'STOP_DEV' ? control.stopDev(this.id) : control.tryStopDev(this.id))
-      .then(() => null, (error: unknown) => error).finally(() => { stopped = true })
+    const stop = sendStop(this.deps.control, this.id, command).finally(() => { stopped = true })
     const pool = this.pool
     const watch = new StallWatch(kSupervisionIntervalMs, Date.now())
     while (!stopped && pool !== null && this.pool === pool) {

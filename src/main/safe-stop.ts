@@ -12,6 +12,7 @@
 import fs from 'node:fs'
 
 import { KernelError, UblkdError } from '../common/errors.js'
+import type { UblkControl } from './control.js'
 import { diskUsers, type DiskUsers } from './disk-users.js'
 
 const kPassingUserMs = 2_000
@@ -19,6 +20,11 @@ const kRetryMs = 200
 const kEbusy = -16
 
 export type StopCommand = 'STOP_DEV' | 'TRY_STOP_DEV'
+
+/** Send `command` for device `id`; resolves with its error, or null once the disk is stopped. */
+export function sendStop(control: UblkControl, id: number, command: StopCommand): Promise<unknown> {
+  return (command === 'STOP_DEV' ? control.stopDev(id) : control.tryStopDev(id)).then(() => null, (error: unknown) => error)
+}
 
 export interface SafeStopParts {
   id: number

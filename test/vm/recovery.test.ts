@@ -25,6 +25,12 @@ function daemonLog(): string {
   return lastDaemonLog ?? '/run/ublkd/daemon.log'
 }
 
+/** SIGTERM a daemon and wait until it is gone. */
+async function stopDaemon(pid: number): Promise<void> {
+  await vm.run(`kill -TERM ${pid}`)
+  await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
+}
+
 async function onlyDevice(): Promise<DeviceSummary> {
   const devices = await listDevices(vm)
   if (devices.length !== 1) throw new Error(`expected one device, got ${JSON.stringify(devices.map((d) => d.id))}`)
@@ -169,16 +175,12 @@ t.test('re-attach serves only the recorded device: a stale record never takes ov
   // (standing in for any other ublk server) created a device 7 of its own, then died.
   // Beside the suite's daemon, which has the metrics port.
   const daemon = (dir: string) => startDaemon(`--state-dir ${dir} --metrics off`)
-  const stop = async (pid: number) => {
-    await vm.run(`kill -TERM ${pid}`)
-    await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
-  }
   await vm.run('truncate -s 16M /tmp/id-a.img && truncate -s 16M /tmp/id-b.img && head -c 1048576 /dev/urandom > /tmp/id-b.pattern')
   await daemon('/tmp/id-a')
   const stale = await addDevice(vm, '--state-dir /tmp/id-a -t loop -f /tmp/id-a.img -n 7 --recovery')
   await vm.run('cp /tmp/id-a/devices/7.json /tmp/id-a-7.json')
   t.equal((await ublkd(vm, 'del -n 7 --state-dir /tmp/id-a')).code, 0)
-  await stop(stale.daemonPid)
+  await stopDaemon(stale.daemonPid)
 
   await daemon('/tmp/id-b')
   const other = await addDevice(vm, '--state-dir /tmp/id-b -t loop -f /tmp/id-b.img -n 7 --recovery')
@@ -204,15 +206,11 @@ t.test('re-attach serves only the recorded device: a stale record never takes ov
   const sum = await vm.run(`dd if=${other.blockDevice} bs=1M count=1 iflag=direct status=none | md5sum`)
   t.equal(sum, await vm.run('md5sum < /tmp/id-b.pattern'), 'with its data')
   t.equal((await ublkd(vm, 'del -n 7 --state-dir /tmp/id-b')).code, 0)
-  await stop(back!.daemonPid)
+  await stopDaemon(back!.daemonPid)
   await vm.run("pkill -TERM -f '[c]li.js daemon --state-dir /tmp/id-a'; true")
 })
 
 t.test('orphans: list --all shows kernel devices this daemon does not serve; del --orphan removes one whose server is gone', async (t) => {
-  const stop = async (pid: number) => {
-    await vm.run(`kill -TERM ${pid}`)
-    await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
-  }
   await vm.run('truncate -s 16M /tmp/orphan.img')
   await startDaemon('--state-dir /tmp/or-dead --metrics off')
   const dead = await addDevice(vm, '--state-dir /tmp/or-dead -t loop -f /tmp/orphan.img --recovery')
@@ -243,5 +241,5 @@ t.test('orphans: list --all shows kernel devices this daemon does not serve; del
   const untouched = JSON.parse(await vm.run(`${ublkdCli} list --json --state-dir /tmp/or-live`)) as DeviceSummary[]
   t.same(untouched.map((d) => [d.id, d.state]), [[served.id, 'LIVE']], 'the other daemon\'s device is untouched')
   t.equal((await ublkd(vm, `del -n ${served.id} --state-dir /tmp/or-live`)).code, 0)
-  await stop(served.daemonPid)
+  await stopDaemon(served.daemonPid)
 })
