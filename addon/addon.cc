@@ -32,6 +32,7 @@ Native::Native(Napi::Env env, Napi::Object exports) {
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("eventFd", Napi::Function::New<EventFd>(env, "eventFd"));
   exports.Set("eventFdWrite", Napi::Function::New<EventFdWrite>(env, "eventFdWrite"));
+  exports.Set("sendDatagram", Napi::Function::New<SendDatagram>(env, "sendDatagram"));
   exports.Set("executeSqes", Napi::Function::New<ExecuteSqes>(env, "executeSqes"));
 }
 

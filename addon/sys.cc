@@ -7,11 +7,16 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <string>
 
 #include "errors.h"
 #include "native.h"
@@ -206,6 +211,29 @@ Napi::Value EventFdWrite(const Napi::CallbackInfo& info) {
   if (write(info[0].As<Napi::Number>().Int32Value(), &one, sizeof(one)) != sizeof(one)) {
     return ThrowErrno(env, "write(eventfd)", errno);
   }
+  return env.Undefined();
+}
+
+// sendDatagram(path, message): one datagram to the unix socket at `path` ('@name': the abstract
+// socket 'name'), from a socket made for it. Node has no unix datagram sockets; the service
+// manager's notification socket (sd_notify's NOTIFY_SOCKET) is one.
+Napi::Value SendDatagram(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsString()) return ThrowType(env, "sendDatagram(path, message)");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string message = info[1].As<Napi::String>().Utf8Value();
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(address.sun_path)) return ThrowErrno(env, "sendDatagram", ENAMETOOLONG);
+  memcpy(address.sun_path, path.data(), path.size());
+  if (path[0] == '@') address.sun_path[0] = '\0';
+  socklen_t length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ThrowErrno(env, "socket", errno);
+  ssize_t sent = sendto(fd, message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&address), length);
+  int err = errno;
+  close(fd);
+  if (sent < 0) return ThrowErrno(env, "sendto", err);
   return env.Undefined();
 }
 

@@ -17,5 +17,6 @@ Napi::Value ThreadAffinity(const Napi::CallbackInfo& info);
 Napi::Value GetTid(const Napi::CallbackInfo& info);
 Napi::Value EventFd(const Napi::CallbackInfo& info);
 Napi::Value EventFdWrite(const Napi::CallbackInfo& info);
+Napi::Value SendDatagram(const Napi::CallbackInfo& info);
 
 }  // namespace ublkd

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares everything the VM tests, the demo and the bench need, idempotently:
 #   - Debian packages: qemu-system-x86, busybox-static, cpio, xz-utils, fio, e2fsprogs, xfsprogs,
-#     and for the observability tests prometheus (with promtool) and chromium
+#     and for the observability tests prometheus (with promtool) and chromium, for the service
+#     tests systemd (systemd-analyze) and python3 (the notification socket's listener)
 #   - the guest kernels, each with the modules we load (ublk_drv, loop, null_blk, nbd, ext4, xfs, dm-mod,
 #     the 9p stack, virtio_net), unpacked under $cache/<kernel>/:
 #       6.12  Debian bookworm's linux-image-6.12.*-amd64-unsigned, from the system's apt sources
@@ -28,6 +29,8 @@ command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v file >/dev/null || need+=(file)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "prepare: installing ${need[*]}" >&2
   apt-get update -q >/dev/null

@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'UBLKD_ERR_NOT_RECOVERABLE'
   | 'UBLKD_ERR_IDENTITY'
   | 'UBLKD_ERR_BUSY'
+  | 'UBLKD_ERR_CONFIG'
 
 export class UblkdError extends Error {
   readonly code: ErrorCode

@@ -37,8 +37,30 @@ function readableDestination(fd: number): Writable {
   })
 }
 
+// syslog priorities of pino's levels (sd-daemon(3): crit, err, warning, info, debug).
+const kJournalPriority: Record<number, number> = { 10: 7, 20: 7, 30: 6, 40: 4, 50: 3, 60: 2 }
+
+/** `fd` is the journal's stream (systemd sets JOURNAL_STREAM=DEV:INODE for the service's
+ *  stdout/stderr): then a `<N>` prefix gives each line its priority. */
+export function isJournalStream(fd: number, journalStream = process.env['JOURNAL_STREAM']): boolean {
+  if (journalStream === undefined) return false
+  try {
+    const stat = fs.fstatSync(fd)
+    return journalStream === `${stat.dev}:${stat.ino}`
+  } catch {
+    return false
+  }
+}
+
+/** `<6>{"level":30,...}`: the line with the syslog priority of its level in front. */
+export function withJournalPriority(line: string): string {
+  const level = /"level":(\d+)/.exec(line)?.[1]
+  return `<${kJournalPriority[Number(level)] ?? 6}>${line}`
+}
+
 export function createLogger(level: LogLevel, bindings: Record<string, unknown>, fd = 1): Logger {
   const options = { level, base: { pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime }
   if (tty.isatty(fd)) return pino(options, readableDestination(fd))
-  return pino(options, pino.destination({ dest: fd, sync: true }))
+  const hooks = isJournalStream(fd) ? { streamWrite: withJournalPriority } : {}
+  return pino({ ...options, hooks }, pino.destination({ dest: fd, sync: true }))
 }

@@ -7,6 +7,10 @@ import type { Logger } from '../common/log.js'
 import { kMaxRequestBytes, type ApiReply, type ApiRequest } from './api-protocol.js'
 
 export type ApiHandler = (request: ApiRequest) => Promise<ApiReply>
+/** Called once a reply was handed to the kernel in full (an upgrade exits only then). */
+export type AnsweredHandler = (request: ApiRequest, reply: ApiReply) => void
+
+const kOps: readonly ApiRequest['op'][] = ['add', 'del', 'list', 'recover', 'resize', 'upgrade', 'reload', 'config', 'ping']
 
 function parseRequest(line: string): ApiRequest {
   let value: unknown
@@ -19,8 +23,8 @@ function parseRequest(line: string): ApiRequest {
     throw new UsageError('request must be a JSON object')
   }
   const op = (value as { op?: unknown }).op
-  if (op !== 'add' && op !== 'del' && op !== 'list' && op !== 'ping' && op !== 'recover') {
-    throw new UsageError(`unknown op ${JSON.stringify(op)} (add, del, list, recover, ping)`)
+  if (!kOps.some((known) => known === op)) {
+    throw new UsageError(`unknown op ${JSON.stringify(op)} (${kOps.join(', ')})`)
   }
   if (op === 'add') {
     const device = (value as { device?: unknown }).device
@@ -38,15 +42,19 @@ function errorReply(error: unknown): ApiReply {
   }
 }
 
-export function listenApi(socket: string, handler: ApiHandler, log: Logger): Promise<net.Server> {
+export function listenApi(socket: string, handler: ApiHandler, log: Logger,
+  onAnswered: AnsweredHandler = () => {}): Promise<net.Server> {
   const server = net.createServer((connection) => {
     let buffered = ''
     let answered = false
+    let request: ApiRequest | null = null
     connection.setEncoding('utf8')
     const answer = (reply: ApiReply) => {
       if (answered) return
       answered = true
-      connection.end(`${JSON.stringify(reply)}\n`)
+      connection.end(`${JSON.stringify(reply)}\n`, () => {
+        if (request !== null) onAnswered(request, reply)
+      })
     }
     connection.on('error', (error) => log.debug({ err: messageOf(error) }, 'api connection error'))
     connection.on('data', (chunk: string) => {
@@ -57,14 +65,15 @@ export function listenApi(socket: string, handler: ApiHandler, log: Logger): Pro
       }
       const newline = buffered.indexOf('\n')
       if (newline < 0 || answered) return
-      let request: ApiRequest
+      let parsed: ApiRequest
       try {
-        request = parseRequest(buffered.slice(0, newline))
+        parsed = parseRequest(buffered.slice(0, newline))
       } catch (error) {
         answer(errorReply(error))
         return
       }
-      handler(request).then(answer, (error: unknown) => answer(errorReply(error)))
+      request = parsed
+      handler(parsed).then(answer, (error: unknown) => answer(errorReply(error)))
     })
   })
   return new Promise((resolve, reject) => {

@@ -9,7 +9,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { describeFeatureMask } from '../abi/feature-names.js'
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
 import { isLogLevel, resolveLogLevel } from '../common/log-level.js'
-import { formatSize } from '../common/size.js'
+import { formatSize, parseSize } from '../common/size.js'
 import { kDefaultStatsPublishMicros } from '../common/stats-layout.js'
 import { allTargetFlags, allTargets } from '../targets/registry.js'
 import { callDaemon, isNoDaemon } from './api-client.js'
@@ -18,13 +18,14 @@ import { UblkControl, kDefaultKernelTimeoutMs } from './control.js'
 import type { DeviceSummary } from './device.js'
 import { listOrphans, type OrphanSummary } from './orphans.js'
 import { deviceDefaults } from './device-request.js'
+import { withRecoveryModes } from './recovery-mode.js'
 import { kDefaultMetricsAddress, parseListenAddress } from './listen-address.js'
 import { daemonLogPath, kDefaultStateDir, socketPath, stateDirFrom } from './paths.js'
 import { queueRates, totalErrors } from './stats-view.js'
 
 const kRequestTimeoutMs = 120_000
-// Under emulation a cold daemon start takes seconds; give it room.
-const kDaemonStartTimeoutMs = 60_000
+// Under emulation a cold daemon start takes seconds, an upgrade's re-attach of many devices more.
+const kDaemonStartTimeoutMs = 180_000
 
 const mainHelp = `Usage: ublkd <command> [options]
 
@@ -34,6 +35,10 @@ Commands:
   add        create a device (starts a daemon in the background if none runs)
   del        delete a device, or all of them
   recover    re-attach a device a dead daemon left behind (created with --recovery)
+  resize     change a device's size while it is in use (Linux 6.16+)
+  upgrade    hand every device over to a newly started daemon, without an I/O error
+  reload     apply the daemon's configuration file again (as SIGHUP)
+  config     check a configuration file, or dump the running configuration
   list       list the devices of the running daemon
   stats      per-queue I/O counters of a device
   features   show the ublk features of the running kernel
@@ -58,8 +63,14 @@ Options:
   -d, --depth N                 queue depth, 1..4096 (default ${deviceDefaults.depth})
   -n, --number ID               device id, giving /dev/ublkbID (default: the kernel picks)
       --logical-block-size N    512, 1024, 2048 or 4096 (default 512, loop: the backing device's)
-      --recovery                survive a queue thread or daemon death without losing I/O
-                                (UBLK_F_USER_RECOVERY + REISSUE; see docs/operations.md)
+      --recovery [reissue|fail-io]
+                                survive a queue thread or daemon death; what the device's I/O
+                                does meanwhile: reissue (the default mode) holds it and sends
+                                again what the dead server had taken, so nothing fails
+                                (UBLK_F_USER_RECOVERY + REISSUE); fail-io fails it at once until
+                                a daemon serves the device again (USER_RECOVERY_FAIL_IO, Linux
+                                6.13+). Without --recovery the device goes with its daemon.
+                                See docs/operations.md
       --queue-mode ring|event-loop
                                 ring (default): each queue thread blocks in io_uring_enter, the
                                 fastest; event-loop: it is woken through the worker's event loop,
@@ -70,6 +81,8 @@ Options:
                                 huge pages: the kernel's copies get cheaper, but every buffer a
                                 request touches costs 2 MiB resident (default: 4 KiB pages, only
                                 what requests touch is resident)
+      --name NAME               a name for the device, unique in the daemon (letters, digits,
+                                '.', '_', '-'); a configuration file's devices have one each
       --uuid UUID               the device's identity (default: a new random UUID); shown by
                                 list, checked on re-attach
       --no-partition-scan       do not scan the device for partitions when it starts
@@ -108,6 +121,51 @@ Options:
       --state-dir DIR
 `
 
+const resizeHelp = `Usage: ublkd resize -n ID --size SIZE [--force]
+
+Change the size of a live device (UBLK_U_CMD_UPDATE_SIZE, Linux 6.16 or later; refused on
+older kernels). The target makes room first: loop grows its backing file (sparsely; a block
+device backing must be large enough already; a smaller size leaves the file as it is), null
+takes any size, memory grows up to the --max-size it was created with (a shrink gives the
+memory back); fault devices keep their size. The kernel announces the new
+capacity (a uevent); grow the filesystem on it yourself (resize2fs, xfs_growfs). The size is
+kept in the device's record, so a re-attached device keeps it.
+
+Shrinking a device in use (mounted, held by dm or md, open by a process) is refused: shrink
+its filesystem first, then resize with --force.
+
+Options:
+  -n, --number ID   the device
+  -s, --size SIZE   the new size: bytes or K, M, G, T (a multiple of the logical block size)
+  -f, --force       shrink even a device in use
+      --json        print the device as JSON
+      --state-dir DIR
+`
+
+const upgradeHelp = `Usage: ublkd upgrade [--no-start]
+
+Replace the running daemon, possibly by a newer ublkd, without an I/O error. A new daemon (this
+command's ublkd, with the old one's arguments and 'daemon --take-over') starts while the old
+one serves; once it is up it has the old daemon hand every device over and exit, and takes
+them. Each device's I/O waits only for the hand-over and the re-attach; the new daemon logs
+the pause and 'list' shows it (lastPauseMs in JSON).
+
+With UBLK_F_QUIESCE (Linux 6.16+) the kernel holds new I/O and the old daemon finishes what it
+holds before it lets the device go; on older kernels the old daemon's queues stop at once and
+the kernel sends what they held to the new daemon again (--recovery reissue). Devices created
+without --recovery, with --recovery fail-io, or of the memory and fault targets (their data
+lives in the daemon) cannot be handed over: the upgrade is refused, naming them, before
+anything is touched.
+
+The new daemon logs to <state-dir>/daemon.log. Under a service manager use --no-start and let
+it start the new daemon (docs/operations.md has a systemd unit).
+
+Options:
+      --no-start    only hand over and let the old daemon exit; start the new one yourself
+                    (the devices wait for it; its start is then part of their pause)
+      --state-dir DIR
+`
+
 const listHelp = `Usage: ublkd list [--all] [--json]
 
 List the devices of the running daemon (nothing when no daemon runs).
@@ -142,14 +200,19 @@ Options:
   --json            {"mask": "0x...", "names": [...], "unknownBits": [N, ...]}
 `
 
-const daemonHelp = `Usage: ublkd daemon [--metrics HOST:PORT|off] [--keep-devices-on-exit] [--log-level LEVEL] [--state-dir DIR]
+const daemonHelp = `Usage: ublkd daemon [--config FILE] [--metrics HOST:PORT|off] [--keep-devices-on-exit] [--log-level LEVEL] [--state-dir DIR]
 
 Run the daemon in the foreground. It hosts every device, listens for commands on
 <state-dir>/ublkd.sock (root only) and logs JSON lines to stdout (readable lines on a
 terminal). At start it re-attaches the devices a previous daemon left (created with
---recovery). SIGTERM or SIGINT stops and deletes every device, then exits 0.
+--recovery), then creates the devices its configuration file declares. SIGHUP (or 'ublkd
+reload') applies the file again. SIGTERM or SIGINT stops and deletes every device, then exits 0.
 
 Options:
+  --take-over          start, then have the daemon of the state dir hand its devices over
+                       and take them (what 'ublkd upgrade' runs; see 'ublkd upgrade --help')
+  -c, --config FILE    the configuration file (docs/config.md; e.g. /etc/ublkd/ublkd.json): daemon
+                       options and declared devices. A flag given here wins over the file's value
   --stats-publish-us N  a busy queue publishes its counters (ublkd stats, metrics) at most
                        every N µs, an idle one within N µs of its last request (default
                        ${kDefaultStatsPublishMicros}); 0 publishes every loop turn: a knob to measure what stats cost
@@ -237,13 +300,15 @@ async function callOrStartDaemon(stateDir: string, request: ApiRequest): Promise
   }
 }
 
-/** Start `ublkd daemon` detached, logging to <state-dir>/daemon.log, and wait for its socket. */
-async function startDaemon(stateDir: string): Promise<void> {
+/** Start `ublkd daemon` (or `argv` in `cwd`) detached, logging to <state-dir>/daemon.log, and
+ *  wait for its socket (answered by another process than `oldPid`). */
+async function startDaemon(stateDir: string, argv = ['daemon', '--state-dir', stateDir], cwd?: string, oldPid?: number): Promise<void> {
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 })
   const logFd = fs.openSync(daemonLogPath(stateDir), 'a', 0o600)
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), 'daemon', '--state-dir', stateDir], {
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), ...argv], {
     detached: true,
     stdio: ['ignore', logFd, logFd],
+    ...(cwd === undefined ? {} : { cwd }),
   })
   fs.closeSync(logFd)
   let exitCode: number | null = null
@@ -252,10 +317,12 @@ async function startDaemon(stateDir: string): Promise<void> {
   const deadline = Date.now() + kDaemonStartTimeoutMs
   for (;;) {
     try {
-      await callDaemon(socketPath(stateDir), { op: 'ping' }, 5000)
-      return
+      const reply = await callDaemon(socketPath(stateDir), { op: 'ping' }, 5000)
+      // While a new daemon takes over, the old one may still answer (or refuse: it is stopping).
+      if (oldPid === undefined || (reply.ok && reply.pid !== oldPid)) return
     } catch (error) {
-      if (!isNoDaemon(error)) throw error
+      // ...or go away in the middle of an answer.
+      if (oldPid === undefined && !isNoDaemon(error)) throw error
     }
     if (exitCode !== null) {
       throw new UblkdError('UBLKD_ERR_DAEMON', `the daemon exited with ${exitCode}; see ${daemonLogPath(stateDir)}`)
@@ -267,13 +334,14 @@ async function startDaemon(stateDir: string): Promise<void> {
 
 async function commandAdd(args: string[]): Promise<void> {
   const targetFlags = allTargetFlags()
-  const { values } = parse(args, {
+  const { values } = parse(withRecoveryModes(args), {
     ...Object.fromEntries(targetFlags.map((flag) => [flag.name, flag.short ? { type: flag.type, short: flag.short } : { type: flag.type }])),
     target: { type: 'string', short: 't' },
-    recovery: { type: 'boolean' },
+    recovery: { type: 'string' },
     'huge-page-buffers': { type: 'boolean' },
     'no-partition-scan': { type: 'boolean' },
     uuid: { type: 'string' },
+    name: { type: 'string' },
     queues: { type: 'string', short: 'q' },
     depth: { type: 'string', short: 'd' },
     number: { type: 'string', short: 'n' },
@@ -286,7 +354,7 @@ async function commandAdd(args: string[]): Promise<void> {
   const device: Record<string, unknown> = {
     ...Object.fromEntries(targetFlags.map((flag) => [flag.field, values[flag.name]])),
     target: stringValue(values, 'target'),
-    recovery: values['recovery'] === true ? true : undefined,
+    recovery: stringValue(values, 'recovery'),
     queues: stringValue(values, 'queues'),
     depth: stringValue(values, 'depth'),
     id: stringValue(values, 'number'),
@@ -296,6 +364,7 @@ async function commandAdd(args: string[]): Promise<void> {
     hugePageBuffers: values['huge-page-buffers'] === true ? true : undefined,
     noPartitionScan: values['no-partition-scan'] === true ? true : undefined,
     uuid: stringValue(values, 'uuid'),
+    name: stringValue(values, 'name'),
   }
   if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
   // The daemon has its own working directory: send it an absolute path.
@@ -340,6 +409,75 @@ async function commandRecover(args: string[]): Promise<void> {
   printDevice(unwrap(reply).device!, values['json'] === true)
 }
 
+async function commandResize(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    number: { type: 'string', short: 'n' }, size: { type: 'string', short: 's' }, force: { type: 'boolean', short: 'f' },
+    json: { type: 'boolean' },
+  })
+  if (values['help']) return print(resizeHelp)
+  const id = deviceId(values, 'resize')
+  const size = stringValue(values, 'size')
+  if (size === undefined) throw new UsageError('resize needs the new size: --size SIZE')
+  parseSize(size, '--size')
+  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  const reply = await callRunningDaemon(stateDir, { op: 'resize', id, size, force: values['force'] === true }, `no device ${id}`)
+  printDevice(unwrap(reply).device!, values['json'] === true)
+}
+
+/** A request for devices of a daemon that must be running already. */
+async function callRunningDaemon(stateDir: string, request: ApiRequest, whatIsMissing: string): Promise<ApiReply> {
+  try {
+    return await callDaemon(socketPath(stateDir), request, kRequestTimeoutMs)
+  } catch (error) {
+    if (!isNoDaemon(error)) throw error
+    throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no daemon runs (state dir ${stateDir}), so ${whatIsMissing}`)
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+async function commandUpgrade(args: string[]): Promise<void> {
+  const { values } = parse(args, { 'no-start': { type: 'boolean' } })
+  if (values['help']) return print(upgradeHelp)
+  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  const plural = (ids: number[]) => `${ids.length} device${ids.length === 1 ? '' : 's'}` +
+    `${ids.length > 0 ? `: ${ids.map((id) => `/dev/ublkb${id}`).join(', ')}` : ''}`
+  if (values['no-start']) {
+    const reply = unwrap(await callRunningDaemon(stateDir, { op: 'upgrade' }, 'nothing to upgrade'))
+    print(`daemon pid ${reply.pid!} handed over ${plural(reply.handedOver ?? [])}`)
+    await waitForExit(reply.pid!)
+    return print('start the new daemon now: the devices wait for it')
+  }
+  // Checked first, so that a refusal comes from here; then the new daemon starts while the
+  // old one serves, and asks it to hand over once it is ready to take the devices.
+  const check = unwrap(await callRunningDaemon(stateDir, { op: 'upgrade', check: true }, 'nothing to upgrade'))
+  const oldPid = check.pid!
+  const ids = check.handedOver ?? []
+  await startDaemon(stateDir, [...check.restart!.argv, '--take-over'], check.restart!.cwd, oldPid)
+  const devices = unwrap(await callDaemon(socketPath(stateDir), { op: 'list' }, kRequestTimeoutMs)).devices ?? []
+  print(`daemon pid ${oldPid} handed over ${plural(ids)} to pid ${devices[0]?.daemonPid ?? '?'}`)
+  for (const id of ids) {
+    const device = devices.find((candidate) => candidate.id === id)
+    if (!device) throw new UblkdError('UBLKD_ERR_DAEMON', `the new daemon did not take /dev/ublkb${id} over; see ${daemonLogPath(stateDir)}`)
+    print(`${describeDevice(device)}, paused ${device.lastPauseMs ?? '?'} ms`)
+  }
+}
+
+async function waitForExit(pid: number): Promise<void> {
+  const deadline = Date.now() + kDaemonStartTimeoutMs
+  while (processAlive(pid)) {
+    if (Date.now() > deadline) throw new UblkdError('UBLKD_ERR_TIMEOUT', `daemon pid ${pid} did not exit after handing over`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
 async function commandList(args: string[]): Promise<void> {
   const { values } = parse(args, { json: { type: 'boolean' }, all: { type: 'boolean', short: 'a' } })
   if (values['help']) return print(listHelp)
@@ -366,9 +504,10 @@ async function commandList(args: string[]): Promise<void> {
   if (values['json']) return print(JSON.stringify(all ? { devices, orphans: orphans ?? [] } : devices, null, 2))
   if (devices.length === 0) print('no devices')
   else {
-    const rows = devices.map((d) => [String(d.id), d.blockDevice, d.target, formatSize(d.sizeBytes),
-      String(d.queues), String(d.depth), d.state, String(d.daemonPid), d.uuid ?? '-'])
-    printTable(['ID', 'DEVICE', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID', 'UUID'], rows, 'left')
+    const rows = devices.map((d) => [String(d.id), d.blockDevice, d.name ?? '-', d.target, formatSize(d.sizeBytes),
+      String(d.queues), String(d.depth), d.state, String(d.daemonPid), d.lastPauseMs === null ? '-' : `${d.lastPauseMs} ms`,
+      d.uuid ?? '-'])
+    printTable(['ID', 'DEVICE', 'NAME', 'TARGET', 'SIZE', 'QUEUES', 'DEPTH', 'STATE', 'PID', 'UPGRADE PAUSE', 'UUID'], rows, 'left')
   }
   if (!all) return
   if (!orphans || orphans.length === 0) return print('no orphaned kernel devices')
@@ -474,35 +613,108 @@ async function commandUdevId(args: string[]): Promise<void> {
 async function commandDaemon(args: string[]): Promise<void> {
   const { values } = parse(args, {
     'log-level': { type: 'string' }, metrics: { type: 'string' }, 'keep-devices-on-exit': { type: 'boolean' },
-    'stats-publish-us': { type: 'string' }, 'kernel-timeout': { type: 'string' },
+    'stats-publish-us': { type: 'string' }, 'kernel-timeout': { type: 'string' }, config: { type: 'string', short: 'c' },
+    'take-over': { type: 'boolean' },
   })
   if (values['help']) return print(daemonHelp)
-  const kernelTimeout = stringValue(values, 'kernel-timeout') ?? String(kDefaultKernelTimeoutMs / 1000)
+  const configFile = stringValue(values, 'config')
+  // Loaded only here: the daemon's modules (pino, prom-client, piscina, ajv) are most of the CLI's start.
+  const config = configFile === undefined ? null : (await import('./config.js')).loadConfig(configFile)
+  // A flag given on the command line wins over the file's value.
+  const fromFile = config?.daemon ?? {}
+  const kernelTimeout = stringValue(values, 'kernel-timeout') ?? String(fromFile.kernelTimeoutSeconds ?? kDefaultKernelTimeoutMs / 1000)
   if (!/^\d+$/.test(kernelTimeout) || Number(kernelTimeout) < 1 || Number(kernelTimeout) > 3600) {
     throw new UsageError(`--kernel-timeout must be a whole number of seconds from 1 to 3600, got '${kernelTimeout}'`)
   }
-  const publish = stringValue(values, 'stats-publish-us') ?? String(kDefaultStatsPublishMicros)
+  const publish = stringValue(values, 'stats-publish-us') ?? String(fromFile.statsPublishUs ?? kDefaultStatsPublishMicros)
   if (!/^\d+$/.test(publish) || Number(publish) > 1_000_000) {
     throw new UsageError(`--stats-publish-us must be an integer from 0 to 1000000, got '${publish}'`)
   }
-  const level = stringValue(values, 'log-level')
+  const level = stringValue(values, 'log-level') ?? fromFile.logLevel
   if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level '${level}' is not a pino level`)
-  // Loaded only here: the daemon's modules (pino, prom-client, piscina) are most of the CLI's start.
   const { runDaemon } = await import('./daemon.js')
   await runDaemon({
-    stateDir: stateDirFrom(stringValue(values, 'state-dir')),
+    stateDir: stateDirFrom(stringValue(values, 'state-dir') ?? fromFile.stateDir),
     logLevel: resolveLogLevel(level),
-    metrics: parseListenAddress(stringValue(values, 'metrics') ?? kDefaultMetricsAddress),
-    keepDevicesOnExit: values['keep-devices-on-exit'] === true,
+    metrics: parseListenAddress(stringValue(values, 'metrics') ?? fromFile.metrics ?? kDefaultMetricsAddress),
+    keepDevicesOnExit: values['keep-devices-on-exit'] === true || fromFile.keepDevicesOnExit === true,
     statsPublishMicros: Number(publish),
     kernelTimeoutMs: Number(kernelTimeout) * 1000,
+    config,
+    takeOver: values['take-over'] === true,
   })
+}
+
+const configHelp = `Usage: ublkd config check FILE
+       ublkd config dump [--state-dir DIR]
+
+check: validate a configuration file (docs/config.md) without starting anything: its JSON, its
+structure (a JSON Schema), and each device's values as 'ublkd add' would check them (sizes,
+backing files). Prints the devices it declares; a problem is named with the file and its JSON
+path, e.g. '/etc/ublkd/ublkd.json: /devices/1/queues: must be >= 1' (exit 1, UBLKD_ERR_CONFIG).
+
+dump: print the running daemon's configuration as JSON: the file it was started with, its
+effective daemon options, the declared devices as they run now (sizes after resizes), and the
+devices added by hand.
+`
+
+async function commandConfig(args: string[]): Promise<void> {
+  const { values, positionals } = parse(args, {}, true)
+  const [action, file, ...rest] = positionals
+  if (values['help'] || action === undefined) return print(configHelp)
+  if (rest.length > 0) throw new UsageError(`unexpected argument '${rest[0]}'`)
+  if (action === 'check') {
+    if (file === undefined) throw new UsageError('config check needs a file: ublkd config check FILE')
+    const config = (await import('./config.js')).loadConfig(file)
+    print(`${config.file}: valid, ${config.devices.length} device${config.devices.length === 1 ? '' : 's'}` +
+      `${config.devices.length > 0 ? `: ${config.devices.map((device) => `${device.name} (${device.request.target})`).join(', ')}` : ''}`)
+    return
+  }
+  if (action === 'dump') {
+    if (file !== undefined) throw new UsageError(`unexpected argument '${file}'`)
+    const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+    const reply = unwrap(await callRunningDaemon(stateDir, { op: 'config' }, 'no configuration to dump'))
+    return print(JSON.stringify(reply.config, null, 2))
+  }
+  throw new UsageError(`unknown config action '${action}' (check, dump)`)
+}
+
+const reloadHelp = `Usage: ublkd reload
+
+Make the running daemon read its configuration file again and apply it (as SIGHUP does): new
+devices are added, devices no longer declared are deleted (refused while in use), changed sizes
+are resized; any other change to a device, a deletion of a device in use or a resize that cannot
+be made refuses the whole reload with every reason, and nothing changes. Devices added by hand
+are left alone. Prints what was done.
+
+Options:
+      --json        print the result as JSON
+      --state-dir DIR
+`
+
+async function commandReload(args: string[]): Promise<void> {
+  const { values } = parse(args, { json: { type: 'boolean' } })
+  if (values['help']) return print(reloadHelp)
+  const stateDir = stateDirFrom(stringValue(values, 'state-dir'))
+  const result = unwrap(await callRunningDaemon(stateDir, { op: 'reload' }, 'nothing to reload')).reload!
+  if (values['json']) return print(JSON.stringify(result, null, 2))
+  const line = (what: string, names: string[]) => { if (names.length > 0) print(`${what}: ${names.join(', ')}`) }
+  line('added', result.added)
+  line('deleted', result.removed)
+  line('resized', result.resized)
+  line('unchanged', result.unchanged)
+  line('failed', result.failed)
+  if (result.failed.length > 0) throw new UblkdError('UBLKD_ERR_CONFIG', `${result.failed.length} change(s) failed; see above and the daemon log`)
 }
 
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   add: commandAdd,
   del: commandDel,
   recover: commandRecover,
+  resize: commandResize,
+  upgrade: commandUpgrade,
+  reload: commandReload,
+  config: commandConfig,
   list: commandList,
   stats: commandStats,
   features: commandFeatures,

@@ -22,7 +22,7 @@ import {
   UBLK_QUEUE_ID_NONE, UBLK_U_CMD_ADD_DEV, UBLK_U_CMD_DEL_DEV, UBLK_U_CMD_GET_DEV_INFO, UBLK_U_CMD_TRY_STOP_DEV,
   UBLK_U_CMD_GET_FEATURES, UBLK_U_CMD_GET_PARAMS, UBLK_U_CMD_GET_QUEUE_AFFINITY,
   UBLK_U_CMD_END_USER_RECOVERY, UBLK_U_CMD_SET_PARAMS, UBLK_U_CMD_START_DEV,
-  UBLK_U_CMD_START_USER_RECOVERY, UBLK_U_CMD_STOP_DEV,
+  UBLK_U_CMD_QUIESCE_DEV, UBLK_U_CMD_START_USER_RECOVERY, UBLK_U_CMD_STOP_DEV, UBLK_U_CMD_UPDATE_SIZE,
 } from '../abi/ublk-cmd.js'
 import { KernelError, UblkdError, errnoName } from '../common/errors.js'
 import type { Logger } from '../common/log.js'
@@ -169,6 +169,19 @@ export class UblkControl {
   /** STOP_DEV unless the disk has openers (EBUSY); needs UBLK_F_SAFE_STOP_DEV. */
   async tryStopDev(devId: number): Promise<void> {
     await this.command('TRY_STOP_DEV', UBLK_U_CMD_TRY_STOP_DEV, { devId })
+  }
+
+  /** The disk's new capacity, in 512-byte sectors; the kernel announces it (a uevent). Needs
+   *  UBLK_F_UPDATE_SIZE in GET_FEATURES. */
+  async updateSize(devId: number, sectors: bigint): Promise<void> {
+    await this.command('UPDATE_SIZE', UBLK_U_CMD_UPDATE_SIZE, { devId, data0: sectors })
+  }
+
+  /** New I/O is held, and once each queue has an idle tag the fetches are aborted: the
+   *  server finishes what it holds and lets the queues go; the device then waits QUIESCED
+   *  for a server (needs UBLK_F_QUIESCE on the device). `waitMs` bounds the wait (EBUSY). */
+  async quiesceDev(devId: number, waitMs: number): Promise<void> {
+    await this.command('QUIESCE_DEV', UBLK_U_CMD_QUIESCE_DEV, { devId, data0: BigInt(waitMs) })
   }
 
   async getDevInfo(devId: number): Promise<DevInfo> {

@@ -8,6 +8,7 @@ import type net from 'node:net'
 
 import { UBLK_F_SAFE_STOP_DEV } from '../abi/ublk-cmd.js'
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
+import { parseSize } from '../common/size.js'
 import { createLogger, type Logger } from '../common/log.js'
 import type { LogLevel } from '../common/log-level.js'
 import { callDaemon } from './api-client.js'
@@ -15,7 +16,11 @@ import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { listenApi } from './api-server.js'
 import { UblkControl } from './control.js'
 import { Device, type BackingClaim, type DeviceDeps } from './device.js'
-import { parseDeviceRequest } from './device-request.js'
+import { loadConfig, type Config } from './config.js'
+import { parseDeviceRequest, type DeviceRequest } from './device-request.js'
+import { diskUsers } from './disk-users.js'
+import { planReconcile, type ReconcilePlan } from './reconcile.js'
+import { ServiceNotifier } from './service-notify.js'
 import type { ListenAddress } from './listen-address.js'
 import { listenMetrics } from './metrics-server.js'
 import { socketPath } from './paths.js'
@@ -24,6 +29,24 @@ import { sendStop, stopIfIdle, type StopCommand } from './safe-stop.js'
 import { StateStore, type DeviceRecord } from './state-store.js'
 
 const kShutdownTimeoutMs = 60_000
+
+export interface ReloadResult {
+  added: string[]
+  removed: string[]
+  resized: string[]
+  unchanged: string[]
+  /** At start: the devices that could not be applied, with why (a reload refuses instead). */
+  failed: string[]
+}
+
+export interface RunningConfig {
+  file: string | null
+  daemon: Record<string, unknown>
+  devices: Record<string, unknown>[]
+  addedByHand: Record<string, unknown>[]
+}
+
+type RunningWithDevice = { id: number; request: DeviceRequest; sizeBytes: number; device: Device }
 
 export interface DaemonOptions {
   stateDir: string
@@ -36,6 +59,11 @@ export interface DaemonOptions {
   keepDevicesOnExit: boolean
   /** Deadline of every control command (--kernel-timeout). */
   kernelTimeoutMs: number
+  /** The configuration file (--config), as read at start; null: devices only by hand. */
+  config: Config | null
+  /** --take-over: start up, then have the daemon of the state dir hand its devices over (an
+   *  upgrade: the devices pause only while this one attaches them, not while it starts). */
+  takeOver: boolean
 }
 
 class Daemon {
@@ -52,6 +80,14 @@ class Daemon {
   private server: net.Server | null = null
   private metricsServer: http.Server | null = null
   private stopping = false
+  private reloading = false
+  /** Told when a reload starts and ends (the service manager's RELOADING=1, READY=1). */
+  onReloading: (reloading: boolean) => void = () => {}
+  /** Every device was handed over (ublkd upgrade): exit once the reply is out. */
+  private handedOver = false
+  private socket: string | null = null
+  /** How the next daemon is started by `ublkd upgrade`: this one's arguments and directory. */
+  private readonly restart = { argv: process.argv.slice(2).filter((arg) => arg !== '--take-over'), cwd: process.cwd() }
   /** Devices removed because a queue died and they had no recovery (ublkd_devices_failed_total). */
   devicesFailed = 0
 
@@ -62,7 +98,14 @@ class Daemon {
     private readonly store: StateStore,
     private readonly statsPublishMicros: number,
     private readonly kernelFeatures: bigint,
+    private config: Config | null,
+    /** What `config dump` shows as the daemon's options (the effective ones). */
+    private readonly daemonOptions: Record<string, unknown>,
   ) {}
+
+  private get configFile(): string | null {
+    return this.config?.file ?? null
+  }
 
   private deps(): DeviceDeps {
     return {
@@ -90,8 +133,9 @@ class Daemon {
   async reattachAll(): Promise<void> {
     const { records, broken } = this.store.list()
     for (const name of broken) this.log.warn({ file: name }, 'unreadable device record ignored')
-    for (const record of records) {
-      if (this.devices.has(record.id)) continue
+    // In parallel: after an upgrade every device waits for this, and its queue threads' start
+    // is most of each one's share.
+    await Promise.all(records.filter((record) => !this.devices.has(record.id)).map(async (record) => {
       try {
         await this.attach(record)
       } catch (error) {
@@ -108,7 +152,7 @@ class Daemon {
           this.log.error({ devId: record.id, err: messageOf(error) }, 'cannot re-attach device now; retry with ublkd recover')
         }
       }
-    }
+    }))
   }
 
   private async attach(record: DeviceRecord): Promise<Device> {
@@ -186,11 +230,195 @@ class Daemon {
         return { ok: true, deleted: await this.del(request) }
       case 'recover':
         return { ok: true, device: (await this.recover(request.id)).summary() }
+      case 'resize':
+        return { ok: true, device: (await this.resize(request)).summary() }
+      case 'upgrade':
+        if (request.check === true) {
+          return { ok: true, pid: process.pid, handedOver: this.checkHandOver().map((device) => device.id), restart: this.restart }
+        }
+        return { ok: true, pid: process.pid, handedOver: await this.handOver(), restart: this.restart }
+      case 'reload':
+        return { ok: true, reload: await this.reloadConfig() }
+      case 'config':
+        return { ok: true, config: this.runningConfig() }
     }
   }
 
+  /** The devices as reconcile sees them. */
+  private running() {
+    return [...this.devices.values()].map((device) => ({ id: device.id, request: device.deviceRequest, sizeBytes: device.sizeBytes, device }))
+  }
+
+  /** At start: make the devices what the file declares, as far as it can be done; what cannot
+   *  is logged (the daemon serves the rest). */
+  async reconcileAtStart(): Promise<void> {
+    if (this.config === null) return
+    const plan = planReconcile(this.config.devices, this.running())
+    for (const why of plan.refused) this.log.error({ config: this.config.file }, `cannot apply the configuration: ${why}`)
+    const result = await this.apply(plan)
+    this.log.info({ config: this.config.file, ...result }, 'configuration applied')
+  }
+
+  /**
+   * `ublkd reload` and SIGHUP: read the file again and apply it all, or refuse it with every
+   * reason and change nothing. What is checked before anything is done: the file, each change
+   * (see reconcile.ts), the deletions' disks are unused, the resizes can be made.
+   */
+  async reloadConfig(): Promise<ReloadResult> {
+    if (this.configFile === null) throw new UblkdError('UBLKD_ERR_CONFIG', 'the daemon runs without --config: nothing to reload')
+    if (this.reloading) throw new UblkdError('UBLKD_ERR_BUSY', 'a reload is in progress')
+    this.reloading = true
+    this.onReloading(true)
+    try {
+      const config = loadConfig(this.configFile)
+      const plan = planReconcile(config.devices, this.running())
+      for (const { device } of plan.remove as RunningWithDevice[]) {
+        const { lasting, processes } = diskUsers(`ublkb${device.id}`)
+        const users = [...lasting, ...processes]
+        if (users.length > 0) plan.refused.push(`device ${device.name} (/dev/ublkb${device.id}) is no longer declared but in use (${users.join('; ')})`)
+      }
+      for (const { device, sizeBytes } of plan.resize as { device: RunningWithDevice; sizeBytes: number }[]) {
+        const why = device.device.resizeRefusal(sizeBytes)
+        if (why !== null) plan.refused.push(`device ${device.request.name} (/dev/ublkb${device.id}): ${why.message}`)
+      }
+      if (plan.refused.length > 0) {
+        throw new UblkdError('UBLKD_ERR_CONFIG', `${config.file}: reload refused, nothing changed: ${plan.refused.join('; ')}`)
+      }
+      this.config = config
+      const result = await this.apply(plan)
+      this.log.info({ config: config.file, ...result }, 'configuration reloaded')
+      return result
+    } finally {
+      this.reloading = false
+      this.onReloading(false)
+    }
+  }
+
+  /** Deletions, then resizes, then additions (a name or id freed first may be taken again). A
+   *  step that fails after the checks (the kernel refused, a disk got a user meanwhile) is
+   *  reported in `failed`; the others go on. */
+  private async apply(plan: ReconcilePlan): Promise<ReloadResult> {
+    const result: ReloadResult = { added: [], removed: [], resized: [], unchanged: plan.unchanged.map((device) => device.request.name!), failed: [] }
+    const attempt = async (name: string, list: string[], work: () => Promise<unknown>) => {
+      try {
+        await work()
+        list.push(name)
+      } catch (error) {
+        this.log.error({ device: name, err: messageOf(error) }, 'configuration: device not applied')
+        result.failed.push(`${name}: ${messageOf(error)}`)
+      }
+    }
+    for (const { device } of plan.remove as RunningWithDevice[]) {
+      await attempt(device.name!, result.removed, () => this.remove(device, false))
+    }
+    for (const { device, sizeBytes } of plan.resize as { device: RunningWithDevice; sizeBytes: number }[]) {
+      await attempt(device.request.name!, result.resized, () => device.device.resize(sizeBytes, false))
+    }
+    for (const declared of plan.add) await attempt(declared.name, result.added, () => this.addRequest(declared.request))
+    return result
+  }
+
+  /** Every device the file declares is served and LIVE (what READY=1 waits for). */
+  declaredLive(): boolean {
+    const live = new Set([...this.devices.values()].filter((device) => device.state === 'LIVE').map((device) => device.name))
+    return (this.config?.devices ?? []).every((declared) => live.has(declared.name))
+  }
+
+  /** No device is being healed or has failed: what the service watchdog vouches for. */
+  healthy(): boolean {
+    return [...this.devices.values()].every((device) => device.state !== 'RECOVERING' && device.state !== 'FAILED')
+  }
+
+  /** One line for the service manager's STATUS=: `3 devices live (2 declared), 1 recovering`. */
+  statusLine(): string {
+    const devices = [...this.devices.values()]
+    const count = (state: string) => devices.filter((device) => device.state === state).length
+    const declared = this.config?.devices.length ?? 0
+    const missing = declared - devices.filter((device) => device.deviceRequest.origin === 'config').length
+    return [`${count('LIVE')} device${count('LIVE') === 1 ? '' : 's'} live (${declared} declared)`,
+      ...(count('RECOVERING') > 0 ? [`${count('RECOVERING')} recovering`] : []),
+      ...(missing > 0 ? [`${missing} declared not created (see the log)`] : [])].join(', ')
+  }
+
+  /** `ublkd config dump`: the file the daemon runs with, its daemon options, and its devices. */
+  private runningConfig(): RunningConfig {
+    const declared = (device: Device) => device.deviceRequest.origin === 'config'
+    const describe = (device: Device) => ({ ...device.declaredFields(), sizeBytes: device.sizeBytes, blockDevice: `/dev/ublkb${device.id}` })
+    return {
+      file: this.configFile,
+      daemon: this.daemonOptions,
+      devices: [...this.devices.values()].filter(declared).map(describe),
+      addedByHand: [...this.devices.values()].filter((device) => !declared(device)).map(describe),
+    }
+  }
+
+  private async resize(request: { id?: unknown; size?: unknown; force?: unknown }): Promise<Device> {
+    if (typeof request.id !== 'number' || !Number.isInteger(request.id) || request.id < 0) {
+      throw new UsageError('resize needs a device id (-n ID)')
+    }
+    const size = request.size
+    if (typeof size !== 'string' && typeof size !== 'number') throw new UsageError('resize needs a size (--size SIZE)')
+    const sizeBytes = typeof size === 'number' ? size : parseSize(size, '--size')
+    const device = this.devices.get(request.id)
+    if (!device) throw new UblkdError('UBLKD_ERR_NO_SUCH_DEVICE', `no device ${request.id} in this daemon`)
+    await device.resize(sizeBytes, request.force === true)
+    return device
+  }
+
+  /**
+   * `ublkd upgrade`: hand every device over to the next daemon and exit once the reply is out
+   * (the next daemon asked, or the CLI or the service manager starts it). Refused before
+   * anything is touched when a device would see I/O errors; from then on this daemon takes no
+   * other request.
+   */
+  private async handOver(): Promise<number[]> {
+    const devices = this.checkHandOver()
+    this.stopping = true
+    this.log.info({ devices: devices.map((device) => device.id) }, 'upgrade: handing every device over to the next daemon')
+    await Promise.all(devices.map((device) => device.handOver().then(() => this.forget(device), (error: unknown) => {
+      this.log.error({ devId: device.id, err: messageOf(error) }, 'device did not hand over cleanly')
+    })))
+    this.handedOver = true
+    return devices.map((device) => device.id)
+  }
+
+  /** The devices an upgrade would hand over; throws, naming each, if one cannot be. */
+  private checkHandOver(): Device[] {
+    if (this.pendingAdds.size > 0 || this.arriving.size > 0) {
+      throw new UblkdError('UBLKD_ERR_BUSY', 'a device is being added or re-attached: upgrade once it is done')
+    }
+    const devices = [...this.devices.values()]
+    const refusals = devices.flatMap((device) => {
+      const why = device.handOverRefusal()
+      return why === null ? [] : [`device ${device.id}: ${why}`]
+    })
+    if (refusals.length > 0) {
+      throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `cannot upgrade without I/O errors: ${refusals.join('; ')}. ` +
+        'Delete those devices first (ublkd del), or stop the daemon instead')
+    }
+    return devices
+  }
+
+  /** After the upgrade reply is out: release everything and exit, leaving the devices. */
+  onAnswered(request: ApiRequest): void {
+    if (request.op !== 'upgrade' || !this.handedOver) return
+    this.server?.close()
+    // Gone now, not once close() is done: the next daemon may already be starting.
+    if (this.socket !== null) fs.rmSync(this.socket, { force: true })
+    this.metricsServer?.close()
+    this.control.close()
+    this.log.info('upgrade: devices handed over, exiting')
+    process.exit(0)
+  }
+
   private async add(raw: Record<string, unknown>): Promise<Device> {
-    const request = parseDeviceRequest(raw)
+    return this.addRequest(parseDeviceRequest(raw))
+  }
+
+  private async addRequest(request: DeviceRequest): Promise<Device> {
+    if (request.name !== undefined && [...this.devices.values()].some((device) => device.name === request.name)) {
+      throw new UblkdError('UBLKD_ERR_DEVICE_EXISTS', `a device named ${request.name} exists`)
+    }
     if (request.id !== undefined) {
       if (this.devices.has(request.id) || this.adding.has(request.id)) {
         throw new UblkdError('UBLKD_ERR_DEVICE_EXISTS', `device ${request.id} already exists`)
@@ -252,7 +480,8 @@ class Daemon {
   }
 
   async listen(socket: string): Promise<void> {
-    this.server = await listenApi(socket, (request) => this.handle(request), this.log)
+    this.server = await listenApi(socket, (request) => this.handle(request), this.log, (request) => this.onAnswered(request))
+    this.socket = socket
   }
 
   async serveMetrics(address: ListenAddress): Promise<void> {
@@ -287,6 +516,61 @@ class Daemon {
   }
 }
 
+// STATUS= follows the devices at this pace.
+const kStatusIntervalMs = 2_000
+
+/** READY=1 once every declared device is live, STATUS= as the devices change, WATCHDOG=1 while
+ *  the daemon is healthy, RELOADING=1 then READY=1 around a reload. */
+function serveNotifier(daemon: Daemon, notifier: ServiceNotifier, log: Logger): void {
+  let ready = false
+  const update = () => {
+    if (!ready && daemon.declaredLive()) {
+      ready = true
+      notifier.ready(daemon.statusLine())
+      log.info('service manager told: ready')
+    } else {
+      notifier.status(daemon.statusLine())
+    }
+  }
+  update()
+  setInterval(update, kStatusIntervalMs).unref()
+  daemon.onReloading = (reloading) => {
+    if (reloading) notifier.reloading()
+    else notifier.ready(daemon.statusLine())
+  }
+  const interval = notifier.watchdogIntervalMs
+  if (interval === null) return
+  let wasHealthy = true
+  setInterval(() => {
+    const healthy = daemon.healthy()
+    if (healthy) notifier.watchdog()
+    else if (wasHealthy) log.warn('a device is being healed or has failed: the service watchdog is not fed meanwhile')
+    wasHealthy = healthy
+  }, interval).unref()
+}
+
+// How long the previous daemon may take to hand over and exit.
+const kTakeOverTimeoutMs = 120_000
+
+/** Have the daemon listening on `socket` hand every device over, and wait until it is gone. */
+async function takeOver(socket: string, log: Logger): Promise<void> {
+  const reply = await callDaemon(socket, { op: 'upgrade' }, kTakeOverTimeoutMs).catch((error: unknown) => {
+    throw new UblkdError('UBLKD_ERR_DAEMON', `--take-over: no daemon to take over on ${socket} (${messageOf(error)})`)
+  })
+  if (!reply.ok) throw new UblkdError(reply.error.code as UblkdError['code'], `--take-over: ${reply.error.message}`)
+  log.info({ previousPid: reply.pid, devices: reply.handedOver }, 'taking over from the previous daemon')
+  const deadline = Date.now() + kTakeOverTimeoutMs
+  for (;;) {
+    try {
+      process.kill(reply.pid!, 0)
+    } catch {
+      return
+    }
+    if (Date.now() > deadline) throw new UblkdError('UBLKD_ERR_TIMEOUT', `the previous daemon (pid ${reply.pid}) did not exit`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
 /** Refuse to start next to a live daemon; clear a socket left by a dead one. */
 async function claimSocket(socket: string): Promise<void> {
   if (!fs.existsSync(socket)) return
@@ -305,26 +589,38 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   fs.mkdirSync(options.stateDir, { recursive: true, mode: 0o700 })
   fs.chmodSync(options.stateDir, 0o700)
   const socket = socketPath(options.stateDir)
-  await claimSocket(socket)
+  if (!options.takeOver) await claimSocket(socket)
   const control = UblkControl.open({ timeoutMs: options.kernelTimeoutMs, log })
   let kernelFeatures: bigint
   try {
     kernelFeatures = await control.getFeatures()
+    if (options.takeOver) {
+      await takeOver(socket, log)
+      await claimSocket(socket)
+    }
   } catch (error) {
     control.close()
     throw error
   }
   log.info({ kernel: os.release(), features: `0x${kernelFeatures.toString(16)}` }, 'ublk driver features')
+  const effective = {
+    stateDir: options.stateDir, metrics: options.metrics ? `${options.metrics.host}:${options.metrics.port}` : 'off',
+    logLevel: options.logLevel, statsPublishUs: options.statsPublishMicros, kernelTimeoutSeconds: options.kernelTimeoutMs / 1000,
+    keepDevicesOnExit: options.keepDevicesOnExit,
+  }
   const daemon = new Daemon(control, log, options.logLevel, new StateStore(options.stateDir), options.statsPublishMicros,
-    kernelFeatures)
+    kernelFeatures, options.config, effective)
   try {
     if (options.metrics) await daemon.serveMetrics(options.metrics)
     await daemon.reattachAll()
+    await daemon.reconcileAtStart()
     await daemon.listen(socket)
   } catch (error) {
     await daemon.shutdown(true)
     throw error
   }
+  const notifier = ServiceNotifier.fromEnvironment(log)
+  if (notifier) serveNotifier(daemon, notifier, log)
 
   let signalled = false
   const onSignal = (signal: NodeJS.Signals) => {
@@ -334,6 +630,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     }
     signalled = true
     log.info({ signal }, 'shutting down')
+    notifier?.stopping()
     // Devices drain in parallel, each forced after its own grace; this bounds the whole.
     setTimeout(() => {
       log.error({ timeoutMs: kShutdownTimeoutMs }, 'shutdown timed out: exiting without finishing it')
@@ -349,9 +646,15 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   }
   process.on('SIGTERM', onSignal)
   process.on('SIGINT', onSignal)
-  // SIGHUP would end the process (and fail every device) by default; there is nothing to
-  // reload without a configuration file, so it is only logged.
-  process.on('SIGHUP', () => log.warn('SIGHUP: nothing to reload, ignored'))
+  // SIGHUP reloads the configuration file, as `ublkd reload` does (without one it would end
+  // the process, and fail every device, by default).
+  process.on('SIGHUP', () => {
+    if (options.config === null) {
+      log.warn('SIGHUP: no configuration file (--config), nothing to reload')
+      return
+    }
+    daemon.reloadConfig().catch((error: unknown) => log.error({ err: messageOf(error) }, 'SIGHUP: reload failed'))
+  })
   // A promise nobody awaited must not take every device down with the process.
   process.on('unhandledRejection', (reason) => {
     log.error({ err: messageOf(reason) }, 'unhandled promise rejection (a bug): the daemon carries on')

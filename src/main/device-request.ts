@@ -4,6 +4,7 @@ import { UsageError } from '../common/errors.js'
 import { queueModes, type QueueMode } from '../common/messages.js'
 import type { RawTargetOptions } from '../targets/target.js'
 import { deviceUuid } from './device-identity.js'
+import { recoveryModeField, type RecoveryMode } from './recovery-mode.js'
 
 export interface DeviceRequest {
   target: string
@@ -14,8 +15,8 @@ export interface DeviceRequest {
   /** --logical-block-size when given; otherwise the target chooses (e.g. the backing's). */
   logicalBlockSize?: number
   maxIoBufBytes: number
-  /** UBLK_F_USER_RECOVERY (+ REISSUE): survive queue and daemon deaths without losing I/O. */
-  recovery: boolean
+  /** What the kernel does with I/O while no server serves the device (src/main/recovery-mode.ts). */
+  recovery: RecoveryMode
   /** The block layer's I/O scheduler for /dev/ublkbN, set once the device is started. */
   ioScheduler: string
   /** --queue-mode when given; otherwise ring, or event-loop for a target that needs it. */
@@ -27,6 +28,11 @@ export interface DeviceRequest {
   /** The device's identity (src/main/device-identity.ts): set at add, absent in records older
    *  than identities. */
   uuid?: string
+  /** A stable name (--name, or the configuration file's): unique among the daemon's devices. */
+  name?: string
+  /** 'config': declared in the configuration file, which reloads reconcile; absent: added by
+   *  hand (`ublkd add`, the API), which reloads leave alone. */
+  origin?: 'config'
 }
 
 /**
@@ -43,7 +49,10 @@ export const deviceDefaults = {
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers', 'noPartitionScan', 'uuid']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers', 'noPartitionScan', 'uuid', 'name']
+/** A device's name: what a config calls it, stable across restarts and reloads. */
+export const kDeviceNamePattern = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
+const kDeviceName = new RegExp(kDeviceNamePattern)
 // A block-layer elevator name (none, mq-deadline, kyber, bfq): also what may go into sysfs.
 const kSchedulerName = /^[a-z][a-z0-9_-]{0,31}$/
 
@@ -101,7 +110,7 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
     queues: integerField(raw, 'queues', '--queues', 1, 4096) ?? deviceDefaults.queues,
     depth: integerField(raw, 'depth', '--depth', 1, UBLK_MAX_QUEUE_DEPTH) ?? deviceDefaults.depth,
     maxIoBufBytes: deviceDefaults.maxIoBufBytes,
-    recovery: booleanField(raw, 'recovery', '--recovery') ?? false,
+    recovery: recoveryModeField(raw['recovery']),
     ioScheduler: schedulerField(raw) ?? deviceDefaults.ioScheduler,
     hugePageBuffers: booleanField(raw, 'hugePageBuffers', '--huge-page-buffers') ?? false,
     noPartitionScan: booleanField(raw, 'noPartitionScan', '--no-partition-scan') ?? false,
@@ -110,6 +119,13 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
   const queueMode = queueModeField(raw)
   if (queueMode !== undefined) request.queueMode = queueMode
   request.uuid = deviceUuid(raw['uuid'])
+  const name = raw['name']
+  if (name !== undefined) {
+    if (typeof name !== 'string' || !kDeviceName.test(name)) {
+      throw new UsageError(`--name must be 1-64 letters, digits, '.', '_' or '-' (not first), got '${String(name)}'`)
+    }
+    request.name = name
+  }
   const devId = integerField(raw, 'id', '--number', 0, UBLK_MAX_UBLKS - 1)
   if (devId !== undefined) request.id = devId
   return request

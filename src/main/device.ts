@@ -13,8 +13,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 
 import {
-  UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_SAFE_STOP_DEV, UBLK_F_USER_RECOVERY,
-  UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_S_DEV_DEAD, UBLK_S_DEV_QUIESCED,
+  UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_QUIESCE, UBLK_F_SAFE_STOP_DEV, UBLK_F_UPDATE_SIZE, UBLK_F_USER_RECOVERY,
+  UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_S_DEV_DEAD, UBLK_S_DEV_FAIL_IO, UBLK_S_DEV_QUIESCED,
 } from '../abi/ublk-cmd.js'
 import { describeFeatureMask } from '../abi/feature-names.js'
 import { ublksrvIoDesc, type Params } from '../abi/structs.js'
@@ -22,14 +22,16 @@ import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors
 import type { Logger } from '../common/log.js'
 import type { LogLevel } from '../common/log-level.js'
 import type { QueueMode } from '../common/messages.js'
-import { allocQueueStats, kStatHeartbeatMs, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
+import { allocQueueStats, kStatHeartbeatMs, kStatInflight, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
 import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
 import type { UblkControl } from './control.js'
 import { checkIdentity, identityCookie } from './device-identity.js'
+import { diskUsers } from './disk-users.js'
 import type { DeviceRequest } from './device-request.js'
-import { checkOffered, featureNeeds, neededFlags } from './kernel-features.js'
+import { checkOffered, featureNeeds, neededFlags, wantedFlags } from './kernel-features.js'
 import { QueuePool } from './queue-pool.js'
+import { isRecoverable, type RecoveryMode } from './recovery-mode.js'
 import { sendStop, stopIfIdle, type StopCommand } from './safe-stop.js'
 import { StallWatch } from './stall-watch.js'
 import type { DeviceRecord, StateStore } from './state-store.js'
@@ -41,6 +43,10 @@ export interface DeviceSummary {
   id: number
   /** null: re-attached from a record older than device identities. */
   uuid: string | null
+  /** --name or the configuration file's; null: none. */
+  name: string | null
+  /** 'config': declared in the configuration file (reloads reconcile it); 'hand': `ublkd add`. */
+  origin: 'config' | 'hand'
   blockDevice: string
   charDevice: string
   target: string
@@ -57,10 +63,12 @@ export interface DeviceSummary {
   queueStats?: Record<StatName, number>[]
   /** The UBLK_F_* flags the kernel gave the device at ADD_DEV (its own among them), by name. */
   flags: string[]
-  /** UBLK_F_USER_RECOVERY is on: queue or daemon deaths are healed without losing I/O. */
-  recovery: boolean
+  /** --recovery: what happens to I/O while no server serves the device (recovery-mode.ts). */
+  recovery: RecoveryMode
   /** Times the device was healed or re-attached by this daemon. */
   recoveries: number
+  /** How long its I/O waited during its last upgrade (ublkd upgrade), ms; null: none yet. */
+  lastPauseMs: number | null
   /** The block layer's I/O scheduler of the device as sysfs shows it now; null if unreadable. */
   ioScheduler: string | null
   queueMode: QueueMode
@@ -95,6 +103,10 @@ const kSupervisionIntervalMs = 250
 const kQuiesceWaitMs = 20_000
 // The request timeout of a --recovery device (see setIoTimeout): well within kQuiesceWaitMs.
 const kRecoveryIoTimeoutMs = 5_000
+// An upgrade's QUIESCE_DEV waits this long for each queue to have an idle tag (EBUSY after),
+// then the queues this long to finish what they hold; either running out only costs a reissue.
+const kQuiesceDevWaitMs = 10_000
+const kHandOverDrainMs = 10_000
 // /dev/ublkcN is created by devtmpfs at ADD_DEV; udev may still be adjusting it.
 const kCharDeviceWaitMs = 5_000
 
@@ -166,6 +178,9 @@ export class Device {
   private affinity: number[][] = []
   private readonly stats: SharedArrayBuffer
   private supervision: NodeJS.Timeout | null = null
+  /** How long the device's I/O waited during its last upgrade (ms); null: never upgraded. */
+  lastPauseMs: number | null = null
+  private resizing = false
   /** Called once if the device fails for good while live (a queue died, no recovery). */
   onFailure: (device: Device, reason: string) => void = () => {}
 
@@ -203,7 +218,7 @@ export class Device {
       maxIoBufBytes: request.maxIoBufBytes,
       devId: request.id ?? UBLK_DEV_ID_ANY,
       ublksrvPid: 0,
-      flags: neededFlags(needs),
+      flags: neededFlags(needs) | wantedFlags(request, deps.kernelFeatures),
       ublksrvFlags: identityCookie(request.uuid),
       ownerUid: 0,
       ownerGid: 0,
@@ -237,7 +252,7 @@ export class Device {
       await device.startQueues()
       await Promise.race([deps.control.startDev(device.id, process.pid), device.pool!.firstExit()])
       device.setIoScheduler(request.ioScheduler)
-      if (request.recovery) device.setIoTimeout(kRecoveryIoTimeoutMs)
+      if (isRecoverable(request.recovery)) device.setIoTimeout(kRecoveryIoTimeoutMs)
     } catch (error) {
       device.log.warn({ err: messageOf(error) }, 'add failed, unwinding')
       // A queue may be dead or never have fetched: the kernel must see the server gone first.
@@ -246,7 +261,7 @@ export class Device {
       throw error
     }
     device.becomeLive('device live')
-    deps.store.save({ version: 1, id: device.id, request, createdMs: device.createdMs })
+    device.saveRecord()
     device.announce()
     return device
   }
@@ -285,9 +300,25 @@ export class Device {
     }
     device.ownsKernelDevice = true
     device.recoveries++
-    device.becomeLive('device re-attached', Date.now() - started)
+    if (record.handOverMs === undefined) {
+      device.lastPauseMs = record.lastPauseMs ?? null
+      device.becomeLive('device re-attached', Date.now() - started)
+    } else {
+      // From the old daemon's last served request to now: what the device's I/O waited.
+      device.lastPauseMs = Math.max(0, Date.now() - record.handOverMs)
+      device.becomeLive('device taken over from the previous daemon', Date.now() - started)
+      device.log.info({ pauseMs: device.lastPauseMs }, 'upgrade pause')
+    }
+    device.saveRecord()
     device.announce()
     return device
+  }
+
+  private saveRecord(extra: Pick<DeviceRecord, 'handOverMs'> = {}): void {
+    this.deps.store.save({
+      version: 1, id: this.id, request: this.request, createdMs: this.createdMs,
+      ...(this.lastPauseMs === null ? {} : { lastPauseMs: this.lastPauseMs }), ...extra,
+    })
   }
 
   /** Parse, validate and set up the target, and claim its backing (synchronously: see
@@ -470,7 +501,7 @@ export class Device {
   }
 
   private async onQueueDeath(reason: string): Promise<void> {
-    if (!this.request.recovery) {
+    if (!isRecoverable(this.request.recovery)) {
       this.state = 'FAILED'
       this.log.error({ reason }, 'queue died: removing the device so I/O fails fast')
       this.onFailure(this, reason)
@@ -501,7 +532,8 @@ export class Device {
     for (;;) {
       const info = await control.getDevInfo(this.id)
       if (info.state === UBLK_S_DEV_DEAD) throw new UblkdError('UBLKD_ERR_DAEMON', `device ${this.id} was stopped, nothing to recover`)
-      if (info.state === UBLK_S_DEV_QUIESCED) {
+      // Serverless: I/O held (reissue) or failing (fail-io) until START_USER_RECOVERY.
+      if (info.state === UBLK_S_DEV_QUIESCED || info.state === UBLK_S_DEV_FAIL_IO) {
         // EBUSY until every file of the old queues (rings, mappings) is released.
         const started = await control.startUserRecovery(this.id).then(() => true, (error: unknown) => {
           if (error instanceof KernelError && error.errno === -16) return false
@@ -525,9 +557,130 @@ export class Device {
     return this.request.uuid
   }
 
+  get name(): string | undefined {
+    return this.request.name
+  }
+
+  /** The request the device was made from, as its record keeps it (size updated by resizes). */
+  get deviceRequest(): DeviceRequest {
+    return this.request
+  }
+
+  get sizeBytes(): number {
+    return this.setup.geometry.sizeBytes
+  }
+
+  /** The device as a configuration file would declare it (`ublkd config dump`). */
+  declaredFields(): Record<string, unknown> {
+    const { targetOptions, maxIoBufBytes: _buffers, origin: _origin, ...common } = this.request
+    return { ...common, ...targetOptions }
+  }
+
   /** A later daemon could take the device over: recovery is on and the data outlives us. */
   get reattachable(): boolean {
-    return this.request.recovery && this.target.survivesRestart
+    return isRecoverable(this.request.recovery) && this.target.survivesRestart
+  }
+
+  /** Why `ublkd upgrade` cannot hand this device over without I/O errors; null if it can. */
+  handOverRefusal(): string | null {
+    if (this.request.recovery === 'off') return 'created without --recovery: it goes with its daemon'
+    if (this.request.recovery === 'fail-io') return 'created with --recovery fail-io: its I/O would fail while no daemon serves it'
+    if (!this.target.survivesRestart) return `a ${this.target.name} device: its data lives in this daemon's memory`
+    if (this.state !== 'LIVE') return `it is ${this.state}`
+    return null
+  }
+
+  /**
+   * `ublkd upgrade`: stop serving and leave the device to the next daemon, losing nothing.
+   * With UBLK_F_QUIESCE (Linux 6.16+) the kernel holds new I/O and aborts our idle fetches;
+   * what the queues hold completes before they go, so the next daemon starts clean. Without it
+   * (or should the quiesce fail) the queues go at once and the kernel sends what they held to
+   * the next daemon again (USER_RECOVERY_REISSUE). The record notes when, for the pause the next
+   * daemon reports. Never undone once begun: the device is the next daemon's either way.
+   */
+  async handOver(): Promise<void> {
+    this.stopSupervision()
+    this.state = 'STOPPING'
+    const started = Date.now()
+    let quiesced = false
+    if ((this.flags & UBLK_F_QUIESCE) !== 0n) {
+      try {
+        await this.deps.control.quiesceDev(this.id, kQuiesceDevWaitMs)
+        quiesced = await this.queuesIdle(kHandOverDrainMs)
+      } catch (error) {
+        this.log.warn({ err: messageOf(error) }, 'QUIESCE_DEV failed: the next daemon gets the in-flight I/O again')
+      }
+    }
+    this.saveRecord({ handOverMs: started })
+    await this.stopQueues(0)
+    await this.releaseOwn()
+    this.log.info({ quiesced, handOverMs: Date.now() - started }, 'device handed over to the next daemon')
+  }
+
+  /** Wait until every queue has ended or holds no request; false if `waitMs` ran out first. */
+  private async queuesIdle(waitMs: number): Promise<boolean> {
+    const pool = this.pool
+    if (pool === null) return true
+    const deadline = Date.now() + waitMs
+    for (;;) {
+      const values = this.queueStatValues()
+      if (pool.tasks.every((task, queue) => task.settled || values[queue]![kStatInflight] === 0)) return true
+      if (Date.now() > deadline) return false
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  }
+
+  /** Why resize(sizeBytes, force) would be refused now, as the error it would throw; null if
+   *  it would go ahead (the target and the kernel may still refuse). */
+  resizeRefusal(sizeBytes: number, force = false): UblkdError | null {
+    try {
+      checkOffered([{ flag: UBLK_F_UPDATE_SIZE, option: 'ublkd resize' }], this.deps.kernelFeatures)
+    } catch (error) {
+      return error as UblkdError
+    }
+    if (!this.target.resize) return new UsageError(`a ${this.target.name} device cannot change its size`)
+    if (this.state !== 'LIVE' || this.resizing) {
+      return new UblkdError('UBLKD_ERR_BUSY', `device ${this.id} is ${this.resizing ? 'being resized' : this.state}: try again once it is LIVE`)
+    }
+    const { logicalBlockSize, sizeBytes: current } = this.setup.geometry
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % logicalBlockSize !== 0) {
+      return new UsageError(`--size must be a positive multiple of the device's logical block size ${logicalBlockSize}, got ${sizeBytes}`)
+    }
+    if (sizeBytes < current && !force) {
+      const { lasting, processes } = diskUsers(`ublkb${this.id}`)
+      const users = [...lasting, ...processes]
+      if (users.length > 0) {
+        return new UblkdError('UBLKD_ERR_BUSY', `device ${this.id} is in use (${users.join('; ')}): shrinking it cuts off ` +
+          'what its users may keep past the new end; shrink the filesystem first, or resize --force')
+      }
+    }
+    return null
+  }
+
+  /**
+   * `ublkd resize`: the target makes room for the new size, the kernel takes it (UPDATE_SIZE,
+   * Linux 6.16+), the record keeps it. Shrinking a disk in use (mounted, held, open) is refused
+   * unless `force`: its users may hold data past the new end.
+   */
+  async resize(sizeBytes: number, force: boolean): Promise<void> {
+    const refusal = this.resizeRefusal(sizeBytes, force)
+    if (refusal !== null) throw refusal
+    const current = this.setup.geometry.sizeBytes
+    if (sizeBytes === current) return
+    const resize = this.target.resize!
+    this.resizing = true
+    try {
+      // Room first, the kernel's size next; a shrink's release once the kernel sends no I/O there.
+      if (sizeBytes > current) resize.call(this.target, this.setup.spec, current, sizeBytes)
+      await this.deps.control.updateSize(this.id, BigInt(sizeBytes / 512))
+      if (sizeBytes < current) resize.call(this.target, this.setup.spec, current, sizeBytes)
+    } finally {
+      this.resizing = false
+    }
+    this.setup.geometry.sizeBytes = sizeBytes
+    this.request.targetOptions['size'] = sizeBytes
+    this.saveRecord()
+    this.log.info({ fromBytes: current, sizeBytes }, 'device resized')
   }
 
   /** Stop serving without stopping the device: the kernel quiesces it and queues new I/O, and a
@@ -630,6 +783,8 @@ export class Device {
     const summary: DeviceSummary = {
       id: this.id,
       uuid: this.request.uuid ?? null,
+      name: this.request.name ?? null,
+      origin: this.request.origin === 'config' ? 'config' : 'hand',
       blockDevice: `/dev/ublkb${this.id}`,
       charDevice: `/dev/ublkc${this.id}`,
       target: this.target.name,
@@ -645,6 +800,7 @@ export class Device {
       flags: this.flagLabels(),
       recovery: this.request.recovery,
       recoveries: this.recoveries,
+      lastPauseMs: this.lastPauseMs,
       ioScheduler: this.ioScheduler()?.current ?? null,
       queueMode: this.queueMode,
       hugePageBuffers: this.request.hugePageBuffers,

@@ -4,7 +4,8 @@
 import os from 'node:os'
 
 import {
-  UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE, ublkFeatures, type UblkFeature,
+  UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_QUIESCE, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_FAIL_IO, UBLK_F_USER_RECOVERY_REISSUE,
+  ublkFeatures, type UblkFeature,
 } from '../abi/ublk-cmd.js'
 import { UblkdError } from '../common/errors.js'
 import type { DeviceRequest } from './device-request.js'
@@ -24,8 +25,11 @@ function feature(flag: bigint): UblkFeature {
 /** The flags `request` asks for at ADD_DEV, each with the option behind it. */
 export function featureNeeds(request: DeviceRequest): FeatureNeed[] {
   const needs: FeatureNeed[] = []
-  if (request.recovery) {
+  if (request.recovery === 'reissue') {
     needs.push({ flag: UBLK_F_USER_RECOVERY, option: '--recovery' }, { flag: UBLK_F_USER_RECOVERY_REISSUE, option: '--recovery' })
+  } else if (request.recovery === 'fail-io') {
+    needs.push({ flag: UBLK_F_USER_RECOVERY, option: '--recovery fail-io' },
+      { flag: UBLK_F_USER_RECOVERY_FAIL_IO, option: '--recovery fail-io' })
   }
   if (request.noPartitionScan) needs.push({ flag: UBLK_F_NO_AUTO_PART_SCAN, option: '--no-partition-scan' })
   return needs
@@ -34,6 +38,13 @@ export function featureNeeds(request: DeviceRequest): FeatureNeed[] {
 /** The ADD_DEV flags of these needs. */
 export function neededFlags(needs: readonly FeatureNeed[]): bigint {
   return needs.reduce((flags, need) => flags | need.flag, 0n)
+}
+
+/** Flags worth having when the kernel offers them, never a reason to refuse: QUIESCE lets an
+ *  upgrade hand a recovery device over with nothing in flight (the driver allows it only with
+ *  USER_RECOVERY). */
+export function wantedFlags(request: DeviceRequest, offered: bigint): bigint {
+  return request.recovery !== 'off' ? offered & UBLK_F_QUIESCE : 0n
 }
 
 /** Refuse the first need the kernel does not offer (`offered`: GET_FEATURES, or ADD_DEV's reply). */

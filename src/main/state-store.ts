@@ -5,12 +5,17 @@ import fs from 'node:fs'
 import path from 'node:path'
 
 import type { DeviceRequest } from './device-request.js'
+import { recoveryModeField } from './recovery-mode.js'
 
 export interface DeviceRecord {
   version: 1
   id: number
   request: DeviceRequest
   createdMs: number
+  /** Set by a daemon handing the device over (ublkd upgrade): when it stopped serving, epoch ms. */
+  handOverMs?: number
+  /** How long the device's I/O waited during its last upgrade, ms. */
+  lastPauseMs?: number
 }
 
 export class StateStore {
@@ -55,8 +60,11 @@ export class StateStore {
     for (const name of fs.readdirSync(this.dir).filter((entry) => /^\d+\.json$/.test(entry)).sort()) {
       try {
         const record = JSON.parse(fs.readFileSync(path.join(this.dir, name), 'utf8')) as DeviceRecord
-        if (record.version === 1 && Number.isInteger(record.id)) records.push(record)
-        else broken.push(name)
+        if (record.version === 1 && Number.isInteger(record.id) && typeof record.request === 'object') {
+          // Records from before recovery modes hold a boolean.
+          record.request.recovery = recoveryModeField(record.request.recovery)
+          records.push(record)
+        } else broken.push(name)
       } catch {
         broken.push(name)
       }

@@ -58,6 +58,8 @@ export interface NativeAddon {
   gettid(): number
   eventFd(): number
   eventFdWrite(fd: number): void
+  /** One datagram to a unix socket (a path, or '@name' for an abstract one). */
+  sendDatagram(path: string, message: string): void
   /**
    * Perform SQEs 0..count-1 of `sqes` (128-byte slots) synchronously, in order, with the
    * matching system call (READ, WRITE, FSYNC, FALLOCATE); results[i] gets what the CQE would

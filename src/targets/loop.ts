@@ -87,6 +87,8 @@ interface ZeroingModes {
 
 interface LoopSpec {
   fd: number
+  path: string
+  readOnly: boolean
   blockDevice: boolean
   directIo: boolean
   inlineIo: boolean
@@ -485,9 +487,26 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
           maxWriteZeroesSectors: zeroing.zeroes !== 0 ? kMaxZeroingSectors : 0,
         },
       },
-      spec: { fd, blockDevice: backing.isBlockDevice, directIo, inlineIo, zeroing },
+      spec: { fd, path: backing.path, readOnly: options.readOnly, blockDevice: backing.isBlockDevice, directIo, inlineIo, zeroing },
       describe: { file: backing.path, directIo, inlineIo, readOnly: options.readOnly },
       exclusiveKey: backing.isBlockDevice ? `block:${stat.rdev}` : `file:${stat.dev}:${stat.ino}`,
+    }
+  },
+  resize(spec, _fromBytes, sizeBytes) {
+    if (spec.blockDevice) {
+      const backing = inspectBacking(spec.path)
+      if (sizeBytes > backing.sizeBytes) {
+        throw new UsageError(`${spec.path} holds ${backing.sizeBytes} bytes: the device cannot be larger`)
+      }
+      return
+    }
+    // The file grows (sparsely) so that its size says what the device holds. It never shrinks:
+    // what lies past a smaller device stays, for a resize back or for the operator to cut.
+    if (spec.readOnly || fs.fstatSync(spec.fd).size >= sizeBytes) return
+    try {
+      fs.ftruncateSync(spec.fd, sizeBytes)
+    } catch (error) {
+      throw new UsageError(`cannot grow ${spec.path} to ${sizeBytes} bytes: ${(error as Error).message}`)
     }
   },
   undo(spec) {

@@ -13,6 +13,7 @@ import {
   UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
 } from '../abi/ublk-cmd.js'
 import { kUserDataTarget } from '../common/user-data.js'
+import { UsageError } from '../common/errors.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import { native, type NativeCopier } from '../native/addon.js'
 import {
@@ -21,12 +22,16 @@ import {
 
 interface MemoryOptions {
   sizeBytes: number
+  /** The store is allocated (address space only) this large: `ublkd resize` grows up to it. */
+  maxSizeBytes: number
   logicalBlockSize: number
 }
 
 export interface MemorySpec {
   chunks: SharedArrayBuffer[]
   chunkBytes: number
+  /** What the chunks hold in all: the largest size the device may grow to. */
+  storeBytes: number
 }
 
 // One SharedArrayBuffer may hold at most 4 GiB on Node 20; 1 GiB chunks keep the tail small.
@@ -194,10 +199,11 @@ export class MemoryQueue implements QueueHandler {
   close(): void {}
 }
 
-/** The RAM disk and its geometry (shared with the fault target, which is a RAM disk too). */
-export function memorySetup(sizeBytes: number, logicalBlockSize: number): TargetSetup<MemorySpec> {
+/** The RAM disk and its geometry (shared with the fault target, which is a RAM disk too), its
+ *  store allocated for `storeBytes` (at least the size). Only pages written are resident. */
+export function memorySetup(sizeBytes: number, logicalBlockSize: number, storeBytes = sizeBytes): TargetSetup<MemorySpec> {
   const chunks: SharedArrayBuffer[] = []
-  for (let left = sizeBytes; left > 0; left -= kChunkBytes) {
+  for (let left = storeBytes; left > 0; left -= kChunkBytes) {
     const chunk = new SharedArrayBuffer(Math.min(left, kChunkBytes))
     // 4 KiB pages: sparse at the grain of a page, and every released page given back.
     native.noHugePages(new Uint8Array(chunk))
@@ -217,24 +223,55 @@ export function memorySetup(sizeBytes: number, logicalBlockSize: number): Target
         maxWriteZeroesSectors: 0xffffffff >>> 1,
       },
     },
-    spec: { chunks, chunkBytes: kChunkBytes },
-    describe: {},
+    spec: { chunks, chunkBytes: kChunkBytes, storeBytes },
+    describe: storeBytes === sizeBytes ? {} : { maxSize: storeBytes },
   }
+}
+
+/** Give the store's range [from, to) back to the kernel: it reads as zeros again. */
+function releaseStore(spec: MemorySpec, from: number, to: number): void {
+  const copier = new native.Copier(spec.chunks.map((chunk) => new Uint8Array(chunk)))
+  const ops: number[] = []
+  for (let at = from; at < to;) {
+    const chunk = Math.floor(at / spec.chunkBytes)
+    const within = at % spec.chunkBytes
+    // Ops carry 32-bit lengths: at most 1 GiB (a chunk) each.
+    const length = Math.min(to - at, spec.chunkBytes - within)
+    ops.push(chunk, within % 0x1_0000_0000, Math.floor(within / 0x1_0000_0000), kRelease, 0, 0, length)
+    at += length
+  }
+  copier.run(Int32Array.from(ops), ops.length / kOpWords)
 }
 
 export const memoryTarget: Target<MemoryOptions, MemorySpec> = {
   name: 'memory',
   survivesRestart: false,
   summary: 'a RAM disk of --size bytes (sparse; lost when the device is deleted)',
-  optionHelp: ['--size SIZE      device size (required), e.g. 1G'],
-  flags: [{ name: 'size', field: 'size', type: 'string', short: 's' }],
+  optionHelp: [
+    '--size SIZE      device size (required), e.g. 1G',
+    '--max-size SIZE  the largest size ublkd resize may grow it to (default: --size); only',
+    '                 address space is taken for it, memory only for what is written',
+  ],
+  flags: [{ name: 'size', field: 'size', type: 'string', short: 's' }, { name: 'max-size', field: 'maxSize', type: 'string' }],
   parseOptions(raw, requestedBlockSize) {
-    rejectUnknownOptions(raw, ['size'], 'memory')
+    rejectUnknownOptions(raw, ['size', 'maxSize'], 'memory')
     const logicalBlockSize = requestedBlockSize ?? kDefaultLogicalBlockSize
-    return { sizeBytes: sizeOption(raw, logicalBlockSize), logicalBlockSize }
+    const sizeBytes = sizeOption(raw, logicalBlockSize)
+    if (raw['maxSize'] === undefined) return { sizeBytes, maxSizeBytes: sizeBytes, logicalBlockSize }
+    const maxSizeBytes = sizeOption({ size: raw['maxSize'] }, logicalBlockSize)
+    if (maxSizeBytes < sizeBytes) throw new UsageError(`--max-size ${maxSizeBytes} is smaller than --size ${sizeBytes}`)
+    return { sizeBytes, maxSizeBytes, logicalBlockSize }
   },
   setup(options) {
-    return memorySetup(options.sizeBytes, options.logicalBlockSize)
+    return memorySetup(options.sizeBytes, options.logicalBlockSize, options.maxSizeBytes)
+  },
+  // Growing: what lies past the old end was released by a shrink (or never written), so the
+  // range reads as zeros. Shrinking: the memory past the new end goes back at once.
+  resize(spec, fromBytes, toBytes) {
+    if (toBytes > spec.storeBytes) {
+      throw new UsageError(`a memory device grows up to the --max-size it was created with (${spec.storeBytes} bytes)`)
+    }
+    if (toBytes < fromBytes) releaseStore(spec, toBytes, fromBytes)
   },
   undo() {},
   openQueue(spec, queue) {

@@ -65,6 +65,8 @@ export const nullTarget: Target<NullOptions, null> = {
       describe: {},
     }
   },
+  // Nothing is stored: any size will do.
+  resize() {},
   undo() {},
   openQueue(_spec, queue) {
     return new NullQueue(queue.depth)

@@ -134,6 +134,13 @@ export interface Target<Options = unknown, Spec = unknown> {
   /** `logicalBlockSize` is the user's --logical-block-size, if given; the target picks otherwise. */
   parseOptions(raw: RawTargetOptions, logicalBlockSize: number | undefined): Options
   setup(options: Options): TargetSetup<Spec>
+  /**
+   * `ublkd resize` (main thread): make room for a larger size (grow the backing) before the
+   * kernel sees it, or release what a smaller one leaves after the kernel has it; refuse with a
+   * UsageError. The caller checked that the size is a positive multiple of the logical block
+   * size. Absent: the target cannot change its size.
+   */
+  resize?(spec: Spec, fromBytes: number, toBytes: number): void
   undo(spec: Spec): void
   openQueue(spec: Spec, queue: QueueContext): QueueHandler
 }

@@ -67,6 +67,6 @@ t.test('targets validate their own options', async (t) => {
   t.throws(() => memory.parseOptions({ size: '0' }, 512), { message: /greater than 0/ })
   t.throws(() => memory.parseOptions({ size: '1000' }, 512), { message: /not a multiple of the logical block size 512/ })
   t.throws(() => memory.parseOptions({ size: '4K', file: 'x' }, 512), { message: /does not take --file/ })
-  t.same(memory.parseOptions({ size: '1M' }, undefined), { sizeBytes: 2 ** 20, logicalBlockSize: 512 })
+  t.same(memory.parseOptions({ size: '1M' }, undefined), { sizeBytes: 2 ** 20, maxSizeBytes: 2 ** 20, logicalBlockSize: 512 })
   t.same(findTarget('null').parseOptions({}, 4096), { sizeBytes: 250 * 2 ** 30, logicalBlockSize: 4096 })
 })

@@ -37,3 +37,18 @@ t.test('removing with createdMs leaves a newer record of the same id alone', asy
   t.same(store.list().records, [], 'its own record: removed')
   t.doesNotThrow(() => store.remove(0, 200), 'removing a missing record is a no-op')
 })
+
+t.test('records from before recovery modes read as modes; upgrade fields are kept', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-store-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const store = new StateStore(dir)
+  const old = (recovery: boolean) => JSON.stringify({ version: 1, id: 0, request: { ...request, recovery }, createdMs: 1 })
+  fs.writeFileSync(path.join(dir, 'devices', '0.json'), old(true))
+  t.equal(store.list().records[0]!.request.recovery, 'reissue')
+  fs.writeFileSync(path.join(dir, 'devices', '0.json'), old(false))
+  t.equal(store.list().records[0]!.request.recovery, 'off')
+  store.save({ version: 1, id: 2, request: { ...request, recovery: 'fail-io' }, createdMs: 5, handOverMs: 7, lastPauseMs: 9 })
+  t.match(store.list().records.find((record) => record.id === 2), { handOverMs: 7, lastPauseMs: 9, request: { recovery: 'fail-io' } })
+  fs.writeFileSync(path.join(dir, 'devices', '3.json'), JSON.stringify({ version: 1, id: 3, request: { ...request, recovery: 'maybe' }, createdMs: 1 }))
+  t.same(store.list().broken, ['3.json'], 'an unknown mode makes the record unreadable, not the daemon')
+})

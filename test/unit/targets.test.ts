@@ -130,3 +130,26 @@ t.test('null: reads return zeros even after a write used the same tag buffer', a
   t.ok(buffer.subarray(0, 8192).equals(Buffer.alloc(8192)))
   t.equal(handler.handleIo(request(UBLK_IO_OP_FLUSH, 0, 0, 2)), 0)
 })
+
+t.test('memory: resize grows within --max-size; a shrink releases what lies past the new end, across chunks', async (t) => {
+  const target = findTarget('memory')
+  t.throws(() => target.parseOptions({ size: '2G', maxSize: '1G' }, 512), { message: '--max-size 1073741824 is smaller than --size 2147483648' })
+  const setup = target.setup(target.parseOptions({ size: '1M', maxSize: '2G' }, 512))
+  const spec = setup.spec as { chunks: SharedArrayBuffer[]; storeBytes: number }
+  t.equal(spec.storeBytes, 2 ** 31)
+  t.same(setup.describe, { maxSize: 2 ** 31 })
+  t.throws(() => target.resize!(setup.spec, 2 ** 20, 2 ** 31 + 512), { code: 'UBLKD_ERR_USAGE' }, 'past --max-size')
+  target.resize!(setup.spec, 2 ** 20, 2 ** 31)
+  const first = new Uint8Array(spec.chunks[0]!)
+  const second = new Uint8Array(spec.chunks[1]!)
+  first.fill(1, 0, 8192)
+  first.fill(2, 2 ** 30 - 4096)
+  second.fill(3, 0, 4096)
+  // Shrink to 5000 bytes: the partial page after it is cleared, the rest released.
+  target.resize!(setup.spec, 2 ** 31, 5000)
+  t.ok(first.subarray(0, 5000).every((b) => b === 1), 'what lies before the new end is kept')
+  t.ok(first.subarray(5000, 8192).every((b) => b === 0), 'the partial page after it is zeroed')
+  t.ok(first.subarray(2 ** 30 - 4096).every((b) => b === 0), 'the end of the first chunk is released')
+  t.ok(second.subarray(0, 4096).every((b) => b === 0), 'the second chunk is released too')
+  t.equal(findTarget('fault').resize, undefined, 'fault keeps its size')
+})

@@ -38,7 +38,8 @@ const cases: [string, string, RegExp][] = [
   ['a negative id', '{"op":"add","device":{"target":"null","id":-3}}\n', /--number must be between 0/],
   ['an id beyond the driver', '{"op":"add","device":{"target":"null","id":1099511627776}}\n', /--number must be between 0/],
   ['a block size that is not a power of two', '{"op":"add","device":{"target":"null","logicalBlockSize":3000}}\n', /--logical-block-size must be one of/],
-  ['recovery that is not a boolean', '{"op":"add","device":{"target":"null","recovery":"yes"}}\n', /--recovery must be true or false/],
+  ['recovery that is not a mode', '{"op":"add","device":{"target":"null","recovery":"yes"}}\n', /--recovery must be off, reissue, fail-io, got 'yes'/],
+  ['a name with a space', '{"op":"add","device":{"target":"null","name":"a b"}}\n', /--name must be 1-64 letters/],
   ['an option the target does not take', '{"op":"add","device":{"target":"null","file":"/tmp/x"}}\n', /target null does not take --file/],
   ['a loop backing that is missing', '{"op":"add","device":{"target":"loop","file":"/nope"}}\n', /backing file \/nope does not exist/],
   ['a loop backing that is a directory', '{"op":"add","device":{"target":"loop","file":"/tmp"}}\n', /backing file \/tmp is a directory/],
@@ -46,6 +47,11 @@ const cases: [string, string, RegExp][] = [
   ['del of an unknown id', '{"op":"del","id":99}\n', /no device 99/],
   ['recover of an unknown id', '{"op":"recover","id":99}\n', /no record of device 99/],
   ['recover without an id', '{"op":"recover"}\n', /recover needs a device id/],
+  ['resize without an id', '{"op":"resize","size":"1G"}\n', /resize needs a device id/],
+  ['resize without a size', '{"op":"resize","id":0}\n', /resize needs a size/],
+  ['resize with a size that is not one', '{"op":"resize","id":0,"size":"big"}\n', /--size: 'big' is not a size/],
+  ['resize of an unknown id', '{"op":"resize","id":99,"size":"1G"}\n', /no device 99 in this daemon/],
+  ['reload without a configuration', '{"op":"reload"}\n', /the daemon runs without --config: nothing to reload/],
 ]
 
 for (const [what, line, message] of cases) {
@@ -101,10 +107,10 @@ setTimeout(() => { console.log(answered); process.exit(0) }, 5000)
   t.same(await listDevices(vm), [], 'and answers')
 })
 
-t.test('SIGHUP is logged and ignored', async (t) => {
+t.test('SIGHUP without --config is logged and ignored', async (t) => {
   const pid = (await vm.run("pgrep -f '^node .*[c]li.js daemon'")).trim()
   await vm.run(`kill -HUP ${pid}`)
-  await waitInVm(vm, `grep -q 'SIGHUP: nothing to reload' /tmp/daemon.log`, 10_000)
+  await waitInVm(vm, `grep -q 'SIGHUP: no configuration file (--config), nothing to reload' /tmp/daemon.log`, 10_000)
   t.equal((await vm.run("pgrep -f '^node .*[c]li.js daemon'")).trim(), pid, 'the daemon still runs')
   t.same(await listDevices(vm), [], 'and answers')
 })

@@ -3,7 +3,7 @@
 // kernel lacks refused before anything is created, and control commands bounded by a deadline.
 import t from 'tap'
 
-import { addDevice, listDevices, startDaemon, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, listDevices, startDaemon, ublkd, ublkdCli, ublkNodes, waitInVm, writePartitionTable } from '../lib/ublkd-in-vm.js'
 import { bootVm, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -52,13 +52,9 @@ t.test('list --json shows the flags each device got', async (t) => {
   for (const device of [plain, recovering]) t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
 })
 
-// An MBR with one Linux partition at 1 MiB, written into a backing file.
 async function partitionedImage(path: string): Promise<void> {
   await vm.run(`truncate -s 64M ${path}`)
-  await vm.run(`node -e "
-    const fs = require('fs'); const fd = fs.openSync('${path}', 'r+'); const mbr = Buffer.alloc(512)
-    mbr[446 + 4] = 0x83; mbr.writeUInt32LE(2048, 446 + 8); mbr.writeUInt32LE(8192, 446 + 12)
-    mbr[510] = 0x55; mbr[511] = 0xaa; fs.writeSync(fd, mbr, 0, 512, 0)"`)
+  await writePartitionTable(vm, path)
 }
 
 t.test('--no-partition-scan: 7.x skips the scan, 6.12 refuses it before creating anything', async (t) => {

@@ -2,7 +2,7 @@
 // pinned to the CPUs the kernel reports for each queue.
 import t from 'tap'
 
-import { addDevice, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm, writePartitionTable } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 /** '0-2, 5' or '0,1' -> [0, 1, 2, 5] */
@@ -63,7 +63,7 @@ t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right ge
     const devices = await listDevices(vm)
     t.same(devices.map((d) => [d.id, d.state]), [[device.id, 'LIVE']])
     const table = await ublkd(vm, 'list')
-    t.match(table.stdout, new RegExp(`${device.id}\\s+/dev/ublkb${device.id}\\s+memory\\s+256 MiB\\s+2\\s+128\\s+LIVE\\s+${device.daemonPid}\\s+${device.uuid}`))
+    t.match(table.stdout, new RegExp(`${device.id}\\s+/dev/ublkb${device.id}\\s+-\\s+memory\\s+256 MiB\\s+2\\s+128\\s+LIVE\\s+${device.daemonPid}\\s+-\\s+${device.uuid}`))
   })
 
   t.test('dd writes and reads back through the device', async (t) => {
@@ -158,5 +158,11 @@ t.test('udev: ublkd udev-id names a device, and the shipped rule gives it /dev/d
   const rules = await vm.exec(`udevadm test --action=change /sys/block/ublkb${device.id}`)
   t.match(rules.stdout + rules.stderr, `ID_UBLKD_UUID=${uuid}`)
   t.match(rules.stdout + rules.stderr, new RegExp(`DEVLINKS=.*/dev/disk/by-id/ublk-${uuid}`))
+  // A partition gets the disk's name with -partN.
+  await writePartitionTable(vm, device.blockDevice)
+  await vm.run(`blockdev --rereadpt ${device.blockDevice}`)
+  await waitInVm(vm, `test -e /sys/block/ublkb${device.id}/ublkb${device.id}p1`, 10_000)
+  const part = await vm.exec(`udevadm test --action=change /sys/block/ublkb${device.id}/ublkb${device.id}p1`)
+  t.match(part.stdout + part.stderr, new RegExp(`DEVLINKS=.*/dev/disk/by-id/ublk-${uuid}-part1`), 'the partition: ublk-<uuid>-part1')
   t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
 })

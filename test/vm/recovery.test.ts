@@ -45,7 +45,7 @@ t.test('kill -9 of the daemon during fio verify, three times: restarts re-attach
   await startDaemon()
   await vm.run('truncate -s 128M /tmp/recovery.img')
   const device = await addDevice(vm, '-t loop -f /tmp/recovery.img -q 2 --recovery')
-  t.equal(device.recovery, true)
+  t.equal(device.recovery, 'reissue')
   const verify = fio(vm, `--name=survive --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
     '--rw=randwrite --bs=4k --iodepth=16 --size=32M --rate_iops=1000 --verify=crc32c --verify_fatal=1', 600_000)
   await waitForIo(vm, device.id, 'write_ops', 100)
