@@ -116,6 +116,9 @@ export class QueueStatsWriter {
     this.values = readQueueStats(shared)
     // What was in flight belonged to the queue's previous life.
     this.values[kStatInflight] = 0
+    // A previous writer that died mid-publish left the sequence odd; this writer owns the slice
+    // now (the old one is gone), so make it even again, or every read would give up on it.
+    if ((Atomics.load(shared.seq, 0) & 1) !== 0) Atomics.add(shared.seq, 0, 1)
   }
 
   publish(): void {

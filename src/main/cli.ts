@@ -6,23 +6,22 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 
-import { describeFeatureMask } from '../abi/feature-names.js'
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
 import { isLogLevel, resolveLogLevel } from '../common/log-level.js'
 import { formatSize, parseSize } from '../common/size.js'
 import { kDefaultStatsPublishMicros } from '../common/stats-layout.js'
-import { allTargetFlags, allTargets } from '../targets/registry.js'
+import type { Target } from '../targets/target.js'
 import { callDaemon, isNoDaemon } from './api-client.js'
 import type { ApiReply, ApiRequest } from './api-protocol.js'
-import { UblkControl, kDefaultKernelTimeoutMs } from './control.js'
 import type { DeviceSummary } from './device.js'
-import { listOrphans, type OrphanSummary } from './orphans.js'
-import { deviceDefaults } from './device-request.js'
+import type { OrphanSummary } from './orphans.js'
+import type { deviceDefaults } from './device-request.js'
 import { withRecoveryModes } from './recovery-mode.js'
 import { kDefaultMetricsAddress, parseListenAddress } from './listen-address.js'
 import { daemonLogPath, kDefaultStateDir, socketPath, stateDirFrom } from './paths.js'
-import { queueRates, totalErrors } from './stats-view.js'
 
+// Each command loads only the modules it uses (the target registry, the addon, ...): a CLI call
+// is a process start, and tests and scripts make hundreds of them.
 const kRequestTimeoutMs = 120_000
 // Under emulation a cold daemon start takes seconds, an upgrade's re-attach of many devices more.
 const kDaemonStartTimeoutMs = 180_000
@@ -50,8 +49,8 @@ Common options:
   -h, --help        help for a command: ublkd <command> --help
 `
 
-function addHelp(): string {
-  const targets = allTargets().map((target) =>
+function addHelp(allTargets: readonly Target[], defaults: typeof deviceDefaults): string {
+  const targets = allTargets.map((target) =>
     `  ${target.name.padEnd(8)} ${target.summary}\n${target.optionHelp.map((line) => `             ${line}`).join('\n')}`)
   return `Usage: ublkd add -t TARGET [options]
 
@@ -59,8 +58,8 @@ Create a device and print it. The device is served until 'ublkd del' or daemon s
 
 Options:
   -t, --target NAME             target type (below)
-  -q, --queues N                hardware queues, one pinned worker thread each (default ${deviceDefaults.queues})
-  -d, --depth N                 queue depth, 1..4096 (default ${deviceDefaults.depth})
+  -q, --queues N                hardware queues, one pinned worker thread each (default ${defaults.queues})
+  -d, --depth N                 queue depth, 1..4096 (default ${defaults.depth})
   -n, --number ID               device id, giving /dev/ublkbID (default: the kernel picks)
       --logical-block-size N    512, 1024, 2048 or 4096 (default 512, loop: the backing device's)
       --recovery [reissue|fail-io]
@@ -76,7 +75,7 @@ Options:
                                 fastest; event-loop: it is woken through the worker's event loop,
                                 so targets may complete requests from timers and promises
       --io-scheduler NAME       the block layer's I/O scheduler of the device: none, mq-deadline,
-                                kyber, bfq (default ${deviceDefaults.ioScheduler}, as the kernel loop driver)
+                                kyber, bfq (default ${defaults.ioScheduler}, as the kernel loop driver)
       --huge-page-buffers       back the I/O buffers (depth x 512 KiB per queue) with transparent
                                 huge pages: the kernel's copies get cheaper, but every buffer a
                                 request touches costs 2 MiB resident (default: 4 KiB pages, only
@@ -200,7 +199,7 @@ Options:
   --json            {"mask": "0x...", "names": [...], "unknownBits": [N, ...]}
 `
 
-const daemonHelp = `Usage: ublkd daemon [--config FILE] [--metrics HOST:PORT|off] [--keep-devices-on-exit] [--log-level LEVEL] [--state-dir DIR]
+const daemonHelp = (kernelTimeoutMs: number) => `Usage: ublkd daemon [--config FILE] [--metrics HOST:PORT|off] [--keep-devices-on-exit] [--log-level LEVEL] [--state-dir DIR]
 
 Run the daemon in the foreground. It hosts every device, listens for commands on
 <state-dir>/ublkd.sock (root only) and logs JSON lines to stdout (readable lines on a
@@ -221,7 +220,7 @@ Options:
   --metrics HOST:PORT  serve Prometheus metrics at /metrics and a live status page at /
                        (default ${kDefaultMetricsAddress}; 'off' for none)
   --kernel-timeout SECONDS
-                       the deadline of every ublk control command (default ${kDefaultKernelTimeoutMs / 1000}): a
+                       the deadline of every ublk control command (default ${kernelTimeoutMs / 1000}): a
                        command the kernel has not completed by then fails with
                        UBLKD_ERR_KERNEL_TIMEOUT, and the daemon undoes what it can
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info, env LOG_LEVEL)
@@ -333,6 +332,7 @@ async function startDaemon(stateDir: string, argv = ['daemon', '--state-dir', st
 }
 
 async function commandAdd(args: string[]): Promise<void> {
+  const { allTargetFlags, allTargets } = await import('../targets/registry.js')
   const targetFlags = allTargetFlags()
   const { values } = parse(withRecoveryModes(args), {
     ...Object.fromEntries(targetFlags.map((flag) => [flag.name, flag.short ? { type: flag.type, short: flag.short } : { type: flag.type }])),
@@ -350,7 +350,7 @@ async function commandAdd(args: string[]): Promise<void> {
     'queue-mode': { type: 'string' },
     json: { type: 'boolean' },
   })
-  if (values['help']) return print(addHelp())
+  if (values['help']) return print(addHelp(allTargets(), (await import('./device-request.js')).deviceDefaults))
   const device: Record<string, unknown> = {
     ...Object.fromEntries(targetFlags.map((flag) => [flag.field, values[flag.name]])),
     target: stringValue(values, 'target'),
@@ -493,6 +493,8 @@ async function commandList(args: string[]): Promise<void> {
     if (!isNoDaemon(error)) throw error
     // No daemon: every kernel device is someone else's.
     if (all) {
+      const { UblkControl } = await import('./control.js')
+      const { listOrphans } = await import('./orphans.js')
       const control = UblkControl.open()
       try {
         orphans = await listOrphans(control, () => false)
@@ -529,6 +531,7 @@ async function fetchDevice(stateDir: string, id: number): Promise<DeviceSummary>
 }
 
 async function watchStats(stateDir: string, id: number): Promise<void> {
+  const { queueRates, totalErrors } = await import('./stats-view.js')
   let before = await fetchDevice(stateDir, id)
   let beforeMs = Date.now()
   for (;;) {
@@ -559,6 +562,7 @@ async function commandStats(args: string[]): Promise<void> {
   const queueStats = device.queueStats ?? []
   if (values['json']) return print(JSON.stringify(queueStats, null, 2))
   print(describeDevice(device))
+  const { totalErrors } = await import('./stats-view.js')
   const header = ['QUEUE', 'READS', 'READ BYTES', 'WRITES', 'WRITE BYTES', 'FLUSH', 'DISCARD', 'ERRORS', 'INFLIGHT', 'TURNS', 'CQES/TURN']
   const rows = queueStats.map((q, queue) => {
     const errors = totalErrors(q)
@@ -572,6 +576,8 @@ async function commandStats(args: string[]): Promise<void> {
 async function commandFeatures(args: string[]): Promise<void> {
   const { values } = parse(args, { json: { type: 'boolean' } })
   if (values['help']) return print(featuresHelp)
+  const { UblkControl } = await import('./control.js')
+  const { describeFeatureMask } = await import('../abi/feature-names.js')
   const control = UblkControl.open()
   try {
     const { mask, names, unknownBits } = describeFeatureMask(await control.getFeatures())
@@ -616,7 +622,8 @@ async function commandDaemon(args: string[]): Promise<void> {
     'stats-publish-us': { type: 'string' }, 'kernel-timeout': { type: 'string' }, config: { type: 'string', short: 'c' },
     'take-over': { type: 'boolean' },
   })
-  if (values['help']) return print(daemonHelp)
+  const { kDefaultKernelTimeoutMs } = await import('./control.js')
+  if (values['help']) return print(daemonHelp(kDefaultKernelTimeoutMs))
   const configFile = stringValue(values, 'config')
   // Loaded only here: the daemon's modules (pino, prom-client, piscina, ajv) are most of the CLI's start.
   const config = configFile === undefined ? null : (await import('./config.js')).loadConfig(configFile)

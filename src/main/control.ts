@@ -34,8 +34,23 @@ export const kDefaultKernelTimeoutMs = 30_000
 // user_data of the cancel requests themselves: above every command's (those stay <= 0x7fffffff).
 const kCancelUserData = 0x80000000
 
-// 1024 CPUs' worth of bitmap: a multiple of 8 bytes that covers any nr_cpu_ids we will meet.
-const kAffinityMaskBytes = 128
+/**
+ * The bytes of a CPU mask GET_QUEUE_AFFINITY accepts on this machine: at least nr_cpu_ids bits
+ * (the possible CPUs, as sysfs lists them: "0-127" or "0,2-5"), in whole 64-bit words.
+ */
+export function affinityMaskBytes(possible: string): number {
+  const ids = possible.trim().split(',').map((range) => Number(range.split('-').pop()))
+  const cpus = Math.max(0, ...ids.filter(Number.isInteger)) + 1
+  return Math.ceil(cpus / 64) * 8
+}
+
+const kAffinityMaskBytes = (() => {
+  try {
+    return affinityMaskBytes(fs.readFileSync('/sys/devices/system/cpu/possible', 'utf8'))
+  } catch {
+    return 128
+  }
+})()
 
 interface PendingCommand {
   name: string
@@ -193,7 +208,7 @@ export class UblkControl {
   }
 
   async getQueueAffinity(devId: number, queueId: number): Promise<number[]> {
-    const buffer = native.allocBuffer(native.pageSize)
+    const buffer = native.allocBuffer(Math.max(native.pageSize, kAffinityMaskBytes))
     await this.command('GET_QUEUE_AFFINITY', UBLK_U_CMD_GET_QUEUE_AFFINITY, {
       devId, data0: BigInt(queueId), buffer, len: kAffinityMaskBytes,
     })

@@ -20,7 +20,7 @@ import { loadConfig, type Config } from './config.js'
 import { parseDeviceRequest, type DeviceRequest } from './device-request.js'
 import { diskUsers } from './disk-users.js'
 import { planReconcile, type ReconcilePlan } from './reconcile.js'
-import { ServiceNotifier } from './service-notify.js'
+import { ServiceNotifier, serveNotifier } from './service-notify.js'
 import type { ListenAddress } from './listen-address.js'
 import { listenMetrics } from './metrics-server.js'
 import { socketPath } from './paths.js'
@@ -514,39 +514,6 @@ class Daemon {
     }))
     this.control.close()
   }
-}
-
-// STATUS= follows the devices at this pace.
-const kStatusIntervalMs = 2_000
-
-/** READY=1 once every declared device is live, STATUS= as the devices change, WATCHDOG=1 while
- *  the daemon is healthy, RELOADING=1 then READY=1 around a reload. */
-function serveNotifier(daemon: Daemon, notifier: ServiceNotifier, log: Logger): void {
-  let ready = false
-  const update = () => {
-    if (!ready && daemon.declaredLive()) {
-      ready = true
-      notifier.ready(daemon.statusLine())
-      log.info('service manager told: ready')
-    } else {
-      notifier.status(daemon.statusLine())
-    }
-  }
-  update()
-  setInterval(update, kStatusIntervalMs).unref()
-  daemon.onReloading = (reloading) => {
-    if (reloading) notifier.reloading()
-    else notifier.ready(daemon.statusLine())
-  }
-  const interval = notifier.watchdogIntervalMs
-  if (interval === null) return
-  let wasHealthy = true
-  setInterval(() => {
-    const healthy = daemon.healthy()
-    if (healthy) notifier.watchdog()
-    else if (wasHealthy) log.warn('a device is being healed or has failed: the service watchdog is not fed meanwhile')
-    wasHealthy = healthy
-  }, interval).unref()
 }
 
 // How long the previous daemon may take to hand over and exit.

@@ -60,3 +60,46 @@ export class ServiceNotifier {
     this.send('WATCHDOG=1')
   }
 }
+
+/** What the notifications report about the daemon. */
+export interface ServiceState {
+  /** Every device the configuration declares is live. */
+  declaredLive(): boolean
+  /** No device is being healed or has failed. */
+  healthy(): boolean
+  statusLine(): string
+  onReloading: (reloading: boolean) => void
+}
+
+// STATUS= follows the devices at this pace.
+const kStatusIntervalMs = 2_000
+
+/** READY=1 once every declared device is live, STATUS= as the devices change, WATCHDOG=1 while
+ *  the daemon is healthy, RELOADING=1 then READY=1 around a reload. */
+export function serveNotifier(daemon: ServiceState, notifier: ServiceNotifier, log: Logger): void {
+  let ready = false
+  const update = () => {
+    if (!ready && daemon.declaredLive()) {
+      ready = true
+      notifier.ready(daemon.statusLine())
+      log.info('service manager told: ready')
+    } else {
+      notifier.status(daemon.statusLine())
+    }
+  }
+  update()
+  setInterval(update, kStatusIntervalMs).unref()
+  daemon.onReloading = (reloading) => {
+    if (reloading) notifier.reloading()
+    else notifier.ready(daemon.statusLine())
+  }
+  const interval = notifier.watchdogIntervalMs
+  if (interval === null) return
+  let wasHealthy = true
+  setInterval(() => {
+    const healthy = daemon.healthy()
+    if (healthy) notifier.watchdog()
+    else if (wasHealthy) log.warn('a device is being healed or has failed: the service watchdog is not fed meanwhile')
+    wasHealthy = healthy
+  }, interval).unref()
+}

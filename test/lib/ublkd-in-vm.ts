@@ -92,3 +92,13 @@ export async function writePartitionTable(vm: Vm, path: string): Promise<void> {
     mbr[446 + 4] = 0x83; mbr.writeUInt32LE(2048, 446 + 8); mbr.writeUInt32LE(8192, 446 + 12)
     mbr[510] = 0x55; mbr[511] = 0xaa; fs.writeSync(fd, mbr, 0, 512, 0); fs.fsyncSync(fd)"`)
 }
+
+/** Wait until every device of the serving daemon (of `target`, if given; at least `devices` of
+ *  them) completed more than `writes` writes: I/O flows through that daemon, whose counters
+ *  start at zero. */
+export async function waitForWrites(vm: Vm, opts: { writes: number; target?: string; devices?: number }): Promise<void> {
+  const pick = opts.target === undefined ? 'd' : `d.filter((x) => x.target === '${opts.target}')`
+  await waitInVm(vm, `${ublkdCli} list --json | node -e "const d = JSON.parse(require('fs').readFileSync(0, 'utf8')); ` +
+    `const p = ${pick}; process.exit(p.length >= ${opts.devices ?? 1} && ` +
+    `p.every((x) => x.queueStats.reduce((s, q) => s + q.write_ops, 0) > ${opts.writes}) ? 0 : 1)"`, 120_000)
+}

@@ -50,6 +50,9 @@ export interface VmOptions {
   extraQemuArgs?: string[]
   /** Boots tried before giving up on one that dies before the agent answers; default 3. */
   bootAttempts?: number
+  /** 'systemd': systemd is PID 1 (scripts/vm/init), running the agent as a unit; default: the
+   *  initramfs runs the agent itself. */
+  init?: 'agent' | 'systemd'
 }
 
 /** How a boot failed before the agent answered: the kernel panicked, QEMU exited otherwise,
@@ -237,6 +240,7 @@ async function bootOnce(options: VmOptions): Promise<Vm> {
     args.push('-netdev', `user,id=net0,${rules}`, '-device', 'virtio-net-pci,netdev=net0')
     append.push('ublkd.net=1')
   }
+  if (options.init === 'systemd') append.push('ublkd.init=systemd')
   if (options.shareDir) {
     args.push('-virtfs', `local,path=${options.shareDir},mount_tag=share,security_model=none,multidevs=remap`)
     append.push(`ublkd.share=${options.shareDir}`)

@@ -47,3 +47,19 @@ t.test('latency buckets grow by sqrt(2) from 1 us and clamp both ends', async (t
   t.equal(batchBucket(3), 2)
   t.equal(batchBucket(1e6), 11)
 })
+
+t.test('a writer that died mid-publish leaves the sequence odd; the next writer makes it even again', async (t) => {
+  const slice = queueStatsView(allocQueueStats(1), 0)
+  const dead = new QueueStatsWriter(slice)
+  dead.values[0] = 7
+  dead.publish()
+  Atomics.add(slice.seq, 0, 1) // died between the two increments of its next publish
+  t.equal(Atomics.load(slice.seq, 0) & 1, 1, 'odd: readers cannot trust the slice')
+  const next = new QueueStatsWriter(slice)
+  t.equal(next.values[0], 7, 'the next writer carries on from the last published counts')
+  t.equal(Atomics.load(slice.seq, 0) & 1, 0, 'even again')
+  next.values[0] = 8
+  next.publish()
+  t.equal(Atomics.load(slice.seq, 0) & 1, 0, 'and stays even after its publishes')
+  t.equal(readQueueStats(slice)[0], 8)
+})

@@ -2,8 +2,9 @@
 // created at start, READY=1 to a real notification socket (test/lib/notify-listener.py) only
 // once they are live, WATCHDOG=1 while healthy, STATUS=, journal priorities; reloads (ublkd
 // reload and SIGHUP) that add, delete and resize, or refuse and change nothing; devices added by
-// hand left alone; config dump; STOPPING=1 on SIGTERM. systemd itself does not run in the VM
-// (its init is ours): the unit file is checked by `systemd-analyze verify` (test/unit/service-unit).
+// hand left alone; config dump; no WATCHDOG=1 while a stalled queue is healed; STOPPING=1.
+// systemd itself does not run in the VM (its init is ours): the unit file is checked by
+// `systemd-analyze verify` (test/unit/service-unit.test.ts).
 import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
@@ -130,6 +131,20 @@ t.test('a configured daemon: ready once its devices are live, watchdog, status, 
   t.match(dump.daemon, { metrics: 'off', stateDir: `${dir}/state` })
   t.same(dump.devices.map((device) => device.name).sort(), ['alpha', 'beta', 'delta', 'epsilon'])
   t.same(dump.addedByHand.map((device) => device.name), ['mine'])
+
+  // A stalled queue is healed (with --recovery); meanwhile the watchdog is not fed.
+  const stall = await addDevice(vm, `-t fault --size 16M --fault stall --fault-at 200 --fault-stall-ms 600000 --recovery ${state}`)
+  const fedFrom = (await notifications()).length
+  const { result } = await fio(vm, `--name=stall --filename=${stall.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=randwrite --bs=4k --iodepth=4 --size=4M')
+  t.equal(result.code, 0, `fio through the heal: ${result.stderr}`)
+  await waitInVm(vm, `grep -q 'the service watchdog is not fed meanwhile' ${dir}/daemon.log`, 60_000)
+  await new Promise((resolve) => setTimeout(resolve, 3000))
+  const feeds = (await notifications()).slice(fedFrom).filter((n) => n.fields['WATCHDOG'] === '1').map((n) => n.ms)
+  const gap = Math.max(...feeds.slice(1).map((ms, i) => ms - feeds[i]!))
+  t.ok(gap >= 2000, `no WATCHDOG=1 while the device was being healed: a ${gap} ms gap (fed every 1000 ms otherwise)`)
+  t.equal((await devices()).find((device) => device.id === stall.id)?.recoveries, 1, 'healed once')
+  t.equal((await ublkd(vm, `del -n ${stall.id} --force ${state}`)).code, 0)
 
   await vm.run(`kill -TERM ${pid}`)
   await waitInVm(vm, `! kill -0 ${pid}`, 60_000)

@@ -5,7 +5,7 @@
 import t from 'tap'
 
 import {
-  addDevice, fio, listDevices, startDaemon, ublkd, ublkdCli, waitInVm,
+  addDevice, fio, listDevices, startDaemon, ublkd, waitForWrites,
 } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
@@ -41,9 +41,7 @@ t.test('three upgrades under fio: 0 errors, a new daemon pid each time, I/O thro
     fio(vm, `--name=null --filename=${nul.blockDevice} --ioengine=io_uring --direct=1 --rw=randrw --bs=4k ` +
       '--iodepth=8 --time_based --runtime=1200 --rate_iops=60', 1_500_000),
   ]
-  // Every device completed writes in the daemon serving now (its counters start at zero).
-  const ioFlows = () => waitInVm(vm, `${ublkdCli} list --json | node -e "const devices = JSON.parse(require('fs').readFileSync(0, 'utf8')); ` +
-    'process.exit(devices.length === 3 && devices.every((d) => d.queueStats.reduce((sum, q) => sum + q.write_ops, 0) > 20) ? 0 : 1)"', 120_000)
+  const ioFlows = () => waitForWrites(vm, { writes: 20, devices: 3 })
   await ioFlows()
   let pid = file.daemonPid
   for (let round = 1; round <= 3; round++) {
