@@ -8,6 +8,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 
 import { UblkdError, UsageError, isUblkdError, messageOf } from '../common/errors.js'
 import { isLogLevel, resolveLogLevel } from '../common/log-level.js'
+import { waitForExit } from '../common/process-exit.js'
 import { formatSize, parseSize } from '../common/size.js'
 import { kDefaultStatsPublishMicros } from '../common/stats-layout.js'
 import type { Target } from '../targets/target.js'
@@ -434,15 +435,6 @@ async function callRunningDaemon(stateDir: string, request: ApiRequest, whatIsMi
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
 async function commandUpgrade(args: string[]): Promise<void> {
   const { values } = parse(args, { 'no-start': { type: 'boolean' } })
   if (values['help']) return print(upgradeHelp)
@@ -452,7 +444,9 @@ async function commandUpgrade(args: string[]): Promise<void> {
   if (values['no-start']) {
     const reply = unwrap(await callRunningDaemon(stateDir, { op: 'upgrade' }, 'nothing to upgrade'))
     print(`daemon pid ${reply.pid!} handed over ${plural(reply.handedOver ?? [])}`)
-    await waitForExit(reply.pid!)
+    if (!await waitForExit(reply.pid!, kDaemonStartTimeoutMs)) {
+      throw new UblkdError('UBLKD_ERR_TIMEOUT', `daemon pid ${reply.pid!} did not exit after handing over`)
+    }
     return print('start the new daemon now: the devices wait for it')
   }
   // Checked first, so that a refusal comes from here; then the new daemon starts while the
@@ -467,14 +461,6 @@ async function commandUpgrade(args: string[]): Promise<void> {
     const device = devices.find((candidate) => candidate.id === id)
     if (!device) throw new UblkdError('UBLKD_ERR_DAEMON', `the new daemon did not take /dev/ublkb${id} over; see ${daemonLogPath(stateDir)}`)
     print(`${describeDevice(device)}, paused ${device.lastPauseMs ?? '?'} ms`)
-  }
-}
-
-async function waitForExit(pid: number): Promise<void> {
-  const deadline = Date.now() + kDaemonStartTimeoutMs
-  while (processAlive(pid)) {
-    if (Date.now() > deadline) throw new UblkdError('UBLKD_ERR_TIMEOUT', `daemon pid ${pid} did not exit after handing over`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
   }
 }
 

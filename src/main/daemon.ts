@@ -8,6 +8,7 @@ import type net from 'node:net'
 
 import { UBLK_F_SAFE_STOP_DEV } from '../abi/ublk-cmd.js'
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
+import { waitForExit } from '../common/process-exit.js'
 import { parseSize } from '../common/size.js'
 import { createLogger, type Logger } from '../common/log.js'
 import type { LogLevel } from '../common/log-level.js'
@@ -18,8 +19,8 @@ import { UblkControl } from './control.js'
 import { Device, type BackingClaim, type DeviceDeps } from './device.js'
 import { loadConfig, type Config } from './config.js'
 import { parseDeviceRequest, type DeviceRequest } from './device-request.js'
-import { diskUsers } from './disk-users.js'
-import { planReconcile, type ReconcilePlan } from './reconcile.js'
+import { diskUsers, everyUser } from './disk-users.js'
+import { planReconcile, type ReconcilePlan, type RunningDevice } from './reconcile.js'
 import { ServiceNotifier, serveNotifier } from './service-notify.js'
 import type { ListenAddress } from './listen-address.js'
 import { listenMetrics } from './metrics-server.js'
@@ -46,7 +47,8 @@ export interface RunningConfig {
   addedByHand: Record<string, unknown>[]
 }
 
-type RunningWithDevice = { id: number; request: DeviceRequest; sizeBytes: number; device: Device }
+/** A running device as reconcile sees it, with the Device to act on. */
+type Running = RunningDevice & { device: Device }
 
 export interface DaemonOptions {
   stateDir: string
@@ -245,7 +247,7 @@ class Daemon {
   }
 
   /** The devices as reconcile sees them. */
-  private running() {
+  private running(): Running[] {
     return [...this.devices.values()].map((device) => ({ id: device.id, request: device.deviceRequest, sizeBytes: device.sizeBytes, device }))
   }
 
@@ -272,14 +274,13 @@ class Daemon {
     try {
       const config = loadConfig(this.configFile)
       const plan = planReconcile(config.devices, this.running())
-      for (const { device } of plan.remove as RunningWithDevice[]) {
-        const { lasting, processes } = diskUsers(`ublkb${device.id}`)
-        const users = [...lasting, ...processes]
+      for (const { device } of plan.remove) {
+        const users = everyUser(diskUsers(`ublkb${device.id}`))
         if (users.length > 0) plan.refused.push(`device ${device.name} (/dev/ublkb${device.id}) is no longer declared but in use (${users.join('; ')})`)
       }
-      for (const { device, sizeBytes } of plan.resize as { device: RunningWithDevice; sizeBytes: number }[]) {
-        const why = device.device.resizeRefusal(sizeBytes)
-        if (why !== null) plan.refused.push(`device ${device.request.name} (/dev/ublkb${device.id}): ${why.message}`)
+      for (const { device: { device }, sizeBytes } of plan.resize) {
+        const why = device.resizeRefusal(sizeBytes)
+        if (why !== null) plan.refused.push(`device ${device.name} (/dev/ublkb${device.id}): ${why.message}`)
       }
       if (plan.refused.length > 0) {
         throw new UblkdError('UBLKD_ERR_CONFIG', `${config.file}: reload refused, nothing changed: ${plan.refused.join('; ')}`)
@@ -297,7 +298,7 @@ class Daemon {
   /** Deletions, then resizes, then additions (a name or id freed first may be taken again). A
    *  step that fails after the checks (the kernel refused, a disk got a user meanwhile) is
    *  reported in `failed`; the others go on. */
-  private async apply(plan: ReconcilePlan): Promise<ReloadResult> {
+  private async apply(plan: ReconcilePlan<Running>): Promise<ReloadResult> {
     const result: ReloadResult = { added: [], removed: [], resized: [], unchanged: plan.unchanged.map((device) => device.request.name!), failed: [] }
     const attempt = async (name: string, list: string[], work: () => Promise<unknown>) => {
       try {
@@ -308,11 +309,11 @@ class Daemon {
         result.failed.push(`${name}: ${messageOf(error)}`)
       }
     }
-    for (const { device } of plan.remove as RunningWithDevice[]) {
+    for (const { device } of plan.remove) {
       await attempt(device.name!, result.removed, () => this.remove(device, false))
     }
-    for (const { device, sizeBytes } of plan.resize as { device: RunningWithDevice; sizeBytes: number }[]) {
-      await attempt(device.request.name!, result.resized, () => device.device.resize(sizeBytes, false))
+    for (const { device: { device }, sizeBytes } of plan.resize) {
+      await attempt(device.name!, result.resized, () => device.resize(sizeBytes, false))
     }
     for (const declared of plan.add) await attempt(declared.name, result.added, () => this.addRequest(declared.request))
     return result
@@ -526,15 +527,8 @@ async function takeOver(socket: string, log: Logger): Promise<void> {
   })
   if (!reply.ok) throw new UblkdError(reply.error.code as UblkdError['code'], `--take-over: ${reply.error.message}`)
   log.info({ previousPid: reply.pid, devices: reply.handedOver }, 'taking over from the previous daemon')
-  const deadline = Date.now() + kTakeOverTimeoutMs
-  for (;;) {
-    try {
-      process.kill(reply.pid!, 0)
-    } catch {
-      return
-    }
-    if (Date.now() > deadline) throw new UblkdError('UBLKD_ERR_TIMEOUT', `the previous daemon (pid ${reply.pid}) did not exit`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
+  if (!await waitForExit(reply.pid!, kTakeOverTimeoutMs)) {
+    throw new UblkdError('UBLKD_ERR_TIMEOUT', `the previous daemon (pid ${reply.pid}) did not exit`)
   }
 }
 

@@ -27,7 +27,7 @@ import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
 import type { UblkControl } from './control.js'
 import { checkIdentity, identityCookie } from './device-identity.js'
-import { diskUsers } from './disk-users.js'
+import { diskUsers, everyUser } from './disk-users.js'
 import type { DeviceRequest } from './device-request.js'
 import { checkOffered, featureNeeds, neededFlags, wantedFlags } from './kernel-features.js'
 import { QueuePool } from './queue-pool.js'
@@ -647,8 +647,7 @@ export class Device {
       return new UsageError(`--size must be a positive multiple of the device's logical block size ${logicalBlockSize}, got ${sizeBytes}`)
     }
     if (sizeBytes < current && !force) {
-      const { lasting, processes } = diskUsers(`ublkb${this.id}`)
-      const users = [...lasting, ...processes]
+      const users = everyUser(diskUsers(`ublkb${this.id}`))
       if (users.length > 0) {
         return new UblkdError('UBLKD_ERR_BUSY', `device ${this.id} is in use (${users.join('; ')}): shrinking it cuts off ` +
           'what its users may keep past the new end; shrink the filesystem first, or resize --force')

@@ -90,6 +90,11 @@ export interface DiskUsers {
   processes: string[]
 }
 
+/** Every user in one list, the lasting ones first. */
+export function everyUser({ lasting, processes }: DiskUsers): string[] {
+  return [...lasting, ...processes]
+}
+
 /** What uses /dev/`disk` now, one phrase each. */
 export function diskUsers(disk: string): DiskUsers {
   const parts = diskParts(disk)

@@ -15,11 +15,12 @@ export interface RunningDevice {
   sizeBytes: number
 }
 
-export interface ReconcilePlan {
+/** What to do; `Running` is the caller's own description of a running device, handed back. */
+export interface ReconcilePlan<Running extends RunningDevice = RunningDevice> {
   add: DeclaredDevice[]
-  remove: RunningDevice[]
-  resize: { device: RunningDevice; sizeBytes: number }[]
-  unchanged: RunningDevice[]
+  remove: Running[]
+  resize: { device: Running; sizeBytes: number }[]
+  unchanged: Running[]
   /** Why the plan cannot be applied, one phrase per device; empty: it can. */
   refused: string[]
 }
@@ -50,10 +51,11 @@ function changes(declared: DeclaredDevice, running: DeviceRequest): string[] {
   return found
 }
 
-export function planReconcile(declared: readonly DeclaredDevice[], running: readonly RunningDevice[]): ReconcilePlan {
-  const plan: ReconcilePlan = { add: [], remove: [], resize: [], unchanged: [], refused: [] }
+export function planReconcile<Running extends RunningDevice>(declared: readonly DeclaredDevice[],
+  running: readonly Running[]): ReconcilePlan<Running> {
+  const plan: ReconcilePlan<Running> = { add: [], remove: [], resize: [], unchanged: [], refused: [] }
   const byName = new Map(running.filter((device) => device.request.name !== undefined).map((device) => [device.request.name!, device]))
-  const matched = new Set<RunningDevice>()
+  const matched = new Set<Running>()
   for (const want of declared) {
     const have = byName.get(want.name)
     if (have === undefined) {

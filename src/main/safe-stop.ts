@@ -13,7 +13,7 @@ import fs from 'node:fs'
 
 import { KernelError, UblkdError } from '../common/errors.js'
 import type { UblkControl } from './control.js'
-import { diskUsers, type DiskUsers } from './disk-users.js'
+import { diskUsers, everyUser, type DiskUsers } from './disk-users.js'
 
 const kPassingUserMs = 2_000
 const kRetryMs = 200
@@ -34,8 +34,8 @@ export interface SafeStopParts {
   runStop: (command: StopCommand) => Promise<unknown>
 }
 
-function busy(id: number, { lasting, processes }: DiskUsers): UblkdError {
-  const users = [...lasting, ...processes]
+function busy(id: number, found: DiskUsers): UblkdError {
+  const users = everyUser(found)
   const what = users.length > 0 ? users.join('; ') : 'open by a holder the daemon cannot name'
   return new UblkdError('UBLKD_ERR_BUSY', `device ${id} is in use: ${what}; del --force deletes it anyway`)
 }

@@ -18,8 +18,9 @@ export async function addDevice(vm: Vm, args: string): Promise<DeviceSummary> {
   return JSON.parse(result.stdout) as DeviceSummary
 }
 
-export async function listDevices(vm: Vm): Promise<DeviceSummary[]> {
-  return JSON.parse(await vm.run(`${ublkdCli} list --json`)) as DeviceSummary[]
+/** `ublkd list --json` (`args`: e.g. --state-dir DIR). */
+export async function listDevices(vm: Vm, args = ''): Promise<DeviceSummary[]> {
+  return JSON.parse(await vm.run(`${ublkdCli} list --json ${args}`)) as DeviceSummary[]
 }
 
 /** Every ublk char and block device node present in the VM. */

@@ -7,8 +7,7 @@
 // `systemd-analyze verify` (test/unit/service-unit.test.ts).
 import t from 'tap'
 
-import type { DeviceSummary } from '../../src/main/device.js'
-import { addDevice, fio, ublkd, ublkdCli, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, fio, listDevices, ublkd, ublkdCli, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -31,9 +30,7 @@ async function writeConfig(devices: Record<string, unknown>[]): Promise<void> {
   await vm.run(`cat > ${config}.new <<'EOF'\n${json}\nEOF\nmv ${config}.new ${config}`)
 }
 
-async function devices(): Promise<DeviceSummary[]> {
-  return JSON.parse(await vm.run(`${ublkdCli} list --json ${state}`)) as DeviceSummary[]
-}
+const devices = () => listDevices(vm, state)
 
 const names = async () => (await devices()).map((device) => device.name).sort()
 

@@ -7,7 +7,7 @@
 import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
-import { fio, ublkdCli, waitForWrites, waitInVm } from '../lib/ublkd-in-vm.js'
+import { fio, listDevices, waitForWrites, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 const vm = await bootVm({ init: 'systemd' })
@@ -19,9 +19,7 @@ async function writeConfig(devices: Record<string, unknown>[]): Promise<void> {
   await vm.run(`mkdir -p /run/ublkd-test && cat > ${config}.new <<'EOF'\n${json}\nEOF\nmv ${config}.new ${config}`)
 }
 
-async function devices(): Promise<DeviceSummary[]> {
-  return JSON.parse(await vm.run(`${ublkdCli} list --json`)) as DeviceSummary[]
-}
+const devices = () => listDevices(vm)
 
 const writesFlow = () => waitForWrites(vm, { writes: 50, target: 'loop', devices: 2 })
 
