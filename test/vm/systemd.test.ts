@@ -38,10 +38,11 @@ t.test('systemd runs the daemon: ready when the devices are live, reload, restar
   // The shipped unit, with this checkout's ublkd for /usr/local/bin/ublkd and the config above.
   await vm.run(`sed -e 's|/usr/local/bin/ublkd|/usr/bin/node ${repoRoot}/dist/main/cli.js|g' ` +
     `-e 's|/etc/ublkd/ublkd.json|${config}|' ${repoRoot}/examples/systemd/ublkd.service > /run/systemd/system/ublkd.service`)
-  // A shorter watchdog than the shipped 30 s for the test below, and a short wait for the
-  // watchdog's SIGABRT (a stopped process only dies of the SIGKILL after it).
+  // A shorter watchdog than the shipped 30 s for the test below (a daemon loaded by emulation
+  // still feeds it every 7.5 s with room to spare), and a short wait for the watchdog's SIGABRT
+  // (a stopped process only dies of the SIGKILL after it).
   await vm.run('mkdir -p /run/systemd/system/ublkd.service.d && ' +
-    'printf "[Service]\\nWatchdogSec=8\\nTimeoutAbortSec=5\\n" > /run/systemd/system/ublkd.service.d/test.conf')
+    'printf "[Service]\\nWatchdogSec=15\\nTimeoutAbortSec=5\\n" > /run/systemd/system/ublkd.service.d/test.conf')
   await vm.run('systemctl daemon-reload')
   const start = await vm.exec('systemctl start ublkd', { timeoutMs: 240_000 })
   t.equal(start.code, 0, `systemctl start: ${start.stderr}`)
