@@ -324,6 +324,7 @@ Napi::Object AbiLayout(Napi::Env env) {
   PUT_CONST(constants, IORING_OP_FALLOCATE);
   PUT_CONST(constants, IORING_OP_ASYNC_CANCEL);
   PUT_CONST(constants, IORING_FSYNC_DATASYNC);
+  PUT_CONST(constants, IORING_ASYNC_CANCEL_ANY);
   PUT_CONST(constants, RWF_DSYNC);
   PUT_CONST(constants, FALLOC_FL_KEEP_SIZE);
   PUT_CONST(constants, FALLOC_FL_PUNCH_HOLE);

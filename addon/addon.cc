@@ -24,6 +24,7 @@ Native::Native(Napi::Env env, Napi::Object exports) {
   exports.Set("bufferAddress", Napi::Function::New<BufferAddress>(env, "bufferAddress"));
   exports.Set("mmapReadOnly", Napi::Function::New<MmapReadOnly>(env, "mmapReadOnly"));
   exports.Set("munmap", Napi::Function::New<Munmap>(env, "munmap"));
+  exports.Set("abandonMapping", Napi::Function::New<AbandonMapping>(env, "abandonMapping"));
   exports.Set("noHugePages", Napi::Function::New<NoHugePages>(env, "noHugePages"));
   exports.Set("pinThread", Napi::Function::New<PinThread>(env, "pinThread"));
   exports.Set("setIoFlusher", Napi::Function::New<SetIoFlusher>(env, "setIoFlusher"));
@@ -32,6 +33,9 @@ Native::Native(Napi::Env env, Napi::Object exports) {
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("eventFd", Napi::Function::New<EventFd>(env, "eventFd"));
   exports.Set("eventFdWrite", Napi::Function::New<EventFdWrite>(env, "eventFdWrite"));
+  exports.Set("dupFd", Napi::Function::New<DupFd>(env, "dupFd"));
+  exports.Set("unshareMountNamespace", Napi::Function::New<UnshareMountNamespace>(env, "unshareMountNamespace"));
+  exports.Set("exec", Napi::Function::New<Exec>(env, "exec"));
   exports.Set("sendDatagram", Napi::Function::New<SendDatagram>(env, "sendDatagram"));
   exports.Set("executeSqes", Napi::Function::New<ExecuteSqes>(env, "executeSqes"));
 }
@@ -40,12 +44,13 @@ Native::Native(Napi::Env env, Napi::Object exports) {
 Native::~Native() {
   std::unordered_set<Ring*> open_rings;
   open_rings.swap(rings_);
+  bool io_may_be_in_flight = !open_rings.empty();
   for (Ring* ring : open_rings) {
     ring->native_ = nullptr;
     ring->Release();
   }
   for (Mapping* mapping : mappings_) {
-    if (mapping->mapped) munmap(mapping->address, mapping->bytes);
+    if (mapping->mapped && !(io_may_be_in_flight && mapping->anonymous)) munmap(mapping->address, mapping->bytes);
     mapping->mapped = false;
     mapping->owner = nullptr;
   }

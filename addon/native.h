@@ -16,11 +16,15 @@ class Native;
 // A mapping exposed as an external ArrayBuffer (sys.cc). munmap() unmaps and detaches the buffer
 // so JS sees a zero-length buffer instead of touching unmapped memory; the finalizer frees the
 // record. The owning environment unmaps whatever is still mapped when it is torn down: a
-// descriptor mapping left behind would keep the ublk char device open.
+// descriptor mapping left behind would keep the ublk char device open. Anonymous memory (I/O
+// buffers) is left mapped instead if a ring of the environment was still open then (its thread
+// was terminated mid-loop): I/O the kernel still runs for that ring may write into it, and an
+// unmapped range would be reused.
 struct Mapping {
   void* address;
   size_t bytes;
   bool mapped;
+  bool anonymous;
   Native* owner;  // cleared when the owner goes first
 };
 

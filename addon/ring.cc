@@ -169,7 +169,9 @@ uint32_t Ring::ReapCompletions() {
 // enter(stagedCount, minComplete, timeoutNs) -> number of CQEs copied into `cqes`.
 // Submits every SQE not yet consumed by the kernel (staged now or left over from a busy turn),
 // waits for minComplete completions or timeoutNs (0 = no limit when minComplete > 0). Stamps
-// `clock` before submitting and after waiting, so JS needs no clock read of its own.
+// `clock` before submitting and after waiting, so JS needs no clock read of its own. Staged SQEs
+// the SQ has no room for (the kernel left earlier ones unconsumed) stay staged: moved to the
+// front of `sqes`, their count in clock[kClockKept], for JS to stage after them and send next.
 Napi::Value Ring::Enter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (ring_fd_ < 0) return ThrowErrno(env, "io_uring_enter", EBADF);
@@ -183,13 +185,17 @@ Napi::Value Ring::Enter(const Napi::CallbackInfo& info) {
   clock_[kClockSubmitted] = MonotonicMicros();
   uint32_t tail = *sq_tail_;
   uint32_t unconsumed = tail - LoadAcquire(sq_head_);
-  if (staged > sq_entries_ - unconsumed) return ThrowErrno(env, "io_uring_enter(sq full)", EBUSY);
-  // SAFETY: staged <= sq_entries_ and staged_sqes_ holds sq_entries_ SQEs of kSqeBytes.
-  for (uint32_t i = 0; i < staged; i++) {
+  uint32_t copied = std::min(staged, sq_entries_ - unconsumed);
+  // SAFETY: copied <= staged <= sq_entries_ and staged_sqes_ holds sq_entries_ SQEs of kSqeBytes.
+  for (uint32_t i = 0; i < copied; i++) {
     memcpy(kernel_sqes_ + ((tail + i) & sq_mask_) * kSqeBytes, staged_sqes_ + i * kSqeBytes,
            kSqeBytes);
   }
-  tail += staged;
+  if (copied < staged) {
+    memmove(staged_sqes_, staged_sqes_ + copied * kSqeBytes, (staged - copied) * kSqeBytes);
+  }
+  clock_[kClockKept] = static_cast<int32_t>(staged - copied);
+  tail += copied;
   StoreRelease(sq_tail_, tail);
   uint32_t to_submit = tail - LoadAcquire(sq_head_);
 

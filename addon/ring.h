@@ -64,7 +64,8 @@ class Ring : public Napi::ObjectWrap<Ring> {
   // them alive.
   static constexpr int kClockSubmitted = 0;
   static constexpr int kClockReaped = 1;
-  static constexpr int kClockStamps = 2;
+  static constexpr int kClockKept = 2;  // not a stamp: staged SQEs the SQ had no room for
+  static constexpr int kClockStamps = 3;
   Napi::Reference<Napi::ArrayBuffer> sqes_ref_;
   Napi::Reference<Napi::ArrayBuffer> cqes_ref_;
   Napi::Reference<Napi::ArrayBuffer> clock_ref_;

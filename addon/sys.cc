@@ -7,6 +7,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "errors.h"
 #include "native.h"
@@ -31,8 +33,8 @@ void FinalizeMapping(Napi::Env /*env*/, void* /*data*/, Mapping* mapping) {
   delete mapping;
 }
 
-Napi::Value ExposeMapping(Napi::Env env, void* address, size_t bytes) {
-  auto* mapping = new Mapping{address, bytes, true, Native::From(env)};
+Napi::Value ExposeMapping(Napi::Env env, void* address, size_t bytes, bool anonymous) {
+  auto* mapping = new Mapping{address, bytes, true, anonymous, Native::From(env)};
   mapping->owner->Track(mapping);
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, address, bytes, FinalizeMapping, mapping);
   // munmap() finds the record again through this non-enumerable, read-only property.
@@ -43,17 +45,21 @@ Napi::Value ExposeMapping(Napi::Env env, void* address, size_t bytes) {
 
 }  // namespace
 
-// allocBuffer(bytes, hugePages = false): page-aligned, zeroed anonymous memory for I/O buffers;
-// its address is stable for its lifetime, so the kernel may be handed it (FETCH_REQ addr).
+// allocBuffer(bytes, hugePages = false, lock = false): page-aligned, zeroed anonymous memory for
+// I/O buffers; its address is stable for its lifetime, so the kernel may be handed it (FETCH_REQ
+// addr). `lock`: mlock2(MLOCK_ONFAULT), each page locked in RAM once first touched, so it is never
+// swapped out, and untouched pages still cost nothing.
 // A queue's buffers are one mapping of depth x 512 KiB: with 4 KiB pages only what requests
 // touch becomes resident; with transparent huge pages (hugePages: MADV_HUGEPAGE) the first
 // 4 KiB request on a tag makes 2 MiB resident, and the kernel's copies to and from it are cheaper.
 Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber() || !(info[1].IsUndefined() || info[1].IsBoolean())) {
-    return ThrowType(env, "allocBuffer(bytes, hugePages?)");
+  if (!info[0].IsNumber() || !(info[1].IsUndefined() || info[1].IsBoolean()) ||
+      !(info[2].IsUndefined() || info[2].IsBoolean())) {
+    return ThrowType(env, "allocBuffer(bytes, hugePages?, lock?)");
   }
   bool huge_pages = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  bool lock = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
   int64_t bytes = info[0].As<Napi::Number>().Int64Value();
   if (bytes <= 0) return ThrowType(env, "allocBuffer: bytes must be > 0");
   void* address = mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
@@ -64,7 +70,12 @@ Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
     munmap(address, static_cast<size_t>(bytes));
     return ThrowErrno(env, huge_pages ? "madvise(MADV_HUGEPAGE)" : "madvise(MADV_NOHUGEPAGE)", err);
   }
-  return ExposeMapping(env, address, static_cast<size_t>(bytes));
+  if (lock && mlock2(address, static_cast<size_t>(bytes), MLOCK_ONFAULT) != 0) {
+    int err = errno;
+    munmap(address, static_cast<size_t>(bytes));
+    return ThrowErrno(env, "mlock2(MLOCK_ONFAULT)", err);
+  }
+  return ExposeMapping(env, address, static_cast<size_t>(bytes), true);
 }
 
 // noHugePages(array: Uint8Array): MADV_NOHUGEPAGE on the whole pages of the array's memory (a
@@ -116,23 +127,66 @@ Napi::Value MmapReadOnly(const Napi::CallbackInfo& info) {
   void* address = mmap(nullptr, static_cast<size_t>(bytes), PROT_READ, MAP_SHARED | MAP_POPULATE,
                        fd, static_cast<off_t>(offset));
   if (address == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
-  return ExposeMapping(env, address, static_cast<size_t>(bytes));
+  return ExposeMapping(env, address, static_cast<size_t>(bytes), false);
 }
 
-// munmap(arrayBuffer): unmap a buffer from allocBuffer/mmapReadOnly now and detach it.
-Napi::Value Munmap(const Napi::CallbackInfo& info) {
+// Ends a buffer's mapping (unmapping it, or abandoning it mapped for good) and detaches the
+// buffer; a buffer already ended is left as it is.
+static Napi::Value EndMapping(const Napi::CallbackInfo& info, const char* name, bool unmap) {
   Napi::Env env = info.Env();
-  if (!info[0].IsArrayBuffer()) return ThrowType(env, "munmap(arrayBuffer)");
+  if (!info[0].IsArrayBuffer()) return ThrowType(env, (std::string(name) + "(arrayBuffer)").c_str());
   Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
   Napi::Value record = buffer.Get("__ublkdMapping");
-  if (!record.IsExternal()) return ThrowType(env, "munmap: not a buffer mapped by this addon");
+  if (!record.IsExternal()) return ThrowType(env, (std::string(name) + ": not a buffer mapped by this addon").c_str());
   Mapping* mapping = record.As<Napi::External<Mapping>>().Data();
   if (mapping->mapped) {
-    if (munmap(mapping->address, mapping->bytes) != 0) return ThrowErrno(env, "munmap", errno);
+    if (unmap && munmap(mapping->address, mapping->bytes) != 0) return ThrowErrno(env, "munmap", errno);
     mapping->mapped = false;
     buffer.Detach();
   }
   return env.Undefined();
+}
+
+// munmap(arrayBuffer): unmap a buffer from allocBuffer/mmapReadOnly now and detach it.
+Napi::Value Munmap(const Napi::CallbackInfo& info) { return EndMapping(info, "munmap", true); }
+
+// abandonMapping(arrayBuffer): detach a buffer from allocBuffer and never unmap it (not on GC,
+// not at teardown): the kernel may still write into it, and unmapped memory would be reused.
+Napi::Value AbandonMapping(const Napi::CallbackInfo& info) { return EndMapping(info, "abandonMapping", false); }
+
+// unshareMountNamespace(): the calling thread gets a mount namespace of its own (a copy of the
+// current one) whose mounts are slaves: mounts made outside still appear in it, but nothing done
+// in it reaches the outside. Only the calling thread moves: exec() right after takes the process.
+Napi::Value UnshareMountNamespace(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (unshare(CLONE_NEWNS) != 0) return ThrowErrno(env, "unshare(CLONE_NEWNS)", errno);
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) != 0) return ThrowErrno(env, "mount(MS_REC|MS_SLAVE)", errno);
+  return env.Undefined();
+}
+
+// exec(path, argv): execve with the current environment and standard streams; returns only on
+// failure. Replaces the whole process (every thread) and keeps its pid.
+Napi::Value Exec(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsArray()) return ThrowType(env, "exec(path, argv: string[])");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  Napi::Array list = info[1].As<Napi::Array>();
+  std::vector<std::string> args(list.Length());
+  for (uint32_t i = 0; i < args.size(); i++) {
+    Napi::Value arg = list.Get(i);
+    if (!arg.IsString()) return ThrowType(env, "exec: argv must be strings");
+    args[i] = arg.As<Napi::String>().Utf8Value();
+  }
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  // Node marks the standard streams close-on-exec; the new image must keep them.
+  for (int fd = 0; fd <= 2; fd++) {
+    int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+  }
+  execve(path.c_str(), argv.data(), environ);
+  return ThrowErrno(env, "execve", errno);
 }
 
 // pinThread(cpus): restrict the calling thread (not the process) to the given CPUs.
@@ -201,6 +255,17 @@ Napi::Value EventFd(const Napi::CallbackInfo& info) {
   int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd < 0) return ThrowErrno(info.Env(), "eventfd", errno);
   return Napi::Number::New(info.Env(), fd);
+}
+
+// dupFd(fd): a second descriptor of the same open file (close-on-exec), closed with
+// fs.closeSync. A queue worker gets its own, so the descriptor it uses is never closed, and its
+// number never reused, while it runs.
+Napi::Value DupFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) return ThrowType(env, "dupFd(fd)");
+  int fd = fcntl(info[0].As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return ThrowErrno(env, "fcntl(F_DUPFD_CLOEXEC)", errno);
+  return Napi::Number::New(env, fd);
 }
 
 // eventFdWrite(fd): add 1 to the eventfd counter.

@@ -17,6 +17,10 @@ Napi::Value ThreadAffinity(const Napi::CallbackInfo& info);
 Napi::Value GetTid(const Napi::CallbackInfo& info);
 Napi::Value EventFd(const Napi::CallbackInfo& info);
 Napi::Value EventFdWrite(const Napi::CallbackInfo& info);
+Napi::Value DupFd(const Napi::CallbackInfo& info);
+Napi::Value AbandonMapping(const Napi::CallbackInfo& info);
+Napi::Value UnshareMountNamespace(const Napi::CallbackInfo& info);
+Napi::Value Exec(const Napi::CallbackInfo& info);
 Napi::Value SendDatagram(const Napi::CallbackInfo& info);
 
 }  // namespace ublkd

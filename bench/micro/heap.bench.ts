@@ -18,6 +18,7 @@ import { kUserDataUblk } from '../../src/common/user-data.js'
 import type { NativeRing } from '../../src/native/addon.js'
 import { kIoDescWords } from '../../src/queue-worker/io-desc.js'
 import { QueueLoop } from '../../src/queue-worker/queue-loop.js'
+import { createStartGate } from '../../src/common/start-gate.js'
 import { findTarget } from '../../src/targets/registry.js'
 import { collectGarbage, type MicroBench, type MicroResult } from './harness.js'
 
@@ -40,7 +41,7 @@ class BusyDeviceRing implements NativeRing {
   readonly cqEntries = 4 * kDepth
   readonly sqes = new ArrayBuffer(this.sqEntries * kSqeWords * 4)
   readonly cqes = new ArrayBuffer(this.cqEntries * kCqeWords * 4)
-  readonly clock = new ArrayBuffer(8)
+  readonly clock = new ArrayBuffer(12)
   readonly fd = -1
   closed = false
   served = 0
@@ -127,7 +128,7 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
     tagBuffers: Array.from({ length: kDepth }, (_, tag) => Buffer.from(ioBuffer.buffer, tag * kIoBytes, kIoBytes)),
     tagAddressLo, tagAddressHi,
     stopEventFd: -1, stopReadAddressLo: 0, stopReadAddressHi: 0,
-    stats: new QueueStatsWriter(queueStatsView(allocQueueStats(1), 0)), statsPublishMicros: 0,
+    stats: new QueueStatsWriter(queueStatsView(allocQueueStats(1), 0)), statsPublishMicros: 0, startGate: createStartGate(true),
     log: pino({ level: 'silent' }),
   })
   const handler = target.openQueue(setup.spec, {

@@ -25,6 +25,8 @@ export const IORING_SETUP_SINGLE_ISSUER = 1 << 12
 export const IORING_SETUP_SQE128 = 1 << 10
 
 export const IORING_FSYNC_DATASYNC = 1 << 0
+/** cancel_flags of ASYNC_CANCEL: every request of the ring that can be cancelled. */
+export const IORING_ASYNC_CANCEL_ANY = 1 << 2
 /** rw_flags of a write: durable before completion (FUA). */
 export const RWF_DSYNC = 0x2
 
@@ -88,6 +90,12 @@ export function encodeAsyncCancel(
   const base = encodeSqeHeader(sqes, slot, IORING_OP_ASYNC_CANCEL, -1, userDataLo, userDataHi)
   sqes[base + 4] = targetLo
   sqes[base + 5] = targetHi
+}
+
+/** IORING_OP_ASYNC_CANCEL with IORING_ASYNC_CANCEL_ANY: cancel whatever of the ring can be. */
+export function encodeCancelAny(sqes: Uint32Array, slot: number, userDataLo: number, userDataHi: number): void {
+  const base = encodeSqeHeader(sqes, slot, IORING_OP_ASYNC_CANCEL, -1, userDataLo, userDataHi)
+  sqes[base + 7] = IORING_ASYNC_CANCEL_ANY
 }
 
 /** IORING_OP_FSYNC; `fsyncFlags` IORING_FSYNC_DATASYNC for fdatasync. */

@@ -20,7 +20,9 @@ export interface QueueTaskInput {
   maxIoBufBytes: number
   /** The I/O buffers may use transparent huge pages (--huge-page-buffers). */
   hugePageBuffers: boolean
-  /** /dev/ublkcN, opened once by the main thread; fds are process-wide. */
+  /** The I/O buffers' pages are locked in RAM once touched (--mlock-buffers). */
+  mlockBuffers: boolean
+  /** This worker's own descriptor of /dev/ublkcN (the device opened it once; the pool dup'ed it). */
   charFd: number
   /** CPUs from UBLK_CMD_GET_QUEUE_AFFINITY for this queue. */
   cpus: number[]
@@ -33,6 +35,8 @@ export interface QueueTaskInput {
   logLevel: LogLevel
   /** A busy queue publishes its counters at most this often (µs); 0: every loop turn. */
   statsPublishMicros: number
+  /** The device's start gate (src/common/start-gate.ts), shared by its queues. */
+  startGate: Int32Array
   queueMode: QueueMode
   /** Carries QueueEvent messages to the main thread. */
   port: MessagePort
@@ -45,7 +49,18 @@ export interface QueueReady {
   tid: number
 }
 
-export type QueueEvent = QueueReady
+/** Sent by a queue worker whose loop ended with target SQEs still in flight: it waits up to
+ *  kTargetDrainMs for them before it releases its buffers, and is not stuck meanwhile. */
+export interface QueueDraining {
+  type: 'draining'
+  queueId: number
+  inFlight: number
+}
+
+export type QueueEvent = QueueReady | QueueDraining
+
+/** How long a queue that ends waits for its target's SQEs still in flight (a slow backing). */
+export const kTargetDrainMs = 10_000
 
 /** The value a queue task resolves with when its loop ends. */
 export interface QueueExit {

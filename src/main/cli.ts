@@ -81,6 +81,9 @@ Options:
                                 huge pages: the kernel's copies get cheaper, but every buffer a
                                 request touches costs 2 MiB resident (default: 4 KiB pages, only
                                 what requests touch is resident)
+      --mlock-buffers           lock the I/O buffers' pages in RAM once touched, so that I/O
+                                never waits on swap (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK room
+                                for depth x 512 KiB per queue; systemd: LimitMEMLOCK=)
       --name NAME               a name for the device, unique in the daemon (letters, digits,
                                 '.', '_', '-'); a configuration file's devices have one each
       --uuid UUID               the device's identity (default: a new random UUID); shown by
@@ -225,6 +228,11 @@ Options:
                        command the kernel has not completed by then fails with
                        UBLKD_ERR_KERNEL_TIMEOUT, and the daemon undoes what it can
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info, env LOG_LEVEL)
+  --shared-mount-namespace
+                       stay in the mount namespace the daemon was started in. By default it
+                       re-executes itself in one of its own (a slave: later mounts still
+                       appear in it) and keeps mounts of ublk devices out of it, so that
+                       its exit can never wait on writeback to its own devices (docs/operations.md)
   --state-dir DIR
 `
 
@@ -340,6 +348,7 @@ async function commandAdd(args: string[]): Promise<void> {
     target: { type: 'string', short: 't' },
     recovery: { type: 'string' },
     'huge-page-buffers': { type: 'boolean' },
+    'mlock-buffers': { type: 'boolean' },
     'no-partition-scan': { type: 'boolean' },
     uuid: { type: 'string' },
     name: { type: 'string' },
@@ -363,6 +372,7 @@ async function commandAdd(args: string[]): Promise<void> {
     ioScheduler: stringValue(values, 'io-scheduler'),
     queueMode: stringValue(values, 'queue-mode'),
     hugePageBuffers: values['huge-page-buffers'] === true ? true : undefined,
+    mlockBuffers: values['mlock-buffers'] === true ? true : undefined,
     noPartitionScan: values['no-partition-scan'] === true ? true : undefined,
     uuid: stringValue(values, 'uuid'),
     name: stringValue(values, 'name'),
@@ -606,10 +616,11 @@ async function commandDaemon(args: string[]): Promise<void> {
   const { values } = parse(args, {
     'log-level': { type: 'string' }, metrics: { type: 'string' }, 'keep-devices-on-exit': { type: 'boolean' },
     'stats-publish-us': { type: 'string' }, 'kernel-timeout': { type: 'string' }, config: { type: 'string', short: 'c' },
-    'take-over': { type: 'boolean' },
+    'take-over': { type: 'boolean' }, 'shared-mount-namespace': { type: 'boolean' },
   })
   const { kDefaultKernelTimeoutMs } = await import('./control.js')
   if (values['help']) return print(daemonHelp(kDefaultKernelTimeoutMs))
+  if (values['shared-mount-namespace'] !== true) (await import('./mount-namespace.js')).enterOwnMountNamespace()
   const configFile = stringValue(values, 'config')
   // Loaded only here: the daemon's modules (pino, prom-client, piscina, ajv) are most of the CLI's start.
   const config = configFile === undefined ? null : (await import('./config.js')).loadConfig(configFile)

@@ -20,6 +20,7 @@ const commonDeviceProperties = {
   ioScheduler: { type: 'string' },
   queueMode: { enum: [...queueModes] },
   hugePageBuffers: { type: 'boolean' },
+  mlockBuffers: { type: 'boolean' },
   noPartitionScan: { type: 'boolean' },
   uuid: { type: 'string' },
 } as const

@@ -87,6 +87,10 @@ export class UblkControl {
   private readonly sqeView: DataView
   private readonly cqes: Uint32Array
   private readonly cqeResults: Int32Array
+  private readonly clock: Int32Array
+  /** SQEs staged for the next enter: normally the one just encoded; more if the SQ was full
+   *  (ring.clock[2]: the ring kept them). */
+  private staged = 0
 
   private constructor(
     private readonly fd: number,
@@ -98,7 +102,8 @@ export class UblkControl {
     this.sqeView = new DataView(ring.sqes)
     this.cqes = new Uint32Array(ring.cqes)
     this.cqeResults = new Int32Array(ring.cqes)
-    ring.watchCompletions(() => this.reap(0))
+    this.clock = new Int32Array(ring.clock)
+    ring.watchCompletions(() => this.reap())
   }
 
   /** Open /dev/ublk-control; a clear error when the driver is not loaded. */
@@ -227,7 +232,7 @@ export class UblkControl {
     }
     const userData = this.nextUserData
     this.nextUserData = (this.nextUserData % 0x7fffffff) + 1
-    const base = encodeUringCmd(this.sqes, 0, this.fd, cmdOp, userData, 0)
+    const base = encodeUringCmd(this.sqes, this.staged++, this.fd, cmdOp, userData, 0)
     encodeCtrlCmd(this.sqeView, (base + kSqeCmdWord) * 4, {
       devId: args.devId,
       queueId: args.queueId ?? UBLK_QUEUE_ID_NONE,
@@ -242,7 +247,7 @@ export class UblkControl {
       }
       command.timer = setTimeout(() => this.expire(userData, command), this.timeoutMs)
       this.pending.set(userData, command)
-      this.reap(1)
+      this.reap()
     })
   }
 
@@ -256,13 +261,14 @@ export class UblkControl {
     this.log?.error({ command: command.name, devId: command.devId, timeoutMs: this.timeoutMs },
       'control command timed out; asking the kernel to cancel it')
     if (this.ring.closed) return
-    encodeAsyncCancel(this.sqes, 0, userData, 0, kCancelUserData, 0)
-    this.reap(1)
+    encodeAsyncCancel(this.sqes, this.staged++, userData, 0, kCancelUserData, 0)
+    this.reap()
   }
 
-  /** Submit `staged` SQEs and settle every command whose CQE has arrived. */
-  private reap(staged: number): void {
-    const count = this.ring.enter(staged, 0, 0)
+  /** Submit what is staged and settle every command whose CQE has arrived. */
+  private reap(): void {
+    const count = this.ring.enter(this.staged, 0, 0)
+    this.staged = this.clock[2]!
     for (let i = 0; i < count; i++) {
       const userData = this.cqes[i * kCqeWords]!
       const res = this.cqeResults[i * kCqeWords + 2]!

@@ -24,6 +24,7 @@ import { planReconcile, type ReconcilePlan, type RunningDevice } from './reconci
 import { ServiceNotifier, serveNotifier } from './service-notify.js'
 import type { ListenAddress } from './listen-address.js'
 import { listenMetrics } from './metrics-server.js'
+import { keepUblkMountsOut, ownMountNamespace } from './mount-namespace.js'
 import { socketPath } from './paths.js'
 import { describeOrphan, listOrphans } from './orphans.js'
 import { sendStop, stopIfIdle, type StopCommand } from './safe-stop.js'
@@ -564,6 +565,13 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     throw error
   }
   log.info({ kernel: os.release(), features: `0x${kernelFeatures.toString(16)}` }, 'ublk driver features')
+  const mounts = ownMountNamespace()
+  if (mounts.own) {
+    keepUblkMountsOut(log)
+    log.info('running in a mount namespace of its own')
+  } else {
+    log.warn({ reason: mounts.reason }, 'running in the mount namespace it was started in')
+  }
   const effective = {
     stateDir: options.stateDir, metrics: options.metrics ? `${options.metrics.host}:${options.metrics.port}` : 'off',
     logLevel: options.logLevel, statsPublishUs: options.statsPublishMicros, kernelTimeoutSeconds: options.kernelTimeoutMs / 1000,

@@ -23,6 +23,8 @@ export interface DeviceRequest {
   queueMode?: QueueMode
   /** The queues' I/O buffers may use transparent huge pages (faster copies, all resident). */
   hugePageBuffers: boolean
+  /** The queues' I/O buffers are locked in RAM (never swapped); absent in older records. */
+  mlockBuffers?: boolean
   /** UBLK_F_NO_AUTO_PART_SCAN: START_DEV does not scan the device for partitions. */
   noPartitionScan: boolean
   /** The device's identity (src/main/device-identity.ts): set at add, absent in records older
@@ -49,7 +51,7 @@ export const deviceDefaults = {
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers', 'noPartitionScan', 'uuid', 'name']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers', 'mlockBuffers', 'noPartitionScan', 'uuid', 'name']
 /** A device's name: what a config calls it, stable across restarts and reloads. */
 export const kDeviceNamePattern = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
 const kDeviceName = new RegExp(kDeviceNamePattern)
@@ -113,6 +115,7 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
     recovery: recoveryModeField(raw['recovery']),
     ioScheduler: schedulerField(raw) ?? deviceDefaults.ioScheduler,
     hugePageBuffers: booleanField(raw, 'hugePageBuffers', '--huge-page-buffers') ?? false,
+    mlockBuffers: booleanField(raw, 'mlockBuffers', '--mlock-buffers') ?? false,
     noPartitionScan: booleanField(raw, 'noPartitionScan', '--no-partition-scan') ?? false,
   }
   if (logical !== undefined) request.logicalBlockSize = logical

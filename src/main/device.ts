@@ -22,6 +22,7 @@ import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors
 import type { Logger } from '../common/log.js'
 import type { LogLevel } from '../common/log-level.js'
 import type { QueueMode } from '../common/messages.js'
+import { createStartGate, openStartGate, startFaults } from '../common/start-gate.js'
 import { allocQueueStats, kStatHeartbeatMs, kStatInflight, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
 import { findTarget } from '../targets/registry.js'
 import type { DeviceGeometry, Target, TargetSetup } from '../targets/target.js'
@@ -30,6 +31,7 @@ import { checkIdentity, identityCookie } from './device-identity.js'
 import { diskUsers, everyUser } from './disk-users.js'
 import type { DeviceRequest } from './device-request.js'
 import { checkOffered, featureNeeds, neededFlags, wantedFlags } from './kernel-features.js'
+import { OperationLane } from './operation-lane.js'
 import { QueuePool } from './queue-pool.js'
 import { isRecoverable, type RecoveryMode } from './recovery-mode.js'
 import { sendStop, stopIfIdle, type StopCommand } from './safe-stop.js'
@@ -73,6 +75,7 @@ export interface DeviceSummary {
   ioScheduler: string | null
   queueMode: QueueMode
   hugePageBuffers: boolean
+  mlockBuffers: boolean
   options: Record<string, string | number | boolean>
 }
 
@@ -171,12 +174,18 @@ export class Device {
   /** Whether teardown deletes the kernel device (DEL_DEV). */
   private ownsKernelDevice = false
   private deleting: Promise<void> | null = null
+  /** Heal, delete, detach, hand-over and resize, one at a time. */
+  private readonly lane = new OperationLane()
+  /** delete() was called: a heal running meanwhile gives up at its next step. */
+  private deleteAsked = false
   /** deleteIfIdle() stopped the disk already. */
   private kernelStopped = false
   private pool: QueuePool | null = null
   private charFd: number | null = null
   private affinity: number[][] = []
   private readonly stats: SharedArrayBuffer
+  /** Closed while START_DEV runs (create()); open otherwise. */
+  private readonly startGate: Int32Array
   private supervision: NodeJS.Timeout | null = null
   /** How long the device's I/O waited during its last upgrade (ms); null: never upgraded. */
   lastPauseMs: number | null = null
@@ -197,8 +206,11 @@ export class Device {
     private readonly maxIoBufBytes: number,
     /** UBLK_F_* as the kernel reported them for this device. */
     private readonly flags: bigint,
+    /** create(): the device has yet to be started (not attach()). */
+    starting = false,
   ) {
     this.stats = allocQueueStats(queues)
+    this.startGate = createStartGate(!starting)
   }
 
   /** Validate the request, then bring the device up step by step; tears down on any failure. */
@@ -232,7 +244,7 @@ export class Device {
     })
     deps.arriving.add(info.devId)
     const device = new Device(info.devId, request, target, setup, queueMode, deps, deps.log.child({ devId: info.devId }),
-      info.nrHwQueues, info.queueDepth, info.maxIoBufBytes, info.flags)
+      info.nrHwQueues, info.queueDepth, info.maxIoBufBytes, info.flags, true)
     device.releaseTarget = release
     device.claim = claim
     if (claim) claim.id = device.id
@@ -251,8 +263,16 @@ export class Device {
       await deps.control.setParams(device.id, paramsFromGeometry(setup.geometry, info.maxIoBufBytes))
       await device.startQueues()
       await Promise.race([deps.control.startDev(device.id, process.pid), device.pool!.firstExit()])
+      // These sysfs writes freeze the disk's queue, waiting for its requests: with a queue dead
+      // meanwhile they would block this thread, which a heal needs. The gate is still closed.
       device.setIoScheduler(request.ioScheduler)
       if (isRecoverable(request.recovery)) device.setIoTimeout(kRecoveryIoTimeoutMs)
+      openStartGate(device.startGate)
+      const faults = startFaults(device.startGate)
+      if (faults > 0) {
+        throw new UblkdError('UBLKD_ERR_QUEUE', `the ${device.target.name} target threw on ${faults} request(s) while the device ` +
+          'was starting (the kernel\'s first reads, e.g. its partition scan): see the daemon log')
+      }
     } catch (error) {
       device.log.warn({ err: messageOf(error) }, 'add failed, unwinding')
       // A queue may be dead or never have fetched: the kernel must see the server gone first.
@@ -421,6 +441,7 @@ export class Device {
       depth: this.depth,
       maxIoBufBytes: this.maxIoBufBytes,
       hugePageBuffers: this.request.hugePageBuffers,
+      mlockBuffers: this.request.mlockBuffers === true,
       charFd: this.charFd,
       affinity: this.affinity,
       targetName: this.target.name,
@@ -428,6 +449,7 @@ export class Device {
       stats: this.stats,
       logLevel: this.deps.logLevel,
       statsPublishMicros: this.deps.statsPublishMicros,
+      startGate: this.startGate,
       queueMode: this.queueMode,
     })
     await Promise.race([this.pool.whenReady(), this.pool.firstExit()])
@@ -460,7 +482,7 @@ export class Device {
       if (handled || this.pool !== pool || this.state !== 'LIVE') return
       handled = true
       this.stopSupervision()
-      void this.onQueueDeath(reason)
+      this.onQueueDeath(reason)
     }
     pool.firstExit().catch((error: unknown) => died(messageOf(error)))
     this.supervision = setInterval(() => {
@@ -500,7 +522,7 @@ export class Device {
     this.supervision = null
   }
 
-  private async onQueueDeath(reason: string): Promise<void> {
+  private onQueueDeath(reason: string): void {
     if (!isRecoverable(this.request.recovery)) {
       this.state = 'FAILED'
       this.log.error({ reason }, 'queue died: removing the device so I/O fails fast')
@@ -509,6 +531,12 @@ export class Device {
     }
     this.state = 'RECOVERING'
     this.log.warn({ reason }, 'queue died: healing the device')
+    void this.lane.run(() => this.heal())
+  }
+
+  private async heal(): Promise<void> {
+    // A delete that was asked for before the death ran first.
+    if (this.state !== 'RECOVERING') return
     const started = Date.now()
     try {
       // The kernel aborts the other queues' fetches once the device quiesces, so they end too;
@@ -530,6 +558,7 @@ export class Device {
     const { control } = this.deps
     const deadline = Date.now() + kQuiesceWaitMs
     for (;;) {
+      if (this.deleteAsked) throw new UblkdError('UBLKD_ERR_BUSY', `device ${this.id} is being deleted: heal abandoned`)
       const info = await control.getDevInfo(this.id)
       if (info.state === UBLK_S_DEV_DEAD) throw new UblkdError('UBLKD_ERR_DAEMON', `device ${this.id} was stopped, nothing to recover`)
       // Serverless: I/O held (reissue) or failing (fail-io) until START_USER_RECOVERY.
@@ -598,7 +627,11 @@ export class Device {
    * the next daemon again (USER_RECOVERY_REISSUE). The record notes when, for the pause the next
    * daemon reports. Never undone once begun: the device is the next daemon's either way.
    */
-  async handOver(): Promise<void> {
+  handOver(): Promise<void> {
+    return this.lane.run(() => this.handOverNow())
+  }
+
+  private async handOverNow(): Promise<void> {
     this.stopSupervision()
     this.state = 'STOPPING'
     const started = Date.now()
@@ -662,6 +695,13 @@ export class Device {
    * unless `force`: its users may hold data past the new end.
    */
   async resize(sizeBytes: number, force: boolean): Promise<void> {
+    const early = this.resizeRefusal(sizeBytes, force)
+    if (early !== null) throw early
+    return this.lane.run(() => this.resizeNow(sizeBytes, force))
+  }
+
+  private async resizeNow(sizeBytes: number, force: boolean): Promise<void> {
+    // The device may have changed while an operation before this one ran.
     const refusal = this.resizeRefusal(sizeBytes, force)
     if (refusal !== null) throw refusal
     const current = this.setup.geometry.sizeBytes
@@ -684,22 +724,35 @@ export class Device {
 
   /** Stop serving without stopping the device: the kernel quiesces it and queues new I/O, and a
    *  later daemon re-attaches it (--keep-devices-on-exit). */
-  async detach(): Promise<void> {
-    this.stopSupervision()
-    this.state = 'STOPPING'
-    await this.stopQueues(0)
-    await this.releaseOwn()
-    this.log.info('device detached, kept for re-attach')
+  detach(): Promise<void> {
+    return this.lane.run(async () => {
+      if (this.state === 'DELETED') return
+      this.stopSupervision()
+      this.state = 'STOPPING'
+      await this.stopQueues(0)
+      await this.releaseOwn()
+      this.log.info('device detached, kept for re-attach')
+    })
   }
 
   /** Delete the device only if nothing uses its disk (src/main/safe-stop.ts); else throw
    *  UBLKD_ERR_BUSY and keep serving it. */
   async deleteIfIdle(): Promise<void> {
     if (this.deleting) return this.deleting
+    this.refuseWhileHealing()
+    return this.lane.run(() => this.deleteIfIdleNow())
+  }
+
+  private refuseWhileHealing(): void {
     // The heal drives the kernel device meanwhile (START/END_USER_RECOVERY).
     if (this.state === 'RECOVERING') throw new UblkdError('UBLKD_ERR_BUSY', `device ${this.id} is being healed: try again, or del --force`)
+  }
+
+  private async deleteIfIdleNow(): Promise<void> {
+    if (this.state === 'DELETED') return
+    this.refuseWhileHealing()
     // A device that failed, or is stopping, goes anyway.
-    if (this.state !== 'LIVE' || !this.ownsKernelDevice) return this.delete()
+    if (this.state !== 'LIVE' || !this.ownsKernelDevice) return this.deleteNow()
     // One check at a time; the queues' exit after the stop is not a queue death.
     this.stopSupervision()
     this.state = 'STOPPING'
@@ -715,25 +768,30 @@ export class Device {
       throw error
     }
     this.kernelStopped = true
-    return this.delete()
+    return this.deleteNow()
   }
 
   /** STOP_DEV (in-flight I/O completes, new I/O fails), queues drain, then DEL_DEV. A device
    *  that FAILED (a queue died or stalled) has requests its queues will never complete: its
    *  queues go first, so that the kernel fails them and STOP_DEV does not wait for ever. */
   delete(): Promise<void> {
-    this.deleting ??= (async () => {
-      this.stopSupervision()
-      const queuesFirst = this.state === 'FAILED'
-      this.state = 'STOPPING'
-      this.log.info({ queuesFirst }, 'stopping device')
-      await this.teardown({ queuesFirst })
-      // Only our own record: by now the kernel may have given this id to a newer device.
-      this.deps.store.remove(this.id, this.createdMs)
-      this.state = 'DELETED'
-      this.log.info('device deleted')
-    })()
+    this.deleteAsked = true
+    this.deleting ??= this.lane.run(() => this.deleteNow())
     return this.deleting
+  }
+
+  private async deleteNow(): Promise<void> {
+    if (this.state === 'DELETED') return
+    this.stopSupervision()
+    // A queue died: it holds requests it will never complete (a heal not begun would replace it).
+    const queuesFirst = this.state === 'FAILED' || this.state === 'RECOVERING'
+    this.state = 'STOPPING'
+    this.log.info({ queuesFirst }, 'stopping device')
+    await this.teardown({ queuesFirst })
+    // Only our own record: by now the kernel may have given this id to a newer device.
+    this.deps.store.remove(this.id, this.createdMs)
+    this.state = 'DELETED'
+    this.log.info('device deleted')
   }
 
   /**
@@ -803,6 +861,7 @@ export class Device {
       ioScheduler: this.ioScheduler()?.current ?? null,
       queueMode: this.queueMode,
       hugePageBuffers: this.request.hugePageBuffers,
+      mlockBuffers: this.request.mlockBuffers === true,
       options: this.setup.describe,
     }
     if (options.withStats) summary.queueStats = this.queueStats()

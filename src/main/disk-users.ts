@@ -1,6 +1,8 @@
-// Who uses a block device: the filesystems mounted on it or its partitions, the devices stacked
-// on it (dm, md: sysfs holders) and the processes that have it open. For the messages of a
-// refused delete, and on kernels without TRY_STOP_DEV for the check itself.
+// Who uses a block device: the filesystems mounted on it or its partitions (in any mount
+// namespace: the daemon runs in one of its own, src/main/mount-namespace.ts), the devices stacked
+// on it (dm, md: sysfs holders) and the processes that have it open (compared by device number,
+// which does not depend on the namespace a path would be read in). For the messages of a refused
+// delete, and on kernels without TRY_STOP_DEV for the check itself.
 import fs from 'node:fs'
 import path from 'node:path'
 
@@ -33,17 +35,56 @@ function diskParts(disk: string): Map<string, string> {
   return parts
 }
 
+/** Whether /proc/`pid`/root is the directory `root` (dev and inode). */
+function hasRoot(pid: string, root: fs.Stats | null): boolean {
+  if (root === null) return false
+  try {
+    const stats = fs.statSync(`/proc/${pid}/root`)
+    return stats.dev === root.dev && stats.ino === root.ino
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The mountinfo of each mount namespace a process lives in, but the daemon's own. A mountinfo
+ * names mount points from its process's root directory: of each namespace, a process whose root
+ * is the daemon's is read if there is one, so that the names are the ones users see.
+ */
+function otherNamespacesMountinfo(): string[] {
+  let own: string | null = null
+  let ownRoot: fs.Stats | null = null
+  try {
+    own = fs.readlinkSync('/proc/self/ns/mnt')
+    ownRoot = fs.statSync('/proc/self/root')
+  } catch {
+    // No namespaces to tell apart: read them all.
+  }
+  const reader = new Map<string, { pid: string; sameRoot: boolean }>()
+  for (const pid of entries('/proc').filter((entry) => /^\d+$/.test(entry))) {
+    let namespace: string
+    try {
+      namespace = fs.readlinkSync(`/proc/${pid}/ns/mnt`)
+    } catch {
+      continue
+    }
+    if (namespace === own || reader.get(namespace)?.sameRoot) continue
+    reader.set(namespace, { pid, sameRoot: hasRoot(pid, ownRoot) })
+  }
+  return [...reader.values()].map(({ pid }) => readTrimmed(`/proc/${pid}/mountinfo`)).filter((table) => table !== null)
+}
+
 function mounts(parts: Map<string, string>): string[] {
   const numbers = new Set(parts.values())
-  const found: string[] = []
+  const found = new Set<string>()
   // mountinfo: id parent major:minor root mount-point options [optional...] - fstype source ...
-  for (const line of (readTrimmed('/proc/self/mountinfo') ?? '').split('\n')) {
+  for (const line of otherNamespacesMountinfo().flatMap((table) => table.split('\n'))) {
     const fields = line.split(' ')
     if (!numbers.has(fields[2] ?? '')) continue
     const fsType = fields[fields.indexOf('-') + 1] ?? '?'
-    found.push(`mounted on ${fields[4]!.replace(/\\040/g, ' ')} (${fsType})`)
+    found.add(`mounted on ${fields[4]!.replace(/\\040/g, ' ')} (${fsType})`)
   }
-  return found
+  return [...found]
 }
 
 function holders(disk: string, parts: Map<string, string>): string[] {
@@ -58,19 +99,33 @@ function holders(disk: string, parts: Map<string, string>): string[] {
   return found
 }
 
+/** A device node's kind and number ("b 259:3"), of a path or of what an open fd is; null: not a device. */
+function deviceKey(file: string): string | null {
+  let stats: fs.Stats
+  try {
+    stats = fs.statSync(file)
+  } catch {
+    return null
+  }
+  if (!stats.isBlockDevice() && !stats.isCharacterDevice()) return null
+  const rdev = stats.rdev
+  const major = ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff)
+  const minor = (rdev & 0xff) | ((rdev >>> 12) & ~0xff)
+  return `${stats.isBlockDevice() ? 'b' : 'c'} ${major}:${minor}`
+}
+
 /** The processes (but `exceptPid`) that have one of the device `nodes` open, one phrase each. */
 export function processesWithOpen(nodes: ReadonlySet<string>, exceptPid: number): string[] {
+  const keys = new Set([...nodes].map(deviceKey).filter((key) => key !== null))
   const found: string[] = []
+  if (keys.size === 0) return found
   let more = 0
   for (const pid of entries('/proc').filter((entry) => /^\d+$/.test(entry))) {
     if (Number(pid) === exceptPid) continue
     const fdDir = path.join('/proc', pid, 'fd')
     const open = entries(fdDir).some((fd) => {
-      try {
-        return nodes.has(fs.readlinkSync(path.join(fdDir, fd)))
-      } catch {
-        return false
-      }
+      const key = deviceKey(path.join(fdDir, fd))
+      return key !== null && keys.has(key)
     })
     if (!open) continue
     if (found.length === kMaxProcesses) {

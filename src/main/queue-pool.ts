@@ -7,7 +7,7 @@ import { Piscina } from 'piscina'
 
 import { UblkdError } from '../common/errors.js'
 import type { LogLevel } from '../common/log-level.js'
-import type { QueueEvent, QueueExit, QueueMode, QueueTaskInput } from '../common/messages.js'
+import { kTargetDrainMs, type QueueEvent, type QueueExit, type QueueMode, type QueueTaskInput } from '../common/messages.js'
 import { native } from '../native/addon.js'
 
 const queueWorkerUrl = new URL('../queue-worker/entry.js', import.meta.url).href
@@ -29,6 +29,7 @@ export interface QueuePoolSpec {
   depth: number
   maxIoBufBytes: number
   hugePageBuffers: boolean
+  mlockBuffers: boolean
   charFd: number
   affinity: number[][]
   targetName: string
@@ -36,6 +37,7 @@ export interface QueuePoolSpec {
   stats: SharedArrayBuffer
   logLevel: LogLevel
   statsPublishMicros: number
+  startGate: Int32Array
   queueMode: QueueMode
 }
 
@@ -43,11 +45,15 @@ export interface QueueTask {
   queueId: number
   cpus: number[]
   stopEventFd: number
+  /** The worker's own descriptor of the char device: closed only once its thread is gone. */
+  charFd: number
   /** Thread id (gettid) once the queue reported ready. */
   tid: number | null
   /** Settles when the queue's loop ends or its worker dies. */
   done: Promise<QueueExit>
   settled: boolean
+  /** Its loop ended and it waits for its target's I/O in flight (QueueDraining). */
+  draining: boolean
 }
 
 export class QueuePool {
@@ -70,13 +76,15 @@ export class QueuePool {
     for (let queueId = 0; queueId < queues; queueId++) {
       const { port1, port2 } = new MessageChannel()
       const stopEventFd = native.eventFd()
+      const charFd = native.dupFd(spec.charFd)
       const input: QueueTaskInput = {
         devId: spec.devId,
         queueId,
         depth: spec.depth,
         maxIoBufBytes: spec.maxIoBufBytes,
         hugePageBuffers: spec.hugePageBuffers,
-        charFd: spec.charFd,
+        mlockBuffers: spec.mlockBuffers,
+        charFd,
         cpus: spec.affinity[queueId]!,
         targetName: spec.targetName,
         targetSpec: spec.targetSpec,
@@ -84,11 +92,12 @@ export class QueuePool {
         stopEventFd,
         logLevel: spec.logLevel,
         statsPublishMicros: spec.statsPublishMicros,
+        startGate: spec.startGate,
         queueMode: spec.queueMode,
         port: port2,
       }
       const task: QueueTask = {
-        queueId, cpus: input.cpus, stopEventFd, tid: null, settled: false,
+        queueId, cpus: input.cpus, stopEventFd, charFd, tid: null, settled: false, draining: false,
         done: this.pool.run(input, { transferList: [port2] }) as Promise<QueueExit>,
       }
       task.done.then(() => { task.settled = true }, () => { task.settled = true })
@@ -97,6 +106,8 @@ export class QueuePool {
           if (event.type === 'ready') {
             task.tid = event.tid
             resolve()
+          } else if (event.type === 'draining') {
+            task.draining = true
           }
         })
         task.done.then(
@@ -129,15 +140,20 @@ export class QueuePool {
   /**
    * Wait for every queue to end by itself (after STOP_DEV) for up to `graceMs`, then tell the
    * rest through their stop eventfds and wait as long again; a queue still running then is stuck
-   * (not turning its loop), and destroying the pool terminates its thread.
+   * (not turning its loop), and destroying the pool terminates its thread. A queue that drains
+   * its target's I/O is not stuck: it gets the time the drain may take.
    */
   async shutdown(graceMs: number): Promise<void> {
     const all = Promise.allSettled(this.tasks.map((task) => task.done))
     if (!(await settlesWithin(all, graceMs))) {
       for (const task of this.tasks) if (!task.settled) native.eventFdWrite(task.stopEventFd)
       await settlesWithin(all, Math.max(graceMs, kStopEventGraceMs))
+      if (this.tasks.some((task) => task.draining && !task.settled)) await settlesWithin(all, kTargetDrainMs + kStopEventGraceMs)
     }
     await this.pool.destroy()
-    for (const task of this.tasks) fs.closeSync(task.stopEventFd)
+    for (const task of this.tasks) {
+      fs.closeSync(task.stopEventFd)
+      fs.closeSync(task.charFd)
+    }
   }
 }

@@ -28,7 +28,7 @@ export interface ReconcilePlan<Running extends RunningDevice = RunningDevice> {
 // Compared when the file states them (the kernel or the target picks them otherwise).
 const kStatedFields = ['id', 'uuid', 'logicalBlockSize', 'queueMode'] as const
 // Compared always: the file's value or the default, against the device's.
-const kFields = ['target', 'queues', 'depth', 'recovery', 'ioScheduler', 'hugePageBuffers', 'noPartitionScan'] as const
+const kFields = ['target', 'queues', 'depth', 'recovery', 'ioScheduler', 'hugePageBuffers', 'mlockBuffers', 'noPartitionScan'] as const
 
 function normalized(key: string, value: unknown): string {
   if (value === undefined) return '(default)'

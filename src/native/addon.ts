@@ -12,7 +12,8 @@ export interface NativeRing {
   readonly cqes: ArrayBuffer
   /**
    * Two int32 stamps of the last enter(), CLOCK_MONOTONIC in µs modulo 2^32: [0] when its SQEs
-   * went to the kernel, [1] when its wait ended.
+   * went to the kernel, [1] when its wait ended; then [2]: how many of the staged SQEs found no
+   * room in the SQ and were kept staged, moved to the front of `sqes` (normally 0).
    */
   readonly clock: ArrayBuffer
   readonly sqEntries: number
@@ -43,10 +44,13 @@ export interface NativeAddon {
   Copier: new (buffers: readonly Uint8Array[]) => NativeCopier
   abiLayout: Record<string, Layout> & { constants: Layout }
   pageSize: number
-  allocBuffer(bytes: number, hugePages?: boolean): ArrayBuffer
+  /** `lock`: mlock2(MLOCK_ONFAULT), pages locked in RAM once touched. */
+  allocBuffer(bytes: number, hugePages?: boolean, lock?: boolean): ArrayBuffer
   bufferAddress(buffer: ArrayBuffer, offset: number): bigint
   mmapReadOnly(fd: number, offset: number, bytes: number): ArrayBuffer
   munmap(buffer: ArrayBuffer): void
+  /** Detach an allocBuffer buffer and never unmap it: the kernel may still write into it. */
+  abandonMapping(buffer: ArrayBuffer): void
   /** MADV_NOHUGEPAGE on the whole pages of the array's memory (see addon/README.md). */
   noHugePages(array: Uint8Array): void
   pinThread(cpus: readonly number[]): void
@@ -58,6 +62,12 @@ export interface NativeAddon {
   gettid(): number
   eventFd(): number
   eventFdWrite(fd: number): void
+  /** A second descriptor of the same open file (close-on-exec). */
+  dupFd(fd: number): number
+  /** The calling thread into a mount namespace of its own, its mounts slaves of the old one. */
+  unshareMountNamespace(): void
+  /** execve(path, argv) with the current environment: returns only by throwing. */
+  exec(path: string, argv: readonly string[]): never
   /** One datagram to a unix socket (a path, or '@name' for an abstract one). */
   sendDatagram(path: string, message: string): void
   /**

@@ -5,12 +5,28 @@
 import { IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SQE128, IORING_SETUP_SUBMIT_ALL } from '../abi/io-uring.js'
 import { UBLK_MAX_QUEUE_DEPTH } from '../abi/ublk-cmd.js'
 import { createLogger } from '../common/log.js'
-import type { QueueExit, QueueReady, QueueTaskInput } from '../common/messages.js'
+import { kTargetDrainMs, type QueueDraining, type QueueExit, type QueueReady, type QueueTaskInput } from '../common/messages.js'
 import { QueueStatsWriter, queueStatsView } from '../common/stats-layout.js'
 import { native } from '../native/addon.js'
 import { findTarget } from '../targets/registry.js'
 import { ioDescMapBytes, ioDescMapOffset } from './io-desc.js'
 import { QueueLoop } from './queue-loop.js'
+
+/** The queue's I/O buffers: depth x maxIoBufBytes, one mapping. */
+function allocIoBuffers(input: QueueTaskInput): ArrayBuffer {
+  const bytes = input.depth * input.maxIoBufBytes
+  try {
+    return native.allocBuffer(bytes, input.hugePageBuffers, input.mlockBuffers)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (input.mlockBuffers && (code === 'ENOMEM' || code === 'EPERM' || code === 'EAGAIN')) {
+      // The pool reports it as the queue's failure to start (UBLKD_ERR_QUEUE), message and all.
+      throw new Error(`--mlock-buffers: cannot lock ${bytes} bytes of I/O buffers for queue ${input.queueId} ` +
+        `(${code}): the daemon needs CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK (ulimit -l; systemd LimitMEMLOCK=)`, { cause: error })
+    }
+    throw error
+  }
+}
 
 function nextPowerOfTwo(n: number): number {
   return 2 ** Math.ceil(Math.log2(n))
@@ -35,7 +51,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
     const descBuffer = native.mmapReadOnly(input.charFd,
       ioDescMapOffset(input.queueId, pageSize, UBLK_MAX_QUEUE_DEPTH), ioDescMapBytes(input.depth, pageSize))
     mappings.push(descBuffer)
-    const ioBuffer = native.allocBuffer(input.depth * input.maxIoBufBytes, input.hugePageBuffers)
+    const ioBuffer = allocIoBuffers(input)
     mappings.push(ioBuffer)
     const stopBuffer = native.allocBuffer(pageSize)
     mappings.push(stopBuffer)
@@ -66,6 +82,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       stopReadAddressHi: Number(stopAddress >> 32n),
       stats: new QueueStatsWriter(queueStatsView(input.stats, input.queueId)),
       statsPublishMicros: input.statsPublishMicros,
+      startGate: input.startGate,
       log,
     })
     const handler = target.openQueue(input.targetSpec, {
@@ -88,11 +105,24 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       log.info({ reason, requestsServed: loop.requestsServed }, 'queue stopped')
       return { queueId: input.queueId, tid, reason, requestsServed: loop.requestsServed }
     } finally {
+      const inFlight = loop.targetIoInFlight()
+      if (inFlight > 0) {
+        const draining: QueueDraining = { type: 'draining', queueId: input.queueId, inFlight }
+        input.port.postMessage(draining)
+      }
+      if (!loop.drainTargetIo(kTargetDrainMs)) {
+        log.error({ inFlight, waitMs: kTargetDrainMs, leakedBytes: ioBuffer.byteLength + stopBuffer.byteLength },
+          'target I/O still in flight: its buffers are left mapped (leaked) so that no one else reuses them')
+        native.abandonMapping(ioBuffer)
+        native.abandonMapping(stopBuffer)
+      } else if (inFlight > 0) {
+        log.info({ inFlight }, 'waited for the target\'s I/O in flight before releasing its buffers')
+      }
       handler.close()
     }
   } finally {
-    // Closing the ring cancels whatever ublk commands are still outstanding; the char fd itself
-    // belongs to the main thread.
+    // Closing the ring cancels whatever ublk commands are still outstanding; the char fd (this
+    // worker's own) is closed by the pool once the thread is gone.
     ring.close()
     for (const mapping of mappings) native.munmap(mapping)
     input.port.close()

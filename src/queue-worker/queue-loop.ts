@@ -12,7 +12,7 @@
 // The per-request work is integer arithmetic on typed arrays and small integers: nothing is
 // allocated, no clock is read (the ring stamps each enter), and the shared counters (doubles)
 // are updated once per turn from the integer tallies of the turn.
-import { IORING_OP_READ, IOSQE_FIXED_FILE, encodeReadWrite, encodeUringCmd, kCqeWords, kSqeCmdWord } from '../abi/io-uring.js'
+import { IORING_OP_READ, IOSQE_FIXED_FILE, encodeCancelAny, encodeReadWrite, encodeUringCmd, kCqeWords, kSqeCmdWord } from '../abi/io-uring.js'
 import {
   UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_RES_ABORT, UBLK_IO_RES_OK,
   UBLK_U_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_FETCH_REQ,
@@ -24,9 +24,11 @@ import {
 import type { Logger } from '../common/log.js'
 import type { NativeRing } from '../native/addon.js'
 import { kIoPending, type IoRequest, type QueueHandler } from '../targets/target.js'
+import { messageOf } from '../common/errors.js'
+import { noteStartFault, startGateOpen } from '../common/start-gate.js'
 import { ErrorBurst } from './error-burst.js'
 import { descFlags, descNrSectors, descOp, descStartSector } from './io-desc.js'
-import { kUserDataStop, kUserDataTarget, kUserDataUblk } from '../common/user-data.js'
+import { kUserDataCancel, kUserDataStop, kUserDataTarget, kUserDataUblk } from '../common/user-data.js'
 
 /** The loop wakes at least this often, so its heartbeat shows it alive while idle. */
 const kWaitTimeoutNs = 500_000_000
@@ -40,6 +42,10 @@ const kOtherOpIndex = ioOps.indexOf('other')
 const kCharFileIndex = 0
 const kClockSubmitted = 0
 const kClockReaped = 1
+/** ring.clock[2]: staged SQEs the SQ had no room for, kept staged at the front. */
+const kClockKept = 2
+/** A draining queue waits this long per enter for its target's last CQEs. */
+const kDrainWaitNs = 100_000_000
 
 export interface QueueLoopParts {
   queueId: number
@@ -59,6 +65,8 @@ export interface QueueLoopParts {
   stats: QueueStatsWriter
   /** A busy loop publishes its counters at most this often, µs; 0: every turn with requests. */
   statsPublishMicros: number
+  /** src/common/start-gate.ts */
+  startGate: Int32Array
   log: Logger
 }
 
@@ -95,6 +103,13 @@ export class QueueLoop {
   /** This turn's requests and sectors per op (ioOps order), folded into the shared stats. */
   private readonly turnOps: Int32Array
   private readonly turnSectors: Int32Array
+  /** The target's SQEs reserved this turn (not yet submitted), and submitted whose CQE is not
+   *  yet reaped: the kernel may still write into the I/O buffers while the latter is not 0. */
+  private targetStaged = 0
+  private targetInFlight = 0
+  /** CQEs the last turn reaped, and how many of them were dispatched (all, unless one threw). */
+  private reaped = 0
+  private dispatched = 0
   requestsServed = 0
 
   constructor(private readonly parts: QueueLoopParts) {
@@ -121,7 +136,7 @@ export class QueueLoop {
     for (let tag = 0; tag < armed; tag++) this.stageIoCmd(UBLK_U_IO_FETCH_REQ, tag, 0)
     this.stageStopRead()
     this.parts.ring.enter(this.staged, 0, 0)
-    this.staged = 0
+    this.staged = this.clock[kClockKept]!
   }
 
   /**
@@ -191,11 +206,15 @@ export class QueueLoop {
     const clock = this.clock
     const values = this.parts.stats.values
     const reaped = this.parts.ring.enter(this.staged, minComplete, timeoutNs)
-    this.staged = 0
+    this.staged = clock[kClockKept]!
+    // Kept SQEs count as in flight: the next enter sends them first.
+    this.targetInFlight += this.targetStaged
+    this.targetStaged = 0
+    this.reaped = reaped
     this.turnMicros = clock[kClockReaped]!
     this.countServiceTimes(clock[kClockSubmitted]!)
     this.inTurn = true
-    for (let i = 0; i < reaped; i++) this.dispatch(i)
+    for (this.dispatched = 0; this.dispatched < reaped;) this.dispatch(this.dispatched++)
     this.handler!.endTurn?.()
     this.inTurn = false
     values[kStatLoopTurns]! += 1
@@ -227,7 +246,41 @@ export class QueueLoop {
 
   /** Next free SQE slot of this turn, for a target's own SQE. */
   reserveSqe(): number {
+    this.targetStaged++
     return this.staged++
+  }
+
+  /** After the loop ended (or threw): how many of the target's SQEs are still in flight. */
+  targetIoInFlight(): number {
+    // A turn that threw left CQEs undispatched: the target's among them are done.
+    for (let i = this.dispatched; i < this.reaped; i++) {
+      if (this.cqes[i * kCqeWords + 1] === kUserDataTarget) this.targetInFlight--
+    }
+    this.reaped = this.dispatched = 0
+    return this.targetInFlight
+  }
+
+  /**
+   * After the loop ended (or threw): wait until no SQE of the target is in flight, for up to
+   * `timeoutMs`, cancelling what can be cancelled. Until then the kernel may still read into the
+   * I/O buffers, which must not be unmapped (and so reused) before. What is staged goes too
+   * (commits the kernel may refuse; target SQEs the cancel then meets), before the cancel.
+   * Returns false if some SQE was still in flight at the deadline.
+   */
+  drainTargetIo(timeoutMs: number): boolean {
+    if (this.targetIoInFlight() + this.targetStaged === 0) return true
+    this.targetInFlight += this.targetStaged
+    this.targetStaged = 0
+    encodeCancelAny(this.sqes, this.staged++, 0, kUserDataCancel)
+    const deadline = Date.now() + timeoutMs
+    while (this.targetInFlight > 0 && Date.now() < deadline) {
+      const reaped = this.parts.ring.enter(this.staged, 1, kDrainWaitNs)
+      this.staged = this.clock[kClockKept]!
+      for (let i = 0; i < reaped; i++) {
+        if (this.cqes[i * kCqeWords + 1] === kUserDataTarget) this.targetInFlight--
+      }
+    }
+    return this.targetInFlight === 0
   }
 
   private dispatch(index: number): void {
@@ -239,6 +292,7 @@ export class QueueLoop {
       if (res === UBLK_IO_RES_OK) this.serve(lo)
       else this.retireTag(lo, res)
     } else if (kind === kUserDataTarget) {
+      this.targetInFlight--
       this.handler!.onCompletion!(lo, res)
     } else if (kind === kUserDataStop) {
       this.stopRequested = true
@@ -263,8 +317,22 @@ export class QueueLoop {
     const opIndex = op <= kOtherOpIndex ? op : kOtherOpIndex
     this.turnOps[opIndex]!++
     if (op === UBLK_IO_OP_READ || op === UBLK_IO_OP_WRITE) this.turnSectors[opIndex]! += nrSectors
-    const result = this.handler!.handleIo(request)
+    let result: number
+    try {
+      result = this.handler!.handleIo(request)
+    } catch (error) {
+      result = this.failBeforeStart(error)
+    }
     if (result !== kIoPending) this.commit(tag, result)
+  }
+
+  /** A target that throws ends its queue, except while the device starts (start-gate.ts): the
+   *  request then fails with EIO and the daemon fails the add. */
+  private failBeforeStart(error: unknown): number {
+    if (startGateOpen(this.parts.startGate)) throw error
+    noteStartFault(this.parts.startGate)
+    this.parts.log.error({ err: messageOf(error) }, 'the target threw while the device was starting: request failed (EIO)')
+    return -5
   }
 
   private commit(tag: number, result: number): void {

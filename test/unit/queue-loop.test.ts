@@ -16,6 +16,9 @@ import type { NativeRing } from '../../src/native/addon.js'
 import { QueueLoop } from '../../src/queue-worker/queue-loop.js'
 import { kUserDataStop, kUserDataTarget, kUserDataUblk } from '../../src/common/user-data.js'
 import { kIoPending, type IoRequest, type QueueHandler } from '../../src/targets/target.js'
+import { createStartGate, openStartGate, startFaults } from '../../src/common/start-gate.js'
+import { IORING_OP_ASYNC_CANCEL } from '../../src/abi/io-uring.js'
+import { kUserDataCancel } from '../../src/common/user-data.js'
 
 interface Staged {
   opcode: number; sqeFlags: number; fd: number; cmdOp: number; tag: number; queue: number; result: number
@@ -26,7 +29,7 @@ interface Staged {
 class FakeRing implements NativeRing {
   readonly sqes = new ArrayBuffer(64 * 128)
   readonly cqes = new ArrayBuffer(128 * 16)
-  readonly clock = new ArrayBuffer(8)
+  readonly clock = new ArrayBuffer(12)
   readonly sqEntries = 64
   readonly cqEntries = 128
   readonly fd = 99
@@ -40,15 +43,18 @@ class FakeRing implements NativeRing {
   timeouts: number[] = []
   /** Called at each enter, before it returns its batch. */
   onEnter: () => void = () => {}
+  /** Per enter: how many of the staged SQEs the SQ has no room for (the real ring keeps them). */
+  keeps: number[] = []
 
   enter(staged: number, _minComplete: number, timeoutNs: number): number {
     this.timeouts.push(timeoutNs)
     this.onEnter()
     const [submitted, reaped] = this.stamps.shift() ?? [0, 0]
-    new Int32Array(this.clock).set([submitted, reaped])
+    const kept = Math.min(this.keeps.shift() ?? 0, staged)
+    new Int32Array(this.clock).set([submitted, reaped, kept])
     const words = new Uint32Array(this.sqes)
     const turn: Staged[] = []
-    for (let slot = 0; slot < staged; slot++) {
+    for (let slot = 0; slot < staged - kept; slot++) {
       const base = slot * kSqeWords
       turn.push({
         opcode: words[base]! & 0xff, sqeFlags: (words[base]! >>> 8) & 0xff, fd: new Int32Array(this.sqes)[base + 1]!,
@@ -57,6 +63,7 @@ class FakeRing implements NativeRing {
       })
     }
     this.submitted.push(turn)
+    words.copyWithin(0, (staged - kept) * kSqeWords, staged * kSqeWords)
     const batch = this.batches.shift() ?? []
     const cqes = new Int32Array(this.cqes)
     batch.forEach(([lo, hi, res], i) => {
@@ -76,7 +83,7 @@ class FakeRing implements NativeRing {
 }
 
 function setup(depth: number, handle: (request: IoRequest) => number, onCompletion?: (cookie: number, res: number) => void,
-  statsPublishMicros = 0) {
+  statsPublishMicros = 0, startGate = createStartGate(true)) {
   const ring = new FakeRing()
   const descs = new Uint32Array(depth * 6)
   const stats = allocQueueStats(1)
@@ -97,6 +104,7 @@ function setup(depth: number, handle: (request: IoRequest) => number, onCompleti
     stopEventFd: 5, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(stats, 0)),
     statsPublishMicros,
+    startGate,
     log: pino({ level: 'silent' }),
   })
   loop.arm(handler)
@@ -233,4 +241,74 @@ t.test('an unexpected error on a ublk command is a bug, not a silent retry', asy
   const { ring, loop } = setup(2, () => 0)
   ring.batches.push([[0, kUserDataUblk, -22]])
   t.throws(() => loop.run(), /tag 0: ublk command failed with -22/)
+})
+
+t.test('a target that throws before START_DEV completed fails the request (EIO); once started, the throw ends the queue', async (t) => {
+  const gate = createStartGate(false)
+  const { ring, descs, loop } = setup(2, () => { throw new Error('target bug') }, undefined, 0, gate)
+  descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 0)
+  descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 6)
+  ring.batches.push([[0, kUserDataUblk, 0]])
+  ring.batches.push([[1, kUserDataUblk, 0]])
+  // START_DEV returns while the second turn's enter waits.
+  ring.onEnter = () => { if (ring.submitted.length === 2) openStartGate(gate) }
+  t.throws(() => loop.run(), /target bug/, 'the second request, after the gate opened, ends the queue')
+  t.same(ring.submitted[2]!.map((s) => [s.cmdOp, s.tag, s.result]), [[UBLK_U_IO_COMMIT_AND_FETCH_REQ, 0, -5]],
+    'the first request was failed with EIO')
+  t.equal(startFaults(gate), 1, 'and counted for the daemon')
+})
+
+t.test('a queue that ends waits for its target\'s SQEs in flight: it cancels them and counts their CQEs', async (t) => {
+  // The target stages one SQE per request and never completes it by itself.
+  const parts = setup(2, () => {
+    parts.loop.reserveSqe()
+    return kIoPending
+  })
+  const { ring, descs, loop } = parts
+  descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 0)
+  descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 6)
+  ring.batches.push([[0, kUserDataUblk, 0], [1, kUserDataUblk, 0]])
+  ring.batches.push([[0, kUserDataStop, 8]])
+  t.equal(loop.run(), 'stopped')
+  t.equal(loop.targetIoInFlight(), 2, 'both SQEs went out with the turn after their requests')
+  ring.batches.push([[0, kUserDataCancel, 0], [7, kUserDataTarget, -125]])
+  ring.batches.push([])
+  t.equal(loop.drainTargetIo(50), false, 'one never completes: not drained by the deadline')
+  const cancel = ring.submitted[3]!
+  t.same(cancel.map((s) => [s.opcode, s.userData[1]]), [[IORING_OP_ASYNC_CANCEL, kUserDataCancel]], 'one cancel, nothing else staged')
+  t.equal(loop.targetIoInFlight(), 1)
+  ring.batches.length = 0
+  ring.batches.push([[8, kUserDataTarget, 4096]])
+  t.equal(loop.drainTargetIo(1000), true, 'drained once its CQE came')
+})
+
+t.test('CQEs a throwing turn left undispatched count as completed target I/O', async (t) => {
+  const parts = setup(2, (request) => {
+    if (request.tag === 1) throw new Error('target bug')
+    parts.loop.reserveSqe()
+    return kIoPending
+  }, () => {})
+  const { ring, descs, loop } = parts
+  descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 0)
+  descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 6)
+  ring.batches.push([[0, kUserDataUblk, 0]])
+  // The target's CQE arrives in the same turn as the request that throws, after it.
+  ring.batches.push([[1, kUserDataUblk, 0], [0, kUserDataTarget, 4096]])
+  t.throws(() => loop.run(), /target bug/)
+  t.equal(loop.targetIoInFlight(), 0, 'the undispatched CQE completed the only SQE in flight')
+  t.equal(loop.drainTargetIo(50), true)
+})
+
+t.test('SQEs the SQ had no room for stay staged, in order, ahead of the next turn\'s', async (t) => {
+  const { ring, descs, loop } = setup(4, () => 4096)
+  for (let tag = 0; tag < 4; tag++) descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], tag * 6)
+  ring.batches.push([[0, kUserDataUblk, 0], [1, kUserDataUblk, 0], [2, kUserDataUblk, 0]])
+  ring.batches.push([[3, kUserDataUblk, 0]])
+  ring.batches.push([])
+  ring.batches.push([0, 1, 2, 3].map((tag) => [tag, kUserDataUblk, UBLK_IO_RES_ABORT]))
+  ring.keeps.push(0, 2) // (setup() armed already)
+  loop.run()
+  const tags = (turn: number) => ring.submitted[turn]!.map((s) => [s.cmdOp, s.tag])
+  t.same(tags(2), [[UBLK_U_IO_COMMIT_AND_FETCH_REQ, 0]], 'turn 2: room for one of three commits')
+  t.same(tags(3), [1, 2, 3].map((tag) => [UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag]), 'turn 3: the two kept, then its own')
 })

@@ -96,6 +96,21 @@ t.test('add null with an explicit id, then del --all', async (t) => {
   t.same(await ublkNodes(vm), [])
 })
 
+// #14 hygiene: --mlock-buffers locks the queues' I/O buffers (mlock2 MLOCK_ONFAULT).
+t.test('--mlock-buffers locks the I/O buffers in RAM, and unlocks them with the device', async (t) => {
+  const locked = (pid: number) => vm.run(`awk '/^VmLck/ { print $2 }' /proc/${pid}/status`).then(Number)
+  const device = await addDevice(vm, '-t memory --size 64M -d 8 --mlock-buffers')
+  t.equal(device.mlockBuffers, true, 'list shows it')
+  t.ok(await locked(device.daemonPid) >= 8 * 512, `the daemon has ${await locked(device.daemonPid)} KiB locked (8 tags x 512 KiB)`)
+  await vm.run(`dd if=/dev/urandom of=/tmp/mlock.pattern bs=64k count=64 status=none && ` +
+    `dd if=/tmp/mlock.pattern of=${device.blockDevice} bs=64k oflag=direct status=none`)
+  t.equal(await vm.run(`dd if=${device.blockDevice} bs=64k count=64 iflag=direct status=none | md5sum`),
+    await vm.run('md5sum < /tmp/mlock.pattern'), 'I/O through the locked buffers reads back what was written')
+  await ublkd(vm, 'del --all')
+  t.equal(await locked(device.daemonPid), 0, 'unlocked with the device')
+
+})
+
 t.test('safe delete: a device in use is refused with its users named, --force deletes it anyway', async (t) => {
   await vm.run(`${repoRoot}/scripts/vm/load-module.sh ext4 && ${repoRoot}/scripts/vm/load-module.sh dm-mod`)
   const mounted = await addDevice(vm, '-t memory --size 64M')

@@ -3,7 +3,7 @@
 // must agree.
 import t from 'tap'
 
-import { listDevices, ublkd, ublkNodes } from '../lib/ublkd-in-vm.js'
+import { addDevice, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -58,4 +58,36 @@ t.test('deletes racing adds that get the freed ids: list, /dev and the state dir
     t.same(nodes, listed, 'every listed device has its node, and no other node exists')
     t.same(records, listed, 'every listed device has its record, and no other record exists')
   }
+})
+
+// #14 item 9: a device's lifecycle operations run one at a time. A fault device that throws on
+// every request from its 30th on heals over and over; `del --force` lands in the middle of one
+// heal or another. The delete must wait for the heal and then remove everything: no device, node,
+// record, worker thread or descriptor left, and the daemon still serves.
+t.test('del --force during a heal loop: the device goes, nothing of it stays', async (t) => {
+  // The daemon (started by the first add, if none runs yet), measured without devices.
+  const { daemonPid: pid } = await addDevice(vm, '-t null --size 1G')
+  await ublkd(vm, 'del --all')
+  const threads = async () => Number(await vm.run(`ls /proc/${pid}/task | wc -l`))
+  const fds = async () => Number(await vm.run(`ls /proc/${pid}/fd | wc -l`))
+  const baseline = { threads: await threads(), fds: await fds() }
+  for (let round = 0; round < 2; round++) {
+    const device = await addDevice(vm, '-t fault --size 64M --fault throw --fault-at 30 --fault-count 1000000 --recovery -q 2')
+    const load = vm.exec(`dd if=/dev/zero of=${device.blockDevice} bs=4k count=100000 oflag=direct status=none`, { timeoutMs: 120_000 })
+    // Into the heal loop, then a little further each round so that the delete meets different steps.
+    await waitInVm(vm, `${ublkdCli} list --json | grep -q '"recoveries": [1-9]'`, 60_000)
+    await vm.run(`sleep 0.${round * 7}`)
+    const started = Date.now()
+    const del = await ublkd(vm, `del -n ${device.id} --force`)
+    t.equal(del.code, 0, `round ${round}: del --force succeeds (${del.stderr.trim()})`)
+    t.ok(Date.now() - started < 30_000, `round ${round}: del returned in ${Date.now() - started} ms`)
+    await load
+    t.same(await listDevices(vm), [], `round ${round}: the daemon lists nothing`)
+    t.same(await ublkNodes(vm), [], `round ${round}: no node left`)
+    t.equal((await vm.run('ls /run/ublkd/devices | grep -c json || true')).trim(), '0', `round ${round}: no record left`)
+  }
+  // Worker threads end and descriptors close shortly after the delete returns.
+  await waitInVm(vm, `test $(ls /proc/${pid}/task | wc -l) -le ${baseline.threads}`, 20_000).catch(() => {})
+  t.ok(await threads() <= baseline.threads, `daemon threads back to ${baseline.threads} (now ${await threads()})`)
+  t.equal(await fds(), baseline.fds, 'daemon descriptors back to where they were')
 })

@@ -7,7 +7,7 @@ import type { DeviceSummary } from '../../src/main/device.js'
 import {
   addDevice, fio, listDevices, startDaemon as startDaemonInVm, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm,
 } from '../lib/ublkd-in-vm.js'
-import { bootVm } from '../lib/vm.js'
+import { bootVm, repoRoot } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
@@ -168,6 +168,67 @@ t.test('--keep-devices-on-exit leaves a recoverable device to the next daemon', 
   t.equal(back.state, 'LIVE')
   const sum = await vm.run(`dd if=${device.blockDevice} bs=1M count=4 iflag=direct status=none | md5sum`)
   t.equal(sum, await vm.run('md5sum < /tmp/keep.pattern'), 'data intact after the hand-over')
+})
+
+// #14 item 6: a queue that goes while its target's own I/O is in flight keeps its buffers
+// mapped until that I/O is done (the kernel would write into memory the process may have reused).
+// The loop device reads from a slow disk (a fault device of a second daemon that completes each
+// request 2 s late) when its daemon leaves it to the next one (--keep-devices-on-exit: the queues
+// go at once).
+t.test('a queue that goes with its target\'s reads in flight waits for them before releasing its buffers', async (t) => {
+  const slowState = '--state-dir /run/ublkd-slow'
+  await startDaemonInVm(vm, `${slowState} --metrics off`)
+  const slow = await addDevice(vm, `-t fault --size 64M --fault delay --fault-at 1 --fault-count 100000000 --fault-delay-ms 2000 ${slowState}`)
+  // The daemon of the default state dir (started by this add if none runs) makes way for one
+  // that keeps its devices.
+  const { daemonPid } = await addDevice(vm, '-t null --size 1G')
+  await stopDaemon(daemonPid)
+  const log = await startDaemon('--keep-devices-on-exit')
+  const device = await addDevice(vm, `-t loop -f ${slow.blockDevice} --recovery`)
+  const reads = vm.exec(`dd if=${device.blockDevice} of=/dev/null bs=64k count=4 iflag=direct status=none`, { timeoutMs: 300_000 })
+  await waitInVm(vm, `test "$(cat /sys/block/ublkb${device.id}/inflight | tr -s ' ' '+' | sed 's/^+//')" != 0+0`, 60_000)
+  await vm.run(`kill -TERM ${device.daemonPid}`)
+  await waitInVm(vm, `! kill -0 ${device.daemonPid}`, 60_000)
+  const lines = (await vm.run(`cat ${log}`)).split('\n')
+  t.ok(lines.some((line) => line.includes('waited for the target\'s I/O in flight before releasing its buffers') && /"inFlight":[1-9]/.test(line)),
+    'the queue waited for its reads in flight before releasing its buffers')
+  t.notOk(lines.some((line) => line.includes('left mapped (leaked)')), 'they all completed within the wait: nothing leaked')
+  await startDaemon()
+  const { code } = await reads
+  t.equal(code, 0, 'the reads complete through the next daemon')
+  await ublkd(vm, `del -n ${device.id}`)
+  await ublkd(vm, `del --all ${slowState}`)
+  await vm.run("pkill -TERM -f '[c]li.js daemon --state-dir /run/ublkd-slow'; true")
+})
+
+// #14 hygiene: the daemon runs in a mount namespace of its own, a slave of the one it was started
+// in (ublksrv PR #186: a daemon that ends as the last holder of a namespace with its own device
+// mounted hangs in its exit). A filesystem mounted after the daemon started is seen (a loop backing
+// on it works), a mount of one of its devices is kept out, and kill -9 + restart with the
+// filesystem mounted loses nothing.
+t.test('the daemon\'s own mount namespace: later mounts seen, ublk mounts kept out, kill -9 with a mounted filesystem', async (t) => {
+  await vm.run(`${repoRoot}/scripts/vm/load-module.sh ext4`)
+  const { daemonPid: pid, id: nullId } = await addDevice(vm, '-t null --size 1G')
+  await ublkd(vm, `del -n ${nullId}`)
+  t.not(await vm.run(`readlink /proc/${pid}/ns/mnt`), await vm.run('readlink /proc/self/ns/mnt'), 'a namespace of its own')
+  await vm.run('mkdir -p /mnt/later && mount -t tmpfs -o size=80M tmpfs /mnt/later && truncate -s 64M /mnt/later/backing.img')
+  const device = await addDevice(vm, '-t loop -f /mnt/later/backing.img --recovery')
+  t.equal(device.daemonPid, pid, 'served by the daemon that started before the mount')
+  await vm.run(`mkfs.ext4 -q ${device.blockDevice} && mkdir -p /mnt/u && mount ${device.blockDevice} /mnt/u && ` +
+    'dd if=/dev/urandom of=/mnt/u/file bs=64k count=16 status=none && md5sum < /mnt/u/file > /tmp/u.md5')
+  t.match(await vm.run('grep " /mnt/u " /proc/self/mountinfo || true'), /mnt\/u/, 'mounted where the test runs')
+  await waitInVm(vm, `! grep -q " /mnt/u " /proc/${pid}/mountinfo`, 10_000)
+  t.pass('not in the daemon\'s namespace (detached there within 10 s)')
+  await vm.run(`kill -9 ${pid}`)
+  await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
+  await startDaemon()
+  t.equal((await onlyDevice()).state, 'LIVE', 're-attached')
+  t.equal(await vm.run('md5sum < /mnt/u/file'), await vm.run('cat /tmp/u.md5'), 'the file reads back')
+  await vm.run('sync && umount /mnt/u')
+  const fsck = await vm.exec(`fsck.ext4 -fn ${device.blockDevice}`)
+  t.equal(fsck.code, 0, `fsck clean: ${fsck.stdout}${fsck.stderr}`)
+  await ublkd(vm, 'del --all --force')
+  await vm.run('umount /mnt/later')
 })
 
 t.test('re-attach serves only the recorded device: a stale record never takes over another server\'s device with its id', async (t) => {
