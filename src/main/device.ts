@@ -498,9 +498,9 @@ export class Device {
     return watch.check(Date.now(), heartbeats, pool.tasks)
   }
 
-  /** Await STOP_DEV (or TRY_STOP_DEV); if a queue stalls meanwhile, it holds requests it will
-   *  never complete, for which the stop waits: force the queues down, so that the kernel fails
-   *  them. Resolves with the command's error, or null. */
+  /** Await STOP_DEV (or TRY_STOP_DEV); if a queue stalls or dies meanwhile, it holds requests
+   *  it will never complete, for which the stop waits: force the queues down, so that the kernel
+   *  fails them. Resolves with the command's error, or null. */
   private async stopDevice(command: StopCommand): Promise<unknown> {
     let stopped = false
     const stop = sendStop(this.deps.control, this.id, command).finally(() => { stopped = true })
@@ -508,9 +508,10 @@ export class Device {
     const watch = new StallWatch(kSupervisionIntervalMs, Date.now())
     while (!stopped && pool !== null && this.pool === pool) {
       await Promise.race([stop, new Promise((resolve) => setTimeout(resolve, kSupervisionIntervalMs))])
-      const stalled = stopped ? null : this.stalledQueue(pool, watch)
-      if (stalled) {
-        this.log.warn({ reason: stalled }, 'queue stuck while stopping: forcing the queues down')
+      const dead = pool.tasks.find((task) => task.died)
+      const stuck = stopped ? null : dead ? `queue ${dead.queueId} died` : this.stalledQueue(pool, watch)
+      if (stuck) {
+        this.log.warn({ reason: stuck }, 'queue stuck while stopping: forcing the queues down')
         await this.stopQueues(0)
       }
     }

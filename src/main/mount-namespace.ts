@@ -4,7 +4,8 @@
 // #186). So the daemon re-executes itself in a namespace of its own, a slave of the one it was
 // started in (filesystems mounted there later, a loop target's backing among them, still
 // appear), and detaches from it every mount of a ublk device: at start, and whenever mount
-// propagation brought one in since.
+// propagation brought one in since. Where the root mount is not shared (no systemd; some
+// containers) a slave would see no later mount, so the daemon stays where it was started.
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 
@@ -21,13 +22,29 @@ function namespaceInode(): string {
   return fs.readlinkSync('/proc/self/ns/mnt')
 }
 
+/** Whether the root mount propagates (mountinfo's optional field "shared:N"). */
+function rootMountShared(): boolean {
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const fields = line.split(' ')
+    if (fields[4] !== '/') continue
+    const optional = fields.slice(6, fields.indexOf('-'))
+    return optional.some((field) => field.startsWith('shared:'))
+  }
+  return false
+}
+
 /**
  * Before anything else of the daemon runs: re-execute the process (same pid, arguments and
  * environment) in a mount namespace of its own. Returns once in it, or at once if that cannot
- * be done (no CAP_SYS_ADMIN, say): runDaemon's ownMountNamespace() tells which.
+ * or should not be done (no CAP_SYS_ADMIN, a private root mount): runDaemon's
+ * ownMountNamespace() tells which.
  */
 export function enterOwnMountNamespace(): void {
   if (process.env[kEnvironmentKey] !== undefined) return
+  if (!rootMountShared()) {
+    process.env[kEnvironmentKey] = 'unavailable: the root mount is private (not shared), so a namespace of its own would not see mounts made later'
+    return
+  }
   const parent = namespaceInode()
   try {
     native.unshareMountNamespace()

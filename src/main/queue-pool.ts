@@ -52,6 +52,8 @@ export interface QueueTask {
   /** Settles when the queue's loop ends or its worker dies. */
   done: Promise<QueueExit>
   settled: boolean
+  /** Its worker died (the task threw or the thread exited) rather than its loop ending. */
+  died: boolean
   /** Its loop ended and it waits for its target's I/O in flight (QueueDraining). */
   draining: boolean
 }
@@ -97,10 +99,13 @@ export class QueuePool {
         port: port2,
       }
       const task: QueueTask = {
-        queueId, cpus: input.cpus, stopEventFd, charFd, tid: null, settled: false, draining: false,
+        queueId, cpus: input.cpus, stopEventFd, charFd, tid: null, settled: false, died: false, draining: false,
         done: this.pool.run(input, { transferList: [port2] }) as Promise<QueueExit>,
       }
-      task.done.then(() => { task.settled = true }, () => { task.settled = true })
+      task.done.then(() => { task.settled = true }, () => {
+        task.settled = true
+        task.died = true
+      })
       readyPromises.push(new Promise<void>((resolve, reject) => {
         port1.on('message', (event: QueueEvent) => {
           if (event.type === 'ready') {

@@ -35,7 +35,9 @@ let daemonRuns = 0
 export async function startDaemon(vm: Vm, flags = ''): Promise<string> {
   const log = `/tmp/daemon-${++daemonRuns}.log`
   await vm.run(`setsid sh -c '${ublkdCli} daemon ${flags} > ${log} 2>&1' < /dev/null > /dev/null 2>&1 &`)
-  await waitInVm(vm, `grep -q '"msg":"daemon ready"' ${log}`, 60_000)
+  await waitInVm(vm, `grep -q '"msg":"daemon ready"' ${log}`, 60_000).catch(async (error: unknown) => {
+    throw new Error(`${(error as Error).message}; the daemon's log:\n${(await vm.exec(`tail -n 30 ${log}`)).stdout}`)
+  })
   return log
 }
 

@@ -208,27 +208,33 @@ t.test('a queue that goes with its target\'s reads in flight waits for them befo
 // filesystem mounted loses nothing.
 t.test('the daemon\'s own mount namespace: later mounts seen, ublk mounts kept out, kill -9 with a mounted filesystem', async (t) => {
   await vm.run(`${repoRoot}/scripts/vm/load-module.sh ext4`)
+  // The VM's mounts are private; a systemd host's are shared, which a slave namespace needs.
+  const { daemonPid: before } = await addDevice(vm, '-t null --size 1G')
+  await stopDaemon(before)
+  await vm.run('mount --make-rshared /')
+  const log = await startDaemon()
+  t.match(await vm.run(`cat ${log}`), /running in a mount namespace of its own/)
   const { daemonPid: pid, id: nullId } = await addDevice(vm, '-t null --size 1G')
   await ublkd(vm, `del -n ${nullId}`)
   t.not(await vm.run(`readlink /proc/${pid}/ns/mnt`), await vm.run('readlink /proc/self/ns/mnt'), 'a namespace of its own')
-  await vm.run('mkdir -p /mnt/later && mount -t tmpfs -o size=80M tmpfs /mnt/later && truncate -s 64M /mnt/later/backing.img')
-  const device = await addDevice(vm, '-t loop -f /mnt/later/backing.img --recovery')
+  await vm.run('mkdir -p /tmp/nslater && mount -t tmpfs -o size=80M tmpfs /tmp/nslater && truncate -s 64M /tmp/nslater/backing.img')
+  const device = await addDevice(vm, '-t loop -f /tmp/nslater/backing.img --recovery')
   t.equal(device.daemonPid, pid, 'served by the daemon that started before the mount')
-  await vm.run(`mkfs.ext4 -q ${device.blockDevice} && mkdir -p /mnt/u && mount ${device.blockDevice} /mnt/u && ` +
-    'dd if=/dev/urandom of=/mnt/u/file bs=64k count=16 status=none && md5sum < /mnt/u/file > /tmp/u.md5')
-  t.match(await vm.run('grep " /mnt/u " /proc/self/mountinfo || true'), /mnt\/u/, 'mounted where the test runs')
-  await waitInVm(vm, `! grep -q " /mnt/u " /proc/${pid}/mountinfo`, 10_000)
+  await vm.run(`mkfs.ext4 -q ${device.blockDevice} && mkdir -p /tmp/u && mount ${device.blockDevice} /tmp/u && ` +
+    'dd if=/dev/urandom of=/tmp/u/file bs=64k count=16 status=none && md5sum < /tmp/u/file > /tmp/u.md5')
+  t.match(await vm.run('grep " /tmp/u " /proc/self/mountinfo || true'), /tmp\/u/, 'mounted where the test runs')
+  await waitInVm(vm, `! grep -q " /tmp/u " /proc/${pid}/mountinfo`, 10_000)
   t.pass('not in the daemon\'s namespace (detached there within 10 s)')
   await vm.run(`kill -9 ${pid}`)
   await waitInVm(vm, `! kill -0 ${pid}`, 30_000)
   await startDaemon()
   t.equal((await onlyDevice()).state, 'LIVE', 're-attached')
-  t.equal(await vm.run('md5sum < /mnt/u/file'), await vm.run('cat /tmp/u.md5'), 'the file reads back')
-  await vm.run('sync && umount /mnt/u')
+  t.equal(await vm.run('md5sum < /tmp/u/file'), await vm.run('cat /tmp/u.md5'), 'the file reads back')
+  await vm.run('sync && umount /tmp/u')
   const fsck = await vm.exec(`fsck.ext4 -fn ${device.blockDevice}`)
   t.equal(fsck.code, 0, `fsck clean: ${fsck.stdout}${fsck.stderr}`)
   await ublkd(vm, 'del --all --force')
-  await vm.run('umount /mnt/later')
+  await vm.run('umount /tmp/nslater')
 })
 
 t.test('re-attach serves only the recorded device: a stale record never takes over another server\'s device with its id', async (t) => {
