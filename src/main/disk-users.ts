@@ -47,18 +47,17 @@ function hasRoot(pid: string, root: fs.Stats | null): boolean {
 }
 
 /**
- * The mountinfo of each mount namespace a process lives in, but the daemon's own. A mountinfo
- * names mount points from its process's root directory: of each namespace, a process whose root
- * is the daemon's is read if there is one, so that the names are the ones users see.
+ * The mountinfo of each mount namespace a process lives in (the daemon's own included: it may
+ * be the users' one). A mountinfo names mount points from its process's root directory: of each
+ * namespace, a process whose root is the daemon's is read if there is one, so that the names are
+ * the ones users see.
  */
-function otherNamespacesMountinfo(): string[] {
-  let own: string | null = null
+function everyNamespaceMountinfo(): string[] {
   let ownRoot: fs.Stats | null = null
   try {
-    own = fs.readlinkSync('/proc/self/ns/mnt')
     ownRoot = fs.statSync('/proc/self/root')
   } catch {
-    // No namespaces to tell apart: read them all.
+    // Then any process of a namespace will do.
   }
   const reader = new Map<string, { pid: string; sameRoot: boolean }>()
   for (const pid of entries('/proc').filter((entry) => /^\d+$/.test(entry))) {
@@ -68,7 +67,7 @@ function otherNamespacesMountinfo(): string[] {
     } catch {
       continue
     }
-    if (namespace === own || reader.get(namespace)?.sameRoot) continue
+    if (reader.get(namespace)?.sameRoot) continue
     reader.set(namespace, { pid, sameRoot: hasRoot(pid, ownRoot) })
   }
   return [...reader.values()].map(({ pid }) => readTrimmed(`/proc/${pid}/mountinfo`)).filter((table) => table !== null)
@@ -78,7 +77,7 @@ function mounts(parts: Map<string, string>): string[] {
   const numbers = new Set(parts.values())
   const found = new Set<string>()
   // mountinfo: id parent major:minor root mount-point options [optional...] - fstype source ...
-  for (const line of otherNamespacesMountinfo().flatMap((table) => table.split('\n'))) {
+  for (const line of everyNamespaceMountinfo().flatMap((table) => table.split('\n'))) {
     const fields = line.split(' ')
     if (!numbers.has(fields[2] ?? '')) continue
     const fsType = fields[fields.indexOf('-') + 1] ?? '?'
