@@ -5,6 +5,8 @@
 import fs from 'node:fs'
 import path from 'node:path'
 
+import { parseMountinfo } from './mountinfo.js'
+
 const kMaxProcesses = 5
 
 function readTrimmed(file: string): string | null {
@@ -75,12 +77,8 @@ function everyNamespaceMountinfo(): string[] {
 function mounts(parts: Map<string, string>): string[] {
   const numbers = new Set(parts.values())
   const found = new Set<string>()
-  // mountinfo: id parent major:minor root mount-point options [optional...] - fstype source ...
-  for (const line of everyNamespaceMountinfo().flatMap((table) => table.split('\n'))) {
-    const fields = line.split(' ')
-    if (!numbers.has(fields[2] ?? '')) continue
-    const fsType = fields[fields.indexOf('-') + 1] ?? '?'
-    found.add(`mounted on ${fields[4]!.replace(/\\040/g, ' ')} (${fsType})`)
+  for (const entry of everyNamespaceMountinfo().flatMap(parseMountinfo)) {
+    if (numbers.has(entry.device)) found.add(`mounted on ${entry.mountPoint} (${entry.fsType})`)
   }
   return [...found]
 }

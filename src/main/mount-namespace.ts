@@ -12,6 +12,7 @@ import fs from 'node:fs'
 import type { Logger } from '../common/log.js'
 import { messageOf } from '../common/errors.js'
 import { native } from '../native/addon.js'
+import { parseMountinfo } from './mountinfo.js'
 
 /** Set across the re-exec: the inode of the namespace the daemon was started in. */
 const kEnvironmentKey = 'UBLKD_PARENT_MOUNT_NAMESPACE'
@@ -24,13 +25,8 @@ function namespaceInode(): string {
 
 /** Whether the root mount propagates (mountinfo's optional field "shared:N"). */
 function rootMountShared(): boolean {
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const fields = line.split(' ')
-    if (fields[4] !== '/') continue
-    const optional = fields.slice(6, fields.indexOf('-'))
-    return optional.some((field) => field.startsWith('shared:'))
-  }
-  return false
+  const root = parseMountinfo(fs.readFileSync('/proc/self/mountinfo', 'utf8')).find((entry) => entry.mountPoint === '/')
+  return root?.optional.some((field) => field.startsWith('shared:')) ?? false
 }
 
 /**
@@ -79,22 +75,13 @@ function ublkDeviceNumbers(): Set<string> {
   return numbers
 }
 
-/** mountinfo escapes space, tab, newline and backslash as \ooo. */
-function unescapeMountPoint(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
-}
-
 /** Mount points of this namespace whose filesystem lives on a ublk device, deepest first. */
 function ublkMountPoints(): string[] {
   const numbers = ublkDeviceNumbers()
   if (numbers.size === 0) return []
-  const points: string[] = []
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const fields = line.split(' ')
-    // mount id, parent id, major:minor, root, mount point, ...
-    if (fields.length > 4 && numbers.has(fields[2]!)) points.push(unescapeMountPoint(fields[4]!))
-  }
-  return points.sort((a, b) => b.length - a.length)
+  return parseMountinfo(fs.readFileSync('/proc/self/mountinfo', 'utf8'))
+    .filter((entry) => numbers.has(entry.device)).map((entry) => entry.mountPoint)
+    .sort((a, b) => b.length - a.length)
 }
 
 /** Detach (umount -l) every mount of a ublk device from the daemon's own namespace; never from
