@@ -2,7 +2,7 @@
 // added and deleted around them (some with bad options), queue faults are injected on recovery
 // devices and the daemon is killed (kill -9) and restarted twice. It counts what went wrong (verify
 // and I/O errors, leaked descriptors, memory, devices) and what was done. `npm run soak`
-// (scripts/soak.ts) runs it for minutes, test/vm/soak.test.ts for about 75 s; see docs/testing.md.
+// (scripts/soak.ts) runs it for minutes, test/vm/soak.test.ts for 45 s in `npm test`; see docs/testing.md.
 import type { DeviceSummary } from '../../src/main/device.js'
 import {
   addDevice, fio, listDevices, startDaemon, ublkd, ublkNodes, waitInVm, type FioReport,
