@@ -157,7 +157,8 @@ const kCpuModel = process.env['UBLKD_VM_CPU'] ?? 'max,-erms'
  * vCPU runs again. Still two vCPUs; boots took as long (docs/testing.md, scripts/vm/boot-soak.ts).
  */
 const kAccel = process.env['UBLKD_VM_ACCEL'] ?? 'tcg,thread=single'
-const cacheDir = process.env['UBLKD_VM_CACHE'] ?? path.join(repoRoot, '.cache', 'vm')
+/** Where prepare.sh put the kernels ($UBLKD_VM_CACHE, or the repo's .cache/vm). */
+export const vmCacheDir: string = process.env['UBLKD_VM_CACHE'] ?? path.join(repoRoot, '.cache', 'vm')
 const kDefaultExecTimeoutMs = 300_000
 
 const running = new Set<ChildProcess>()
@@ -210,7 +211,7 @@ export async function bootVm(options: VmOptions = {}): Promise<Vm> {
 
 async function bootOnce(options: VmOptions): Promise<Vm> {
   const kernelName = options.kernel ?? vmKernel
-  const assets = path.join(cacheDir, kernelName)
+  const assets = path.join(vmCacheDir, kernelName)
   const kernel = path.join(assets, 'vmlinuz')
   const initramfs = path.join(assets, 'initramfs.cpio.gz')
   if (!fs.existsSync(kernel) || !fs.existsSync(initramfs)) {

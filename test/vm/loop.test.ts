@@ -9,7 +9,7 @@ import path from 'node:path'
 import t from 'tap'
 
 import { addDevice, fio, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
-import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
+import { bootVm, repoRoot, vmCacheDir, vmKernel } from '../lib/vm.js'
 
 const shareDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-loop-'))
 const vm = await bootVm({ shareDir })
@@ -227,7 +227,7 @@ t.test('bad input is refused clearly and leaves nothing behind', async (t) => {
   const again = await ublkd(vm, 'add -t loop -f /tmp/ok.img')
   t.equal(again.code, 2)
   t.match(again.stderr, new RegExp(`/tmp/ok.img is already served by device ${first.id}`))
-  const readOnly = await addDevice(vm, `-t loop -f ${repoRoot}/.cache/vm/${vmKernel}/vmlinuz --read-only --size 4M`)
+  const readOnly = await addDevice(vm, `-t loop -f ${vmCacheDir}/${vmKernel}/vmlinuz --read-only --size 4M`)
   t.equal((await vm.run(`cat /sys/block/ublkb${readOnly.id}/ro`)).trim(), '1', 'a read-only backing gives a read-only disk')
   await del(readOnly.id)
   await del(first.id)
