@@ -30,18 +30,20 @@ export interface NativeRing {
 }
 
 /**
- * Batched copies between buffers bound at construction (see addon/copier.h): an op is 7 int32,
- * [dst buffer, dst offset lo, hi, src buffer (-1: zeros), src offset lo, hi, bytes].
+ * Batched copies between endpoints bound at construction (see addon/copier.h): an op is 7 int32,
+ * [dst endpoint, dst offset lo, hi, src endpoint (-1: zeros, -2: release), src offset lo, hi, bytes].
  */
 export interface NativeCopier {
-  run(ops: Int32Array, count: number): void
+  /** addon/copier.h: op i's bytes done (or -errno of a failed file op) go to results[i]. */
+  run(ops: Int32Array, count: number, results?: Int32Array): void
 }
 
 type Layout = Record<string, number>
 
 export interface NativeAddon {
   Ring: new (entries: number, cqEntries: number, setupFlags: number) => NativeRing
-  Copier: new (buffers: readonly Uint8Array[]) => NativeCopier
+  /** Endpoints: Uint8Arrays, or a file descriptor (pread/pwrite at the op's offset). */
+  Copier: new (endpoints: readonly (Uint8Array | number)[]) => NativeCopier
   abiLayout: Record<string, Layout> & { constants: Layout }
   pageSize: number
   /** `lock`: mlock2(MLOCK_ONFAULT), pages locked in RAM once touched. */

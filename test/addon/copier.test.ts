@@ -78,3 +78,31 @@ t.test('release zeroes a range: its whole pages go back to the kernel, its parti
   t.same([store[page - 9], store[page - 8], store[page + 7], store[page + 8]], [1, 0, 0, 1], 'and one across two pages')
   t.throws(() => copier.run(Int32Array.from(op(1, bytes - 8, -2, 0, 16)), 1), /destination outside/)
 })
+
+t.test('a file endpoint: pwrite to it, pread from it, each op\'s result or -errno reported', async (t) => {
+  const dir = fs.mkdtempSync('/tmp/ublkd-copier-')
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const fd = fs.openSync(`${dir}/data`, 'w+')
+  t.teardown(() => fs.closeSync(fd))
+  const memory = new Uint8Array(8192)
+  memory.fill(5, 0, 4096)
+  const copier = new native.Copier([fd, memory])
+  const results = new Int32Array(3)
+  // memory[0..4096) -> file at 2^32 + 512, back into memory[4096..), then a read past the end.
+  const far = 2 ** 32 + 512
+  copier.run(Int32Array.from([...op(0, far, 1, 0, 4096), ...op(1, 4096, 0, far, 4096), ...op(1, 0, 0, far + 4000, 200)]), 3, results)
+  t.same([...results], [4096, 4096, 96], 'bytes done per op; a read stops at the end of the file')
+  t.ok(memory.subarray(4096).every((b) => b === 5), 'the data went through the file')
+  t.equal(fs.fstatSync(fd).size, far + 4096, 'written at the 64-bit offset')
+
+  const readOnly = fs.openSync(`${dir}/data`, 'r')
+  t.teardown(() => fs.closeSync(readOnly))
+  const refusing = new native.Copier([readOnly, memory])
+  refusing.run(Int32Array.from([...op(0, 0, 1, 0, 16), ...op(1, 0, 0, 0, 16)]), 2, results)
+  t.same([results[0], results[1]], [-9, 16], 'a failed pwrite is -EBADF and the next op still runs')
+  t.throws(() => refusing.run(Int32Array.from(op(0, 0, 1, 0, 16)), 1), { code: 'EBADF', syscall: 'pwrite' }, 'without results it throws')
+  t.throws(() => copier.run(Int32Array.from(op(0, 0, 0, 0, 16)), 1), { name: 'RangeError' }, 'file to file is refused')
+  t.throws(() => copier.run(Int32Array.from(op(0, 0, 1, 8000, 400)), 1), { name: 'RangeError' }, 'memory outside its buffer')
+  t.throws(() => copier.run(Int32Array.from(op(0, 0, 1, 0, 16)), 1, new Int32Array(0)), TypeError, 'results too short')
+  t.throws(() => new native.Copier([-1]), TypeError)
+})
