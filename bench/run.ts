@@ -394,12 +394,15 @@ async function main(): Promise<void> {
   const hugePagesVariant: Variant[] = variants
     ? [{ label: 'ublkd null huge-pages', addArgs: '--huge-page-buffers', onlyJobs: ['randread-4k-qd32', 'randwrite-4k-qd32'] }]
     : []
+  // ublkd memory takes user copy where the kernel has it (--io-mode auto); its copy mode beside it.
+  const memoryCopyVariant: Variant[] = variants ? [{ label: 'ublkd memory copy', addArgs: '--io-mode copy' }] : []
   const groups: Group[] = []
   for (const queues of [1, 2]) {
     const pairs: Subject[][] = [
       [nullBlk(false, queues), ublkdSubject('null', queues),
         ...[...(queues === 1 ? nullVariants : []), ...hugePagesVariant].map((v) => ublkdSubject('null', queues, v))],
-      [nullBlk(true, queues), ublkdSubject('memory', queues)],
+      [nullBlk(true, queues), ublkdSubject('memory', queues),
+        ...(queues === 1 ? memoryCopyVariant : []).map((v) => ublkdSubject('memory', queues, v))],
       [kernelLoop(queues), ublkdSubject('loop', queues)],
     ]
     for (const pair of pairs) {

@@ -132,7 +132,8 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
     log: pino({ level: 'silent' }),
   })
   const handler = target.openQueue(setup.spec, {
-    queueId: 0, depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi, ioBuffer,
+    queueId: 0, depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi,
+    data: { mode: 'copy', endpoint: ioBuffer, tagOffset: Float64Array.from({ length: kDepth }, (_, tag) => tag * kIoBytes) },
     sqes: loop.stagingSqes, reserveSqe: () => loop.reserveSqe(), complete: (tag, result) => loop.complete(tag, result),
   })
   try {

@@ -2,6 +2,7 @@
 // survive structured cloning (SharedArrayBuffers are shared, MessagePorts transferred).
 import type { MessagePort } from 'node:worker_threads'
 
+import type { IoMode } from './io-mode.js'
 import type { LogLevel } from './log-level.js'
 
 /**
@@ -18,6 +19,9 @@ export interface QueueTaskInput {
   queueId: number
   depth: number
   maxIoBufBytes: number
+  /** How the requests' data travels (src/common/io-mode.ts); the buffer options below are copy
+   *  mode's. */
+  ioMode: IoMode
   /** The I/O buffers may use transparent huge pages (--huge-page-buffers). */
   hugePageBuffers: boolean
   /** The I/O buffers' pages are locked in RAM once touched (--mlock-buffers). */

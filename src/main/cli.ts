@@ -52,7 +52,7 @@ Common options:
 
 function addHelp(allTargets: readonly Target[], defaults: typeof deviceDefaults): string {
   const targets = allTargets.map((target) =>
-    `  ${target.name.padEnd(8)} ${target.summary}\n${target.optionHelp.map((line) => `             ${line}`).join('\n')}`)
+    `  ${target.name.padEnd(8)} ${target.summary} (I/O modes: ${target.ioModes.join(', ')})\n${target.optionHelp.map((line) => `             ${line}`).join('\n')}`)
   return `Usage: ublkd add -t TARGET [options]
 
 Create a device and print it. The device is served until 'ublkd del' or daemon shutdown.
@@ -75,6 +75,13 @@ Options:
                                 ring (default): each queue thread blocks in io_uring_enter, the
                                 fastest; event-loop: it is woken through the worker's event loop,
                                 so targets may complete requests from timers and promises
+      --io-mode auto|copy|user-copy
+                                how request data travels: copy through per-tag buffers of the
+                                daemon (depth x 512 KiB per queue); user-copy (UBLK_F_USER_COPY)
+                                straight between the request's pages and the target, with no
+                                buffers; auto (default): the target's fastest mode the kernel
+                                offers (copy with the buffer options below). Which target serves
+                                which: 'ublkd add --help' below, docs/performance.md
       --io-scheduler NAME       the block layer's I/O scheduler of the device: none, mq-deadline,
                                 kyber, bfq (default ${defaults.ioScheduler}, as the kernel loop driver)
       --huge-page-buffers       back the I/O buffers (depth x 512 KiB per queue) with transparent
@@ -358,6 +365,7 @@ async function commandAdd(args: string[]): Promise<void> {
     'logical-block-size': { type: 'string' },
     'io-scheduler': { type: 'string' },
     'queue-mode': { type: 'string' },
+    'io-mode': { type: 'string' },
     json: { type: 'boolean' },
   })
   if (values['help']) return print(addHelp(allTargets(), (await import('./device-request.js')).deviceDefaults))
@@ -371,6 +379,7 @@ async function commandAdd(args: string[]): Promise<void> {
     logicalBlockSize: stringValue(values, 'logical-block-size'),
     ioScheduler: stringValue(values, 'io-scheduler'),
     queueMode: stringValue(values, 'queue-mode'),
+    ioMode: stringValue(values, 'io-mode'),
     hugePageBuffers: values['huge-page-buffers'] === true ? true : undefined,
     mlockBuffers: values['mlock-buffers'] === true ? true : undefined,
     noPartitionScan: values['no-partition-scan'] === true ? true : undefined,

@@ -8,6 +8,7 @@ import { logLevels } from '../common/log-level.js'
 import { queueModes } from '../common/messages.js'
 import { allTargets } from '../targets/registry.js'
 import { kDeviceNamePattern } from './device-request.js'
+import { ioModeChoices } from './io-mode-choice.js'
 import { recoveryModes } from './recovery-mode.js'
 
 const commonDeviceProperties = {
@@ -19,6 +20,7 @@ const commonDeviceProperties = {
   recovery: { enum: [...recoveryModes] },
   ioScheduler: { type: 'string' },
   queueMode: { enum: [...queueModes] },
+  ioMode: { enum: [...ioModeChoices] },
   hugePageBuffers: { type: 'boolean' },
   mlockBuffers: { type: 'boolean' },
   noPartitionScan: { type: 'boolean' },

@@ -4,6 +4,7 @@ import { UsageError } from '../common/errors.js'
 import { queueModes, type QueueMode } from '../common/messages.js'
 import type { RawTargetOptions } from '../targets/target.js'
 import { deviceUuid } from './device-identity.js'
+import { ioModeChoiceField, type IoModeChoice } from './io-mode-choice.js'
 import { recoveryModeField, type RecoveryMode } from './recovery-mode.js'
 
 export interface DeviceRequest {
@@ -21,6 +22,8 @@ export interface DeviceRequest {
   ioScheduler: string
   /** --queue-mode when given; otherwise ring, or event-loop for a target that needs it. */
   queueMode?: QueueMode
+  /** --io-mode (src/main/io-mode-choice.ts); absent: auto (and in records older than modes). */
+  ioMode?: IoModeChoice
   /** The queues' I/O buffers may use transparent huge pages (faster copies, all resident). */
   hugePageBuffers: boolean
   /** The queues' I/O buffers are locked in RAM (never swapped); absent in older records. */
@@ -51,7 +54,7 @@ export const deviceDefaults = {
 } as const
 
 const kLogicalBlockSizes = [512, 1024, 2048, 4096]
-const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'hugePageBuffers', 'mlockBuffers', 'noPartitionScan', 'uuid', 'name']
+const kCommonFields = ['target', 'id', 'queues', 'depth', 'logicalBlockSize', 'recovery', 'ioScheduler', 'queueMode', 'ioMode', 'hugePageBuffers', 'mlockBuffers', 'noPartitionScan', 'uuid', 'name']
 /** A device's name: what a config calls it, stable across restarts and reloads. */
 export const kDeviceNamePattern = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
 const kDeviceName = new RegExp(kDeviceNamePattern)
@@ -121,6 +124,8 @@ export function parseDeviceRequest(raw: Record<string, unknown>): DeviceRequest 
   if (logical !== undefined) request.logicalBlockSize = logical
   const queueMode = queueModeField(raw)
   if (queueMode !== undefined) request.queueMode = queueMode
+  const ioMode = ioModeChoiceField(raw['ioMode'])
+  if (ioMode !== undefined) request.ioMode = ioMode
   request.uuid = deviceUuid(raw['uuid'])
   const name = raw['name']
   if (name !== undefined) {

@@ -21,6 +21,7 @@ import { ublksrvIoDesc, type Params } from '../abi/structs.js'
 import { KernelError, UblkdError, UsageError, messageOf } from '../common/errors.js'
 import type { Logger } from '../common/log.js'
 import type { LogLevel } from '../common/log-level.js'
+import { ioModeFlags, ioModeOfFlags, type IoMode } from '../common/io-mode.js'
 import type { QueueMode } from '../common/messages.js'
 import { createStartGate, openStartGate, startFaults } from '../common/start-gate.js'
 import { allocQueueStats, kStatHeartbeatMs, kStatInflight, queueStatsView, readQueueStats, statNames, type StatName } from '../common/stats-layout.js'
@@ -30,6 +31,7 @@ import type { UblkControl } from './control.js'
 import { checkIdentity, identityCookie } from './device-identity.js'
 import { diskUsers, everyUser } from './disk-users.js'
 import type { DeviceRequest } from './device-request.js'
+import { chooseIoMode } from './io-mode-choice.js'
 import { checkOffered, featureNeeds, neededFlags, wantedFlags } from './kernel-features.js'
 import { OperationLane } from './operation-lane.js'
 import { QueuePool } from './queue-pool.js'
@@ -74,6 +76,8 @@ export interface DeviceSummary {
   /** The block layer's I/O scheduler of the device as sysfs shows it now; null if unreadable. */
   ioScheduler: string | null
   queueMode: QueueMode
+  /** How the requests' data travels (src/common/io-mode.ts), from the device's flags. */
+  ioMode: IoMode
   hugePageBuffers: boolean
   mlockBuffers: boolean
   options: Record<string, string | number | boolean>
@@ -222,6 +226,7 @@ export class Device {
     // Refused before anything exists: an option whose feature this kernel lacks.
     const needs = featureNeeds(request)
     checkOffered(needs, deps.kernelFeatures)
+    const ioMode = chooseIoMode(request.ioMode ?? 'auto', findTarget(request.target), deps.kernelFeatures, request)
     const { target, setup, queueMode, claim, release } = Device.prepareTarget(request, deps)
     const info = await deps.control.addDev({
       nrHwQueues: request.queues,
@@ -230,7 +235,7 @@ export class Device {
       maxIoBufBytes: request.maxIoBufBytes,
       devId: request.id ?? UBLK_DEV_ID_ANY,
       ublksrvPid: 0,
-      flags: neededFlags(needs) | wantedFlags(request, deps.kernelFeatures),
+      flags: neededFlags(needs) | wantedFlags(request, deps.kernelFeatures) | ioModeFlags(ioMode),
       ublksrvFlags: identityCookie(request.uuid),
       ownerUid: 0,
       ownerGid: 0,
@@ -252,6 +257,9 @@ export class Device {
     try {
       // The kernel clears what it does not support rather than failing ADD_DEV.
       checkOffered(needs, info.flags)
+      if (ioModeOfFlags(info.flags) !== ioMode) {
+        throw new UblkdError('UBLKD_ERR_KERNEL', `the kernel did not give the device --io-mode ${ioMode} (flags 0x${info.flags.toString(16)})`)
+      }
       // Descriptors are 24 bytes unless UBLK_F_IO_DESC_SIZE asks otherwise, which we never do.
       if (info.ioDescSize !== 0 && info.ioDescSize !== ublksrvIoDesc.bytes) {
         throw new UblkdError('UBLKD_ERR_KERNEL', `kernel gave ${info.ioDescSize}-byte I/O descriptors, expected ${ublksrvIoDesc.bytes}`)
@@ -440,6 +448,7 @@ export class Device {
       devId: this.id,
       depth: this.depth,
       maxIoBufBytes: this.maxIoBufBytes,
+      ioMode: ioModeOfFlags(this.flags),
       hugePageBuffers: this.request.hugePageBuffers,
       mlockBuffers: this.request.mlockBuffers === true,
       charFd: this.charFd,
@@ -861,6 +870,7 @@ export class Device {
       lastPauseMs: this.lastPauseMs,
       ioScheduler: this.ioScheduler()?.current ?? null,
       queueMode: this.queueMode,
+      ioMode: ioModeOfFlags(this.flags),
       hugePageBuffers: this.request.hugePageBuffers,
       mlockBuffers: this.request.mlockBuffers === true,
       options: this.setup.describe,

@@ -40,6 +40,7 @@ interface DeviceView {
   recoveries: number
   target: string
   state: string
+  ioMode: string
   sizeBytes: number
   depth: number
   queues: Float64Array[]
@@ -62,7 +63,7 @@ export const metricDefinitions: readonly MetricDefinition[] = [
   { name: 'ublkd_device_queues', type: 'gauge', labels: ['device'], help: 'Hardware queues of the device.' },
   { name: 'ublkd_device_depth', type: 'gauge', labels: ['device'], help: 'Queue depth of the device.' },
   { name: 'ublkd_device_live', type: 'gauge', labels: ['device'], help: '1 while the device is LIVE, else 0.' },
-  { name: 'ublkd_device_info', type: 'gauge', labels: ['device', 'target', 'state', 'uuid'], help: 'Always 1; the labels describe the device (uuid: empty for a device re-attached from a record older than identities).' },
+  { name: 'ublkd_device_info', type: 'gauge', labels: ['device', 'target', 'state', 'uuid', 'io_mode'], help: 'Always 1; the labels describe the device (uuid: empty for a device re-attached from a record older than identities; io_mode: copy or user-copy).' },
   { name: 'ublkd_device_recoveries_total', type: 'counter', labels: ['device'], help: 'Times the device was healed in-process or re-attached after a daemon death.' },
   { name: 'ublkd_devices', type: 'gauge', labels: [], help: 'Devices hosted by the daemon.' },
   { name: 'ublkd_devices_failed_total', type: 'counter', labels: [], help: 'Devices removed because a queue died and they had no recovery.' },
@@ -105,7 +106,7 @@ function samplesOf(name: string, views: DeviceView[], source: MetricsSource): Sa
         samples.push({ labels: { device: deviceName }, value: view.state === 'LIVE' ? 1 : 0 })
         continue
       case 'ublkd_device_info':
-        samples.push({ labels: { device: deviceName, target: view.target, state: view.state, uuid: view.uuid ?? '' }, value: 1 })
+        samples.push({ labels: { device: deviceName, target: view.target, state: view.state, uuid: view.uuid ?? '', io_mode: view.ioMode }, value: 1 })
         continue
       case 'ublkd_device_recoveries_total':
         samples.push({ labels: { device: deviceName }, value: view.recoveries })
@@ -163,8 +164,8 @@ export function createMetricsRegistry(source: MetricsSource): Registry {
   const views = (): DeviceView[] => {
     if (Date.now() - snapshotMs > kSnapshotMaxAgeMs) {
       snapshot = source.devices().map((device) => {
-        const { uuid, target, state, sizeBytes, depth, recoveries } = device.summary({ withStats: false })
-        return { name: `ublkb${device.id}`, uuid, target, state, sizeBytes, depth, recoveries, queues: device.queueStatValues() }
+        const { uuid, target, state, ioMode, sizeBytes, depth, recoveries } = device.summary({ withStats: false })
+        return { name: `ublkb${device.id}`, uuid, target, state, ioMode, sizeBytes, depth, recoveries, queues: device.queueStatValues() }
       })
       snapshotMs = Date.now()
     }

@@ -6,6 +6,7 @@ import { MessageChannel } from 'node:worker_threads'
 import { Piscina } from 'piscina'
 
 import { UblkdError } from '../common/errors.js'
+import type { IoMode } from '../common/io-mode.js'
 import type { LogLevel } from '../common/log-level.js'
 import { kTargetDrainMs, type QueueEvent, type QueueExit, type QueueMode, type QueueTaskInput } from '../common/messages.js'
 import { native } from '../native/addon.js'
@@ -28,6 +29,7 @@ export interface QueuePoolSpec {
   devId: number
   depth: number
   maxIoBufBytes: number
+  ioMode: IoMode
   hugePageBuffers: boolean
   mlockBuffers: boolean
   charFd: number
@@ -84,6 +86,7 @@ export class QueuePool {
         queueId,
         depth: spec.depth,
         maxIoBufBytes: spec.maxIoBufBytes,
+        ioMode: spec.ioMode,
         hugePageBuffers: spec.hugePageBuffers,
         mlockBuffers: spec.mlockBuffers,
         charFd,

@@ -26,7 +26,7 @@ export interface ReconcilePlan<Running extends RunningDevice = RunningDevice> {
 }
 
 // Compared when the file states them (the kernel or the target picks them otherwise).
-const kStatedFields = ['id', 'uuid', 'logicalBlockSize', 'queueMode'] as const
+const kStatedFields = ['id', 'uuid', 'logicalBlockSize', 'queueMode', 'ioMode'] as const
 // Compared always: the file's value or the default, against the device's.
 const kFields = ['target', 'queues', 'depth', 'recovery', 'ioScheduler', 'hugePageBuffers', 'mlockBuffers', 'noPartitionScan'] as const
 

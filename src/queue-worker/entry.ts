@@ -1,7 +1,7 @@
 // The piscina task of one hardware queue: runs on its own worker thread for the life of the
 // queue. Pins itself to the queue's CPUs, marks itself an I/O flusher, builds its own io_uring,
-// maps its descriptors, allocates its I/O buffers, arms every tag, reports ready, then serves
-// until the device stops.
+// maps its descriptors, sets up its I/O mode's data (the I/O buffers in copy mode), arms every
+// tag, reports ready, then serves until the device stops.
 import { IORING_SETUP_COOP_TASKRUN, IORING_SETUP_SQE128, IORING_SETUP_SUBMIT_ALL } from '../abi/io-uring.js'
 import { UBLK_MAX_QUEUE_DEPTH } from '../abi/ublk-cmd.js'
 import { createLogger } from '../common/log.js'
@@ -10,23 +10,8 @@ import { QueueStatsWriter, queueStatsView } from '../common/stats-layout.js'
 import { native } from '../native/addon.js'
 import { findTarget } from '../targets/registry.js'
 import { ioDescMapBytes, ioDescMapOffset } from './io-desc.js'
+import { openQueueData, type QueueData } from './io-mode.js'
 import { QueueLoop } from './queue-loop.js'
-
-/** The queue's I/O buffers: depth x maxIoBufBytes, one mapping. */
-function allocIoBuffers(input: QueueTaskInput): ArrayBuffer {
-  const bytes = input.depth * input.maxIoBufBytes
-  try {
-    return native.allocBuffer(bytes, input.hugePageBuffers, input.mlockBuffers)
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    if (input.mlockBuffers && (code === 'ENOMEM' || code === 'EPERM' || code === 'EAGAIN')) {
-      // The pool reports it as the queue's failure to start (UBLKD_ERR_QUEUE), message and all.
-      throw new Error(`--mlock-buffers: cannot lock ${bytes} bytes of I/O buffers for queue ${input.queueId} ` +
-        `(${code}): the daemon needs CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK (ulimit -l; systemd LimitMEMLOCK=)`, { cause: error })
-    }
-    throw error
-  }
-}
 
 function nextPowerOfTwo(n: number): number {
   return 2 ** Math.ceil(Math.log2(n))
@@ -47,26 +32,17 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
   const ring = new native.Ring(sqEntries, 2 * sqEntries,
     IORING_SETUP_SQE128 | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN)
   const mappings: ArrayBuffer[] = []
+  let queueData: QueueData | null = null
+  let abandoned = false
   try {
     const descBuffer = native.mmapReadOnly(input.charFd,
       ioDescMapOffset(input.queueId, pageSize, UBLK_MAX_QUEUE_DEPTH), ioDescMapBytes(input.depth, pageSize))
     mappings.push(descBuffer)
-    const ioBuffer = allocIoBuffers(input)
-    mappings.push(ioBuffer)
     const stopBuffer = native.allocBuffer(pageSize)
     mappings.push(stopBuffer)
-
-    const baseAddress = native.bufferAddress(ioBuffer, 0)
-    const tagBuffers: Buffer[] = []
-    const tagAddressLo = new Uint32Array(input.depth)
-    const tagAddressHi = new Uint32Array(input.depth)
-    for (let tag = 0; tag < input.depth; tag++) {
-      tagBuffers.push(Buffer.from(ioBuffer, tag * input.maxIoBufBytes, input.maxIoBufBytes))
-      const address = baseAddress + BigInt(tag * input.maxIoBufBytes)
-      tagAddressLo[tag] = Number(address & 0xffffffffn)
-      tagAddressHi[tag] = Number(address >> 32n)
-    }
     const stopAddress = native.bufferAddress(stopBuffer, 0)
+    queueData = openQueueData(input.ioMode, input)
+    const { tagBuffers, commandAddressLo: tagAddressLo, commandAddressHi: tagAddressHi } = queueData
 
     const loop: QueueLoop = new QueueLoop({
       queueId: input.queueId,
@@ -91,7 +67,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       maxIoBufBytes: input.maxIoBufBytes,
       tagAddressLo,
       tagAddressHi,
-      ioBuffer: new Uint8Array(ioBuffer),
+      data: queueData.data,
       sqes: loop.stagingSqes,
       reserveSqe: () => loop.reserveSqe(),
       complete: (tag, result) => loop.complete(tag, result),
@@ -100,7 +76,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       loop.arm(handler)
       const ready: QueueReady = { type: 'ready', queueId: input.queueId, tid }
       input.port.postMessage(ready)
-      log.info({ tid, cpus: input.cpus, sqEntries, queueMode: input.queueMode }, 'queue ready')
+      log.info({ tid, cpus: input.cpus, sqEntries, queueMode: input.queueMode, ioMode: input.ioMode }, 'queue ready')
       const reason = input.queueMode === 'event-loop' ? await loop.runOnEventLoop() : loop.run()
       log.info({ reason, requestsServed: loop.requestsServed }, 'queue stopped')
       return { queueId: input.queueId, tid, reason, requestsServed: loop.requestsServed }
@@ -111,9 +87,9 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
         input.port.postMessage(draining)
       }
       if (!loop.drainTargetIo(kTargetDrainMs)) {
-        log.error({ inFlight, waitMs: kTargetDrainMs, leakedBytes: ioBuffer.byteLength + stopBuffer.byteLength },
+        log.error({ inFlight, waitMs: kTargetDrainMs, leakedBytes: queueData.mappedBytes + stopBuffer.byteLength },
           'target I/O still in flight: its buffers are left mapped (leaked) so that no one else reuses them')
-        native.abandonMapping(ioBuffer)
+        abandoned = true
         native.abandonMapping(stopBuffer)
       } else if (inFlight > 0) {
         log.info({ inFlight }, 'waited for the target\'s I/O in flight before releasing its buffers')
@@ -124,6 +100,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
     // Closing the ring cancels whatever ublk commands are still outstanding; the char fd (this
     // worker's own) is closed by the pool once the thread is gone.
     ring.close()
+    queueData?.release(abandoned)
     for (const mapping of mappings) native.munmap(mapping)
     input.port.close()
   }

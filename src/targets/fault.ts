@@ -55,10 +55,17 @@ function positiveInteger(raw: Record<string, unknown>, name: string, flag: strin
 class FaultQueue implements QueueHandler {
   private readonly memory: MemoryQueue
   private readonly seen: Int32Array
+  /** Tags of --fault delay requests the RAM disk has yet to complete: completed late. */
+  private readonly delayed: Uint8Array
   readonly armedTags?: number
 
   constructor(private readonly spec: FaultSpec, private readonly queue: QueueContext) {
-    this.memory = new MemoryQueue(spec.memory, queue)
+    this.delayed = new Uint8Array(queue.depth)
+    this.memory = new MemoryQueue(spec.memory, queue, (tag, result) => {
+      if (this.delayed[tag] === 0) return queue.complete(tag, result)
+      this.delayed[tag] = 0
+      this.completeLate(tag, result)
+    })
     this.seen = new Int32Array(spec.seen)
     if (spec.fault === 'no-fetch' && queue.queueId === 0) this.armedTags = queue.depth - 1
   }
@@ -83,15 +90,22 @@ class FaultQueue implements QueueHandler {
       }
       case 'delay': {
         const tag = request.tag
+        this.delayed[tag] = 1
         const result = this.memory.handleIo(request)
-        // A long zeroing the RAM disk completes itself, over several turns.
+        // What the RAM disk completes itself (READ, WRITE, a long zeroing) comes through its
+        // completion hook.
         if (result === kIoPending) return result
-        setTimeout(() => this.queue.complete(tag, result), spec.delayMs)
+        this.delayed[tag] = 0
+        this.completeLate(tag, result)
         return kIoPending
       }
       case 'no-fetch':
         return this.memory.handleIo(request)
     }
+  }
+
+  private completeLate(tag: number, result: number): void {
+    setTimeout(() => this.queue.complete(tag, result), this.spec.delayMs)
   }
 
   onCompletion(cookie: number, res: number): void {
@@ -108,6 +122,8 @@ class FaultQueue implements QueueHandler {
 export const faultTarget: Target<FaultOptions, FaultSpec> = {
   name: 'fault',
   survivesRestart: false,
+  // A RAM disk: the memory target's modes.
+  ioModes: ['user-copy', 'copy'],
   summary: 'a RAM disk that fails on purpose (testing tool, see docs/operations.md)',
   optionHelp: [
     '--size SIZE            device size (required)',

@@ -411,6 +411,8 @@ class InlineBatch {
 export const loopTarget: Target<LoopOptions, LoopSpec> = {
   name: 'loop',
   survivesRestart: true,
+  // Its file I/O reads into and writes from the tag buffers.
+  ioModes: ['copy'],
   summary: 'a regular file or block device (like the kernel loop driver)',
   optionHelp: [
     '-f, --file PATH          backing regular file or block device (required)',

@@ -1,5 +1,6 @@
 // memory: a RAM disk. The data lives in SharedArrayBuffers allocated by the main thread and
-// shared by every queue worker. Pages are only backed once written (the kernel maps anonymous
+// shared by every queue worker. READ and WRITE data moves between the store and the request's
+// data (the tag buffer in copy mode, the char device in user-copy mode) in one batch per turn. Pages are only backed once written (the kernel maps anonymous
 // memory lazily), so the disk is sparse and never-written ranges read as zeros. DISCARD and
 // WRITE_ZEROES release the range: its whole pages go back to the kernel (they read as zeros
 // again and the disk gets smaller), only partial pages at its edges are cleared. A long one does
@@ -37,22 +38,30 @@ export interface MemorySpec {
 // One SharedArrayBuffer may hold at most 4 GiB on Node 20; 1 GiB chunks keep the tail small.
 const kChunkBytes = 2 ** 30
 const kEinval = -22
+const kEio = -5
 // Copier op: [dst, dst offset lo, hi, src (-2: release), src offset lo, hi, bytes].
 const kOpWords = 7
 const kRelease = -2
+/** opTag of an op no request waits on (zeroing: it completes on its own). */
+const kNoTag = -1
 /**
  * The store bytes one queue releases per loop turn, at most: a discard of the whole disk (the
  * kernel sends up to 4 GiB at once; mkfs discards everything first) then takes many short turns,
  * the queue serving its other requests between them instead of going silent for seconds.
  */
 const kZeroBytesPerTurn = 64 * 2 ** 20
-// The Copier's buffer 0 is the queue's I/O buffer, 1.. the store's chunks.
-const kIoBufferIndex = 0
+// The Copier's endpoint 0 is the requests' data (QueueContext.data), 1.. the store's chunks.
+const kDataIndex = 0
+
+/** Completes a request the queue left pending: QueueContext.complete, or a wrapper of it. */
+export type CompleteRequest = (tag: number, result: number) => void
 
 /**
- * Moves data between the tag buffers and the store with the addon's Copier: each request stages
- * its copies, and endTurn() performs the turn's batch in one call, before the turn's commits go
- * to the kernel. No view is allocated per request (Buffer.copy makes one per call).
+ * Moves data between the requests' data and the store with the addon's Copier: each READ or
+ * WRITE stages its copies and stays pending; endTurn() performs the turn's batch in one call and
+ * completes them, before the turn's commits go to the kernel. A copy through the char device
+ * that fails (or comes up short) fails its request with its errno (EIO) instead of committing
+ * data that is not there. No view is allocated per request (Buffer.copy makes one per call).
  *
  * Zeroing requests (DISCARD, WRITE_ZEROES) share a budget of kZeroBytesPerTurn per turn. One
  * that finds the budget spent (or others waiting before it) is left pending in a FIFO of tags;
@@ -62,7 +71,14 @@ const kIoBufferIndex = 0
 export class MemoryQueue implements QueueHandler {
   private readonly copier: NativeCopier
   private readonly ops: Int32Array
+  /** Each staged op's request (kNoTag: none), and its bytes done or -errno once performed. */
+  private readonly opTag: Int32Array
+  private readonly opResults: Int32Array
   private staged = 0
+  /** READs and WRITEs of this turn, in arrival order, and each tag's result so far. */
+  private readonly turnTags: Int32Array
+  private turnCount = 0
+  private readonly tagResult: Int32Array
   /** Store bytes zeroing may still stage this turn. */
   private zeroBudget = kZeroBytesPerTurn
   /** Pending zeroing: tags in arrival order (a ring of depth slots), and each one's rest. */
@@ -74,11 +90,16 @@ export class MemoryQueue implements QueueHandler {
   /** A NOP is in flight to bring the next turn. */
   private wakePending = false
 
-  constructor(private readonly spec: MemorySpec, private readonly queue: QueueContext) {
-    this.copier = new native.Copier([queue.ioBuffer, ...spec.chunks.map((chunk) => new Uint8Array(chunk))])
+  constructor(private readonly spec: MemorySpec, private readonly queue: QueueContext,
+    private readonly complete: CompleteRequest = (tag, result) => queue.complete(tag, result)) {
+    this.copier = new native.Copier([queue.data.endpoint, ...spec.chunks.map((chunk) => new Uint8Array(chunk))])
     // A READ or WRITE touches at most two chunks; zeroing stages as many ops as it needs,
     // performing the batch whenever it is full.
     this.ops = new Int32Array(2 * queue.depth * kOpWords)
+    this.opTag = new Int32Array(2 * queue.depth)
+    this.opResults = new Int32Array(2 * queue.depth)
+    this.turnTags = new Int32Array(queue.depth)
+    this.tagResult = new Int32Array(queue.depth)
     this.zeroTags = new Int32Array(queue.depth)
     this.zeroNext = new Float64Array(queue.depth)
     this.zeroEnd = new Float64Array(queue.depth)
@@ -87,24 +108,23 @@ export class MemoryQueue implements QueueHandler {
   handleIo(request: IoRequest): number {
     const bytes = requestBytes(request)
     const offset = request.startSector * 512
-    const tagOffset = request.tag * this.queue.maxIoBufBytes
+    const tag = request.tag
     switch (request.op) {
       case UBLK_IO_OP_READ:
-        this.stageSpans(offset, bytes, tagOffset, false)
-        return bytes
       case UBLK_IO_OP_WRITE:
-        this.stageSpans(offset, bytes, tagOffset, true)
-        return bytes
+        this.tagResult[tag] = bytes
+        this.turnTags[this.turnCount++] = tag
+        this.stageSpans(offset, bytes, this.queue.data.tagOffset[tag]!, request.op === UBLK_IO_OP_WRITE, tag)
+        return kIoPending
       case UBLK_IO_OP_FLUSH:
         return 0
       case UBLK_IO_OP_DISCARD:
       case UBLK_IO_OP_WRITE_ZEROES: {
         if (this.zeroCount === 0 && bytes <= this.zeroBudget) {
           this.zeroBudget -= bytes
-          this.stageSpans(offset, bytes, kRelease, true)
+          this.stageSpans(offset, bytes, kRelease, true, kNoTag)
           return 0
         }
-        const tag = request.tag
         this.zeroNext[tag] = offset
         this.zeroEnd[tag] = offset + bytes
         this.zeroTags[(this.zeroHead + this.zeroCount++) % this.zeroTags.length] = tag
@@ -121,14 +141,20 @@ export class MemoryQueue implements QueueHandler {
   }
 
   /**
-   * Stage what the budget allows of the pending zeroing, perform the turn's copies (the turn's
-   * commits are submitted right after), complete the zeroing that is done, and renew the budget.
+   * Stage what the budget allows of the pending zeroing, perform the turn's copies, complete the
+   * turn's READs and WRITEs (their commits are submitted right after) and the zeroing that is
+   * done, and renew the budget.
    */
   endTurn(): void {
     const done = this.zeroCount > 0 ? this.stageZeroing() : 0
     this.performStaged()
+    for (let i = 0; i < this.turnCount; i++) {
+      const tag = this.turnTags[i]!
+      this.complete(tag, this.tagResult[tag]!)
+    }
+    this.turnCount = 0
     for (let i = 0; i < done; i++) {
-      this.queue.complete(this.zeroTags[this.zeroHead]!, 0)
+      this.complete(this.zeroTags[this.zeroHead]!, 0)
       this.zeroHead = (this.zeroHead + 1) % this.zeroTags.length
       this.zeroCount--
     }
@@ -148,7 +174,7 @@ export class MemoryQueue implements QueueHandler {
       const tag = this.zeroTags[(this.zeroHead + done) % this.zeroTags.length]!
       const next = this.zeroNext[tag]!
       const bytes = Math.min(this.zeroEnd[tag]! - next, this.zeroBudget)
-      this.stageSpans(next, bytes, kRelease, true)
+      this.stageSpans(next, bytes, kRelease, true, kNoTag)
       this.zeroBudget -= bytes
       this.zeroNext[tag] = next + bytes
       if (next + bytes < this.zeroEnd[tag]!) break
@@ -159,16 +185,22 @@ export class MemoryQueue implements QueueHandler {
 
   private performStaged(): void {
     if (this.staged === 0) return
-    this.copier.run(this.ops, this.staged)
+    this.copier.run(this.ops, this.staged, this.opResults)
+    for (let i = 0; i < this.staged; i++) {
+      const tag = this.opTag[i]!
+      const result = this.opResults[i]!
+      if (tag === kNoTag || result === this.ops[i * kOpWords + 6]) continue
+      if (this.tagResult[tag]! >= 0) this.tagResult[tag] = result < 0 ? result : kEio
+    }
     this.staged = 0
   }
 
   /**
-   * Stage the copies between the store's range [offset, offset + bytes) and the I/O buffer from
-   * `ioOffset` (into the store when `toStore`; kRelease: release the store's range), one per
-   * chunk the range crosses.
+   * Stage the copies between the store's range [offset, offset + bytes) and the requests' data
+   * from `dataOffset` (into the store when `toStore`; kRelease: release the store's range), one
+   * per chunk the range crosses, for request `tag` (or kNoTag).
    */
-  private stageSpans(offset: number, bytes: number, ioOffset: number, toStore: boolean): void {
+  private stageSpans(offset: number, bytes: number, dataOffset: number, toStore: boolean, tag: number): void {
     const chunkBytes = this.spec.chunkBytes
     let done = 0
     while (done < bytes) {
@@ -176,15 +208,16 @@ export class MemoryQueue implements QueueHandler {
       const chunk = 1 + Math.floor(at / chunkBytes)
       const within = at % chunkBytes
       const length = Math.min(bytes - done, chunkBytes - within)
-      if (!toStore) this.stageOp(kIoBufferIndex, ioOffset + done, chunk, within, length)
-      else if (ioOffset === kRelease) this.stageOp(chunk, within, kRelease, 0, length)
-      else this.stageOp(chunk, within, kIoBufferIndex, ioOffset + done, length)
+      if (!toStore) this.stageOp(kDataIndex, dataOffset + done, chunk, within, length, tag)
+      else if (dataOffset === kRelease) this.stageOp(chunk, within, kRelease, 0, length, tag)
+      else this.stageOp(chunk, within, kDataIndex, dataOffset + done, length, tag)
       done += length
     }
   }
 
-  private stageOp(dst: number, dstOffset: number, src: number, srcOffset: number, bytes: number): void {
+  private stageOp(dst: number, dstOffset: number, src: number, srcOffset: number, bytes: number, tag: number): void {
     if (this.staged * kOpWords === this.ops.length) this.performStaged()
+    this.opTag[this.staged] = tag
     const base = this.staged++ * kOpWords
     const ops = this.ops
     ops[base] = dst
@@ -246,6 +279,9 @@ function releaseStore(spec: MemorySpec, from: number, to: number): void {
 export const memoryTarget: Target<MemoryOptions, MemorySpec> = {
   name: 'memory',
   survivesRestart: false,
+  // User copy moves the data once (the kernel, between the request's pages and the store) where
+  // copy moves it twice (into the tag buffer, then to the store), and maps no buffers.
+  ioModes: ['user-copy', 'copy'],
   summary: 'a RAM disk of --size bytes (sparse; lost when the device is deleted)',
   optionHelp: [
     '--size SIZE      device size (required), e.g. 1G',

@@ -42,6 +42,9 @@ class NullQueue implements QueueHandler {
 export const nullTarget: Target<NullOptions, null> = {
   name: 'null',
   survivesRestart: true,
+  // Reads return zeros from the tag buffers, cleared once; in user copy each READ would have to
+  // write its zeros through the char device.
+  ioModes: ['copy'],
   summary: 'discards writes, reads return zeros (a baseline for the I/O path)',
   optionHelp: ['--size SIZE      device size (default 250G)'],
   flags: [{ name: 'size', field: 'size', type: 'string', short: 's' }],

@@ -10,6 +10,7 @@
 //                 completions come back through onCompletion(); close() releases the queue's
 //                 resources.
 // Nothing outside registry.ts switches on a target name.
+import type { IoMode } from '../common/io-mode.js'
 
 /** Options as the user gave them (CLI flags or API fields), before validation. */
 export type RawTargetOptions = Record<string, unknown>
@@ -55,10 +56,21 @@ export interface IoRequest {
   startSector: number
   nrSectors: number
   /**
-   * The tag's I/O buffer (max_io_buf_bytes long): write data arrives here, read data goes here.
-   * A Buffer so targets can copy ranges with buffer.copy() without allocating views.
+   * Copy mode: the tag's I/O buffer (max_io_buf_bytes long): write data arrives here, read data
+   * goes here. A Buffer so targets can copy ranges with buffer.copy() without allocating views.
+   * Empty in user-copy mode (the data is reached through QueueContext.data).
    */
   buffer: Buffer
+}
+
+/** Where the queue's requests' data is (src/common/io-mode.ts), as a native.Copier endpoint. */
+export interface RequestData {
+  mode: IoMode
+  /** copy: the queue's I/O buffers (one Uint8Array); user-copy: the char device's descriptor
+   *  (pwrite a READ's data to it, pread a WRITE's from it). */
+  endpoint: Uint8Array | number
+  /** Where tag t's data starts in `endpoint`. */
+  tagOffset: Float64Array
 }
 
 /** Returned by handleIo() when the result comes later through QueueContext.complete(). */
@@ -68,11 +80,11 @@ export interface QueueContext {
   queueId: number
   depth: number
   maxIoBufBytes: number
-  /** User addresses of each tag's buffer, split in 32-bit halves, for the target's own SQEs. */
+  /** Copy mode: user addresses of each tag's buffer, split in 32-bit halves, for the target's own
+   *  SQEs (0 in user-copy mode). */
   tagAddressLo: Uint32Array
   tagAddressHi: Uint32Array
-  /** All the queue's I/O buffers: tag t's is the maxIoBufBytes from t * maxIoBufBytes. */
-  ioBuffer: Uint8Array
+  data: RequestData
   /** The queue ring's staging SQEs (src/abi/io-uring.ts encodes them). */
   sqes: Uint32Array
   /**
@@ -127,6 +139,9 @@ export interface Target<Options = unknown, Spec = unknown> {
    * file) or it has none (null). A RAM disk's data died with the old process.
    */
   survivesRestart: boolean
+  /** The I/O modes the target serves (src/common/io-mode.ts), fastest first: `--io-mode auto`
+   *  takes the first one the kernel offers. */
+  ioModes: readonly IoMode[]
   /** Lines for `ublkd add --help`. */
   optionHelp: readonly string[]
   /** Flags `ublkd add` accepts for this target (several targets may share one). */

@@ -22,7 +22,7 @@ function fakeDevice(): Device {
   writer.publish()
   const device = {
     id: 4,
-    summary: () => ({ uuid: '5f0c3d52-7a1e-4b8e-9a55-1c2d3e4f5a6b', target: 'memory', state: 'LIVE', sizeBytes: 2 ** 20, depth: 64, recoveries: 2 }),
+    summary: () => ({ uuid: '5f0c3d52-7a1e-4b8e-9a55-1c2d3e4f5a6b', target: 'memory', state: 'LIVE', ioMode: 'user-copy', sizeBytes: 2 ** 20, depth: 64, recoveries: 2 }),
     queueStatValues: () => [0, 1].map((queue) => readQueueStats(queueStatsView(stats, queue))),
   }
   return device as unknown as Device
@@ -41,7 +41,7 @@ t.test('queue counters, gauges and a cumulative histogram are exported with devi
   t.match(text, 'ublkd_io_service_seconds_count{device="ublkb4",queue="1"} 3')
   t.match(text, /ublkd_io_service_seconds_sum\{device="ublkb4",queue="1"\} 3\.000003/)
   t.match(text, 'ublkd_device_size_bytes{device="ublkb4",target="memory"} 1048576')
-  t.match(text, 'ublkd_device_info{device="ublkb4",target="memory",state="LIVE",uuid="5f0c3d52-7a1e-4b8e-9a55-1c2d3e4f5a6b"} 1')
+  t.match(text, 'ublkd_device_info{device="ublkb4",target="memory",state="LIVE",uuid="5f0c3d52-7a1e-4b8e-9a55-1c2d3e4f5a6b",io_mode="user-copy"} 1')
   t.match(text, 'ublkd_devices 1')
   t.match(text, 'ublkd_device_recoveries_total{device="ublkb4"} 2')
   t.match(text, 'ublkd_devices_failed_total 3')

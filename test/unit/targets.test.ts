@@ -1,3 +1,7 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+
 import t from 'tap'
 
 import {
@@ -8,9 +12,12 @@ import { kIoPending, type IoRequest, type QueueContext } from '../../src/targets
 
 const kIoBytes = 65536
 const ioBuffer = new Uint8Array(4 * kIoBytes)
+/** Completions the targets reported through QueueContext.complete, [tag, result]. */
+const completions: [number, number][] = []
 const queue: QueueContext = {
   queueId: 0, depth: 4, maxIoBufBytes: kIoBytes, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
-  ioBuffer, sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, complete: () => {},
+  data: { mode: 'copy', endpoint: ioBuffer, tagOffset: Float64Array.from([0, 1, 2, 3], (tag) => tag * kIoBytes) },
+  sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, complete: (tag, result) => completions.push([tag, result]),
 }
 /** Tag t's buffer, a view into the queue's I/O buffer as the queue worker gives it. */
 const tagBuffer = (tag: number): Buffer => Buffer.from(ioBuffer.buffer, tag * kIoBytes, kIoBytes)
@@ -28,12 +35,15 @@ t.test('memory: data written reads back, across a chunk boundary too; copies hap
   for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff
   const expected = Buffer.from(data)
   const straddling = 2 ** 30 / 512 - 8 // 4 KiB before the first chunk ends
-  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, straddling, 128, 1)), 65536)
+  completions.length = 0
+  t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, straddling, 128, 1)), kIoPending)
   const back = tagBuffer(2).fill(0xaa)
-  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, straddling, 128, 2)), 65536)
+  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, straddling, 128, 2)), kIoPending)
   t.ok(back.every((b) => b === 0xaa), 'nothing is copied before the turn ends')
+  t.same(completions, [], 'nor completed')
   handler.endTurn!()
   t.ok(back.equals(expected), 'read returns what was written, in order within the turn')
+  t.same(completions, [[1, 65536], [2, 65536]], 'both complete at the turn\'s end, in order')
 })
 
 t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; flush is ok', async (t) => {
@@ -41,7 +51,7 @@ t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; f
   const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
   const handler = target.openQueue(setup.spec, queue)
   tagBuffer(0).fill(0x55)
-  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 100, 8)), 4096)
+  t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 100, 8)), kIoPending)
   handler.endTurn!()
   t.ok(tagBuffer(0).subarray(0, 4096).equals(Buffer.alloc(4096)), 'zeros')
   tagBuffer(1).fill(1, 0, 4096)
@@ -91,10 +101,12 @@ t.test('memory: a long discard completes over several turns, each releasing a bo
     tagBuffer(1).fill(byte, 0, 4096)
     handler.handleIo(request(UBLK_IO_OP_WRITE, sector, 8, 1))
     handler.endTurn!()
+    t.same(completed.splice(0), [[1, 4096]])
   }
   const read = (sector: number): number => {
     handler.handleIo(request(UBLK_IO_OP_READ, sector, 8, 2))
     handler.endTurn!()
+    t.same(completed.splice(0), [[2, 4096]])
     return tagBuffer(2)[0]!
   }
   const gib = 2 ** 30 / 512
@@ -110,7 +122,7 @@ t.test('memory: a long discard completes over several turns, each releasing a bo
     handler.onCompletion!(0, 0)
   }
   t.equal(turns, 33, '2 GiB in 32 turns of 64 MiB, the write-zeroes in the next')
-  t.same(completed, [[0, 0], [3, 0]], 'completed in order, successfully')
+  t.same(completed.splice(0), [[0, 0], [3, 0]], 'completed in order, successfully')
   t.equal(read(0), 0x5a, 'the data before the range is kept')
   t.equal(read(gib), 0, 'the data in the range reads as zeros')
   t.equal(read(2 * gib + 8), 0x5a, 'the data after the range is kept')
@@ -152,4 +164,43 @@ t.test('memory: resize grows within --max-size; a shrink releases what lies past
   t.ok(first.subarray(2 ** 30 - 4096).every((b) => b === 0), 'the end of the first chunk is released')
   t.ok(second.subarray(0, 4096).every((b) => b === 0), 'the second chunk is released too')
   t.equal(findTarget('fault').resize, undefined, 'fault keeps its size')
+})
+
+t.test('memory in user-copy mode: data moves through the endpoint file at each tag\'s offset; a failed copy fails its request', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-user-copy-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  // Stands in for the char device: offsets as large as the real ones (2^31 + tag << 25).
+  const file = path.join(dir, 'char')
+  const fd = fs.openSync(file, 'w+')
+  t.teardown(() => fs.closeSync(fd))
+  const tagOffset = Float64Array.from([0, 1, 2, 3], (tag) => 2 ** 31 + tag * 2 ** 25)
+  const completed: [number, number][] = []
+  const userCopy = (endpoint: number): QueueContext => ({
+    ...queue, data: { mode: 'user-copy', endpoint, tagOffset }, complete: (tag, result) => completed.push([tag, result]),
+  })
+  const target = findTarget('memory')
+  const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
+  const handler = target.openQueue(setup.spec, userCopy(fd))
+  const noBuffer = (op: number, sector: number, sectors: number, tag: number): IoRequest =>
+    ({ tag, op, flags: 0, startSector: sector, nrSectors: sectors, buffer: Buffer.alloc(0) })
+  fs.writeSync(fd, Buffer.alloc(4096, 0x3c), 0, 4096, tagOffset[1]!)
+  t.equal(handler.handleIo(noBuffer(UBLK_IO_OP_WRITE, 16, 8, 1)), kIoPending)
+  t.equal(handler.handleIo(noBuffer(UBLK_IO_OP_READ, 16, 8, 2)), kIoPending)
+  handler.endTurn!()
+  t.same(completed.splice(0), [[1, 4096], [2, 4096]])
+  const back = Buffer.alloc(4096)
+  fs.readSync(fd, back, 0, 4096, tagOffset[2]!)
+  t.ok(back.every((b) => b === 0x3c), 'the WRITE was read from tag 1\'s offset into the store, the READ written at tag 2\'s')
+
+  // A WRITE whose data is not all there: its pread comes up short (past the file's end).
+  t.equal(handler.handleIo(noBuffer(UBLK_IO_OP_WRITE, 0, 8, 3)), kIoPending)
+  handler.endTurn!()
+  t.same(completed.splice(0), [[3, -5]], 'a short copy fails its request with EIO')
+  const readOnlyFd = fs.openSync(file, 'r')
+  t.teardown(() => fs.closeSync(readOnlyFd))
+  const refusing = target.openQueue(setup.spec, userCopy(readOnlyFd))
+  refusing.handleIo(noBuffer(UBLK_IO_OP_READ, 16, 8, 0))
+  refusing.handleIo(noBuffer(UBLK_IO_OP_WRITE, 16, 8, 1))
+  refusing.endTurn!()
+  t.same(completed.splice(0), [[0, -9], [1, 4096]], 'a failed pwrite fails its READ with the errno; the next request still runs')
 })
