@@ -17,7 +17,7 @@ import type { ApiReply, ApiRequest } from './api-protocol.js'
 import { listenApi } from './api-server.js'
 import { UblkControl } from './control.js'
 import { Device, type BackingClaim, type DeviceDeps } from './device.js'
-import { loadConfig, type Config } from './config.js'
+import type { Config } from './config.js'
 import { parseDeviceRequest, type DeviceRequest } from './device-request.js'
 import { diskUsers, everyUser } from './disk-users.js'
 import { planReconcile, type ReconcilePlan, type RunningDevice } from './reconcile.js'
@@ -168,7 +168,8 @@ class Daemon {
   }
 
   private async dropDevice(id: number, cause: unknown): Promise<void> {
-    this.log.error({ devId: id, err: messageOf(cause) }, 'cannot re-attach device: stopping and deleting it')
+    // Expected of a RAM disk after a daemon death (its data died with it): a warning, not an error.
+    this.log.warn({ devId: id, err: messageOf(cause) }, 'cannot re-attach device: stopping and deleting it')
     await this.control.stopDev(id).catch(() => {})
     await this.control.delDev(id).catch((error: unknown) => {
       this.log.error({ devId: id, err: messageOf(error) }, 'DEL_DEV failed')
@@ -273,6 +274,8 @@ class Daemon {
     this.reloading = true
     this.onReloading(true)
     try {
+      // Loaded on demand: its schema validator (ajv) is a good part of a daemon's start.
+      const { loadConfig } = await import('./config.js')
       const config = loadConfig(this.configFile)
       const plan = planReconcile(config.devices, this.running())
       for (const { device } of plan.remove) {
