@@ -133,7 +133,7 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
   })
   const handler = target.openQueue(setup.spec, {
     queueId: 0, depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi,
-    data: { mode: 'copy', endpoint: ioBuffer, tagOffset: Float64Array.from({ length: kDepth }, (_, tag) => tag * kIoBytes) },
+    data: { endpoint: ioBuffer, tagOffset: Float64Array.from({ length: kDepth }, (_, tag) => tag * kIoBytes) },
     sqes: loop.stagingSqes, reserveSqe: () => loop.reserveSqe(), complete: (tag, result) => loop.complete(tag, result),
   })
   try {

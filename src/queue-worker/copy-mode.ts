@@ -44,7 +44,7 @@ export class CopyModeData implements QueueData {
       this.commandAddressLo[tag] = Number(address & 0xffffffffn)
       this.commandAddressHi[tag] = Number(address >> 32n)
     }
-    this.data = { mode: 'copy', endpoint: new Uint8Array(this.ioBuffer), tagOffset }
+    this.data = { endpoint: new Uint8Array(this.ioBuffer), tagOffset }
   }
 
   release(abandon: boolean): void {

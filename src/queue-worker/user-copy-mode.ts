@@ -26,7 +26,7 @@ export class UserCopyModeData implements QueueData {
     this.tagBuffers = new Array<Buffer>(input.depth).fill(kNoBuffer)
     this.commandAddressLo = new Uint32Array(input.depth)
     this.commandAddressHi = new Uint32Array(input.depth)
-    this.data = { mode: 'user-copy', endpoint: input.charFd, tagOffset }
+    this.data = { endpoint: input.charFd, tagOffset }
   }
 
   release(): void {}

@@ -1,10 +1,11 @@
 // memory: a RAM disk. The data lives in SharedArrayBuffers allocated by the main thread and
 // shared by every queue worker. READ and WRITE data moves between the store and the request's
-// data (the tag buffer in copy mode, the char device in user-copy mode) in one batch per turn. Pages are only backed once written (the kernel maps anonymous
-// memory lazily), so the disk is sparse and never-written ranges read as zeros. DISCARD and
-// WRITE_ZEROES release the range: its whole pages go back to the kernel (they read as zeros
-// again and the disk gets smaller), only partial pages at its edges are cleared. A long one does
-// at most kZeroBytesPerTurn per loop turn, so it never stalls the queue. FLUSH has nothing to do.
+// data (the tag buffer in copy mode, the char device in user-copy mode) in one batch per turn.
+// Pages are only backed once written (the kernel maps anonymous memory lazily), so the disk is
+// sparse and never-written ranges read as zeros. DISCARD and WRITE_ZEROES release the range: its
+// whole pages go back to the kernel (they read as zeros again and the disk gets smaller), only
+// partial pages at its edges are cleared. A long one does at most kZeroBytesPerTurn per loop
+// turn, so it never stalls the queue. FLUSH has nothing to do.
 //
 // WRITE_ZEROES with NOUNMAP releases too: NOUNMAP asks to keep the range allocated so that later
 // writes find their space, but this disk reserves nothing for any range (a never-written one is

@@ -65,7 +65,6 @@ export interface IoRequest {
 
 /** Where the queue's requests' data is (src/common/io-mode.ts), as a native.Copier endpoint. */
 export interface RequestData {
-  mode: IoMode
   /** copy: the queue's I/O buffers (one Uint8Array); user-copy: the char device's descriptor
    *  (pwrite a READ's data to it, pread a WRITE's from it). */
   endpoint: Uint8Array | number

@@ -16,7 +16,7 @@ const ioBuffer = new Uint8Array(4 * kIoBytes)
 const completions: [number, number][] = []
 const queue: QueueContext = {
   queueId: 0, depth: 4, maxIoBufBytes: kIoBytes, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
-  data: { mode: 'copy', endpoint: ioBuffer, tagOffset: Float64Array.from([0, 1, 2, 3], (tag) => tag * kIoBytes) },
+  data: { endpoint: ioBuffer, tagOffset: Float64Array.from([0, 1, 2, 3], (tag) => tag * kIoBytes) },
   sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, complete: (tag, result) => completions.push([tag, result]),
 }
 /** Tag t's buffer, a view into the queue's I/O buffer as the queue worker gives it. */
@@ -176,7 +176,7 @@ t.test('memory in user-copy mode: data moves through the endpoint file at each t
   const tagOffset = Float64Array.from([0, 1, 2, 3], (tag) => 2 ** 31 + tag * 2 ** 25)
   const completed: [number, number][] = []
   const userCopy = (endpoint: number): QueueContext => ({
-    ...queue, data: { mode: 'user-copy', endpoint, tagOffset }, complete: (tag, result) => completed.push([tag, result]),
+    ...queue, data: { endpoint, tagOffset }, complete: (tag, result) => completed.push([tag, result]),
   })
   const target = findTarget('memory')
   const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
