@@ -5,6 +5,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <linux/io_uring.h>
+#include <sys/socket.h>
 
 #include <cstddef>
 
@@ -323,6 +324,11 @@ Napi::Object AbiLayout(Napi::Env env) {
   PUT_CONST(constants, IORING_OP_FSYNC);
   PUT_CONST(constants, IORING_OP_FALLOCATE);
   PUT_CONST(constants, IORING_OP_ASYNC_CANCEL);
+  PUT_CONST(constants, IORING_OP_SENDMSG);
+  PUT_CONST(constants, IORING_OP_RECV);
+  PUT_CONST(constants, IORING_OP_SHUTDOWN);
+  PUT_CONST(constants, MSG_NOSIGNAL);
+  PUT_CONST(constants, SHUT_RDWR);
   PUT_CONST(constants, IORING_FSYNC_DATASYNC);
   PUT_CONST(constants, IORING_ASYNC_CANCEL_ANY);
   PUT_CONST(constants, RWF_DSYNC);

@@ -110,7 +110,7 @@ class BusyDeviceRing implements NativeRing {
 
 async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixWrites: boolean): Promise<MicroResult> {
   const target = findTarget(targetName)
-  const setup = target.setup(target.parseOptions(raw, undefined))
+  const setup = await target.setup(target.parseOptions(raw, undefined))
   const descs = new Uint32Array(kDepth * kIoDescWords)
   // GC entries are delivered asynchronously: count those that started after the warm-up point.
   let warmAtMs = Infinity
@@ -132,9 +132,10 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
     log: pino({ level: 'silent' }),
   })
   const handler = target.openQueue(setup.spec, {
-    queueId: 0, depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi,
+    queueId: 0, log: pino({ level: 'silent' }), depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi,
     data: { endpoint: ioBuffer, tagOffset: Float64Array.from({ length: kDepth }, (_, tag) => tag * kIoBytes) },
     sqes: loop.stagingSqes, reserveSqe: () => loop.reserveSqe(), complete: (tag, result) => loop.complete(tag, result),
+    submitSoon: () => loop.submitStaged(),
   })
   try {
     loop.arm(handler)
@@ -168,7 +169,7 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
         `${allocation}; ${(Number(endAt - warm.at) / measured).toFixed(0)} ns/request through the whole loop`,
     }
   } finally {
-    handler.close()
+    handler.close(true)
     target.undo(setup.spec)
   }
 }

@@ -2,8 +2,11 @@
 # Prepares everything the VM tests, the demo and the bench need, idempotently:
 #   - Debian packages: qemu-system-x86, busybox-static, cpio, xz-utils, fio, e2fsprogs, xfsprogs,
 #     and for the observability tests prometheus (with promtool) and chromium, for the service
-#     tests systemd (systemd-analyze) and python3 (the notification socket's listener)
+#     tests systemd (systemd-analyze) and python3 (the notification socket's listener), for the
+#     nbd target's tests the NBD servers and client (nbdkit, qemu-utils, nbd-server, nbd-client)
+#     and openssl (test certificates)
 #   - the guest kernels, each with the modules we load (ublk_drv, loop, null_blk, nbd, ext4, xfs, dm-mod,
+#     veth, sch_netem,
 #     the 9p stack, virtio_net), unpacked under $cache/<kernel>/:
 #       6.12  Debian bookworm's linux-image-6.12.*-amd64-unsigned, from the system's apt sources
 #       7.3   Debian trixie-backports' linux-binary-7.3.*+deb13-amd64 + linux-modules-7.3.*, fetched
@@ -31,6 +34,12 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v python3 >/dev/null || need+=(python3)
+command -v nbdkit >/dev/null || need+=(nbdkit)
+command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+command -v nbd-server >/dev/null || need+=(nbd-server)
+command -v nbd-client >/dev/null || need+=(nbd-client)
+command -v openssl >/dev/null || need+=(openssl)
+command -v ss >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "prepare: installing ${need[*]}" >&2
   apt-get update -q >/dev/null
@@ -73,9 +82,9 @@ backports_package() {
 }
 
 # Every module the tests load, and the ones a module asks for at run time rather than by its
-# modinfo (6.12's ext4 and xfs look crc32c up through the crypto API; 7.x links the library).
-required_modules=(9p 9pnet_virtio ublk_drv loop null_blk nbd ext4 xfs virtio_net dm-mod)
-declare -A soft_deps=([ext4]=crc32c_generic [xfs]=crc32c_generic)
+# modinfo (6.12's ext4, xfs and libcrc32c look crc32c up through the crypto API; 7.x links the library).
+required_modules=(9p 9pnet_virtio ublk_drv loop null_blk nbd ext4 xfs virtio_net dm-mod veth sch_netem)
+declare -A soft_deps=([ext4]=crc32c_generic [xfs]=crc32c_generic [libcrc32c]=crc32c_generic)
 
 prepare_kernel() {
   local kernel=$1 release package modules_package out

@@ -10,10 +10,13 @@
 
 export const IORING_OP_NOP = 0
 export const IORING_OP_FSYNC = 3
+export const IORING_OP_SENDMSG = 9
 export const IORING_OP_ASYNC_CANCEL = 14
 export const IORING_OP_FALLOCATE = 17
 export const IORING_OP_READ = 22
 export const IORING_OP_WRITE = 23
+export const IORING_OP_RECV = 27
+export const IORING_OP_SHUTDOWN = 34
 export const IORING_OP_URING_CMD = 46
 
 /** sqe.flags (word 0, bits 8-15): `fd` is an index into the ring's registered files. */
@@ -27,6 +30,10 @@ export const IORING_SETUP_SQE128 = 1 << 10
 export const IORING_FSYNC_DATASYNC = 1 << 0
 /** cancel_flags of ASYNC_CANCEL: every request of the ring that can be cancelled. */
 export const IORING_ASYNC_CANCEL_ANY = 1 << 2
+/** msg_flags of a send: a peer that is gone gives EPIPE, not SIGPIPE. */
+export const MSG_NOSIGNAL = 0x4000
+/** `how` of a shutdown: both directions, which ends the socket's pending receives. */
+export const SHUT_RDWR = 2
 /** rw_flags of a write: durable before completion (FUA). */
 export const RWF_DSYNC = 0x2
 
@@ -117,4 +124,23 @@ export function encodeFallocate(
   sqes[base + 4] = length % 0x1_0000_0000
   sqes[base + 5] = Math.floor(length / 0x1_0000_0000)
   sqes[base + 6] = mode
+}
+
+/** IORING_OP_RECV of up to `len` bytes into `addr`. */
+export function encodeRecv(
+  sqes: Uint32Array, slot: number, fd: number, addressLo: number, addressHi: number, len: number, userDataLo: number, userDataHi: number,
+): void {
+  encodeReadWrite(sqes, slot, IORING_OP_RECV, fd, addressLo, addressHi, len, 0, userDataLo, userDataHi)
+}
+
+/** IORING_OP_SENDMSG of the struct msghdr at `addr` (the kernel takes len 1), without SIGPIPE. */
+export function encodeSendmsg(
+  sqes: Uint32Array, slot: number, fd: number, msghdrLo: number, msghdrHi: number, userDataLo: number, userDataHi: number,
+): void {
+  encodeReadWrite(sqes, slot, IORING_OP_SENDMSG, fd, msghdrLo, msghdrHi, 1, 0, userDataLo, userDataHi, MSG_NOSIGNAL)
+}
+
+/** IORING_OP_SHUTDOWN of a socket (`how` goes in len). */
+export function encodeShutdown(sqes: Uint32Array, slot: number, fd: number, how: number, userDataLo: number, userDataHi: number): void {
+  encodeReadWrite(sqes, slot, IORING_OP_SHUTDOWN, fd, 0, 0, how, 0, userDataLo, userDataHi)
 }

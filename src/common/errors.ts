@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'UBLKD_ERR_IDENTITY'
   | 'UBLKD_ERR_BUSY'
   | 'UBLKD_ERR_CONFIG'
+  | 'UBLKD_ERR_BACKEND'
 
 export class UblkdError extends Error {
   readonly code: ErrorCode

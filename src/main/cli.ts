@@ -386,7 +386,7 @@ async function commandAdd(args: string[]): Promise<void> {
     uuid: stringValue(values, 'uuid'),
     name: stringValue(values, 'name'),
   }
-  if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop (see ublkd add --help)')
+  if (device['target'] === undefined) throw new UsageError('add needs a target: -t null|memory|loop|nbd|fault (see ublkd add --help)')
   // The daemon has its own working directory: send it an absolute path.
   if (typeof device['file'] === 'string') device['file'] = path.resolve(device['file'])
   for (const key of Object.keys(device)) if (device[key] === undefined) delete device[key]

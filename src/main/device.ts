@@ -140,7 +140,7 @@ export function paramsFromGeometry(geometry: DeviceGeometry, maxIoBufBytes: numb
       physicalBsShift: shift(geometry.physicalBlockSize),
       ioOptShift: shift(geometry.physicalBlockSize),
       ioMinShift: shift(geometry.physicalBlockSize),
-      maxSectors: maxIoBufBytes / 512,
+      maxSectors: Math.min(maxIoBufBytes, geometry.maxIoBytes ?? maxIoBufBytes) / 512,
       chunkSectors: 0,
       devSectors: BigInt(geometry.sizeBytes / 512),
       virtBoundaryMask: 0n,
@@ -227,7 +227,7 @@ export class Device {
     const needs = featureNeeds(request)
     checkOffered(needs, deps.kernelFeatures)
     const ioMode = chooseIoMode(request.ioMode ?? 'auto', findTarget(request.target), deps.kernelFeatures, request)
-    const { target, setup, queueMode, claim, release } = Device.prepareTarget(request, deps)
+    const { target, setup, queueMode, claim, release } = await Device.prepareTarget(request, deps)
     const info = await deps.control.addDev({
       nrHwQueues: request.queues,
       queueDepth: request.depth,
@@ -309,7 +309,7 @@ export class Device {
     if ((info.flags & UBLK_F_USER_RECOVERY) === 0n) {
       throw new UblkdError('UBLKD_ERR_NOT_RECOVERABLE', `device ${id} was not created with --recovery`)
     }
-    const { setup, queueMode, claim, release } = Device.prepareTarget(request, deps)
+    const { setup, queueMode, claim, release } = await Device.prepareTarget(request, deps)
     const device = new Device(id, request, target, setup, queueMode, deps, deps.log.child({ devId: id }),
       info.nrHwQueues, info.queueDepth, info.maxIoBufBytes, info.flags)
     device.createdMs = record.createdMs
@@ -349,12 +349,16 @@ export class Device {
     })
   }
 
-  /** Parse, validate and set up the target, and claim its backing (synchronously: see
-   *  BackingClaim); the returned release undoes setup(), not the claim. */
-  private static prepareTarget(request: DeviceRequest, deps: DeviceDeps) {
+  /** Parse, validate and set up the target, and claim its backing (with no await between the
+   *  check and the claim: see BackingClaim); the returned release undoes setup(), not the claim. */
+  private static async prepareTarget(request: DeviceRequest, deps: DeviceDeps) {
     const target = findTarget(request.target)
     const options = target.parseOptions(request.targetOptions, request.logicalBlockSize)
-    const setup = target.setup(options)
+    const setup = await target.setup(options)
+    if (setup.maxQueues !== undefined && request.queues > setup.maxQueues) {
+      target.undo(setup.spec)
+      throw new UsageError(`target ${target.name} serves at most ${setup.maxQueues} queue(s) here: ${setup.maxQueuesReason ?? 'its backing allows no more'}`)
+    }
     const holder = setup.exclusiveKey === undefined ? undefined : deps.exclusiveKeys.get(setup.exclusiveKey)
     if (holder !== undefined) {
       target.undo(setup.spec)

@@ -63,6 +63,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
     })
     const handler = target.openQueue(input.targetSpec, {
       queueId: input.queueId,
+      log,
       depth: input.depth,
       maxIoBufBytes: input.maxIoBufBytes,
       tagAddressLo,
@@ -71,6 +72,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       sqes: loop.stagingSqes,
       reserveSqe: () => loop.reserveSqe(),
       complete: (tag, result) => loop.complete(tag, result),
+      submitSoon: () => loop.submitStaged(),
     })
     try {
       loop.arm(handler)
@@ -94,7 +96,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       } else if (inFlight > 0) {
         log.info({ inFlight }, 'waited for the target\'s I/O in flight before releasing its buffers')
       }
-      handler.close()
+      handler.close(!abandoned)
     }
   } finally {
     // Closing the ring cancels whatever ublk commands are still outstanding; the char fd (this

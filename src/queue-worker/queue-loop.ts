@@ -239,6 +239,14 @@ export class QueueLoop {
     this.submitSoon()
   }
 
+  /** SQEs a target reserved outside a turn (event-loop mode): submit them once the current
+   *  callback returns. Within a turn they go with the turn's. */
+  submitStaged(): void {
+    if (this.inTurn) return
+    if (!this.submitSoon) throw new Error(`queue ${this.parts.queueId}: SQEs staged outside a loop turn in ring mode`)
+    this.submitSoon()
+  }
+
   /** The staging SQEs, for targets that stage their own. */
   get stagingSqes(): Uint32Array {
     return this.sqes

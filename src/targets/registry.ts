@@ -3,11 +3,12 @@ import { UsageError } from '../common/errors.js'
 import { faultTarget } from './fault.js'
 import { loopTarget } from './loop.js'
 import { memoryTarget } from './memory.js'
+import { nbdTarget } from './nbd.js'
 import { nullTarget } from './null.js'
 import type { Target, TargetFlag } from './target.js'
 
 const targets: ReadonlyMap<string, Target> = new Map<string, Target>(
-  ([nullTarget, memoryTarget, loopTarget, faultTarget] as Target[]).map((target) => [target.name, target]),
+  ([nullTarget, memoryTarget, loopTarget, nbdTarget, faultTarget] as Target[]).map((target) => [target.name, target]),
 )
 
 export function targetNames(): string[] {

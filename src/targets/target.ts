@@ -3,7 +3,7 @@
 // A target is one file in src/targets/ and one entry in registry.ts. Its hooks run on two
 // threads:
 //   main thread   parseOptions() validates the user's options; setup() computes the device
-//                 geometry and a structured-cloneable spec (opening files, allocating shared
+//                 geometry (at once, or asynchronously when it asks a server) and a structured-cloneable spec (opening files, allocating shared
 //                 memory) and undo() releases what setup() took.
 //   queue worker  openQueue() builds the per-queue handler from the spec; handleIo() serves one
 //                 request, at once or by staging its own SQEs on the queue's ring, whose
@@ -11,6 +11,7 @@
 //                 resources.
 // Nothing outside registry.ts switches on a target name.
 import type { IoMode } from '../common/io-mode.js'
+import type { Logger } from '../common/log.js'
 
 /** Options as the user gave them (CLI flags or API fields), before validation. */
 export type RawTargetOptions = Record<string, unknown>
@@ -32,6 +33,8 @@ export interface DeviceGeometry {
   /** With volatileCache: the target honours UBLK_IO_F_FUA, so the block layer sends FUA writes. */
   fua: boolean
   discard?: DiscardGeometry
+  /** The largest READ/WRITE the block layer may send (default: the device's max_io_buf_bytes). */
+  maxIoBytes?: number
 }
 
 export interface TargetSetup<Spec> {
@@ -43,6 +46,9 @@ export interface TargetSetup<Spec> {
   exclusiveKey?: string
   /** The queues complete requests from timers or promises: they need --queue-mode event-loop. */
   needsEventLoop?: boolean
+  /** The most queues the backing can serve correctly, and why (refused beyond it). */
+  maxQueues?: number
+  maxQueuesReason?: string
 }
 
 /** One request, reused for every I/O of a queue (no allocation per I/O). */
@@ -77,6 +83,8 @@ export const kIoPending = 1 << 30
 
 export interface QueueContext {
   queueId: number
+  /** The queue's logger (devId and queueId bound): lifecycle events only, never one line per I/O. */
+  log: Logger
   depth: number
   maxIoBufBytes: number
   /** Copy mode: user addresses of each tag's buffer, split in 32-bit halves, for the target's own
@@ -93,6 +101,12 @@ export interface QueueContext {
    * in flight (the ring is sized for that).
    */
   reserveSqe(): number
+  /**
+   * Event-loop mode: have the SQEs reserved outside a loop turn (from a timer, a promise, a
+   * socket's callback) submitted as soon as the current callback returns. Within a turn they go
+   * with the turn's anyway.
+   */
+  submitSoon(): void
   /**
    * Report the result of a request handleIo() left pending. In ring mode only from
    * onCompletion() or endTurn(); in event-loop mode at any time (a timer, a promise).
@@ -119,7 +133,9 @@ export interface QueueHandler {
    * testing tool arms fewer (the fault target's `no-fetch`): START_DEV then never completes.
    */
   readonly armedTags?: number
-  close(): void
+  /** The queue ends. `targetIoDrained`: every SQE the target staged has completed (false: some
+   *  did not within the drain's deadline, so memory they name must stay mapped). */
+  close(targetIoDrained: boolean): void
 }
 
 /** A command-line flag of a target: `--name VALUE` (or a switch) becomes option `field`. */
@@ -147,7 +163,8 @@ export interface Target<Options = unknown, Spec = unknown> {
   flags: readonly TargetFlag[]
   /** `logicalBlockSize` is the user's --logical-block-size, if given; the target picks otherwise. */
   parseOptions(raw: RawTargetOptions, logicalBlockSize: number | undefined): Options
-  setup(options: Options): TargetSetup<Spec>
+  /** May connect to a server (a promise) to learn the geometry; a refusal is a UblkdError. */
+  setup(options: Options): TargetSetup<Spec> | Promise<TargetSetup<Spec>>
   /**
    * `ublkd resize` (main thread): make room for a larger size (grow the backing) before the
    * kernel sees it, or release what a smaller one leaves after the kernel has it; refuse with a

@@ -61,7 +61,7 @@ t.test('bad common fields are usage errors with the flag named', async (t) => {
 })
 
 t.test('targets validate their own options', async (t) => {
-  t.throws(() => findTarget('nope'), { message: /unknown target 'nope' \(known: null, memory, loop, fault\)/ })
+  t.throws(() => findTarget('nope'), { message: /unknown target 'nope' \(known: null, memory, loop, nbd, fault\)/ })
   const memory = findTarget('memory')
   t.throws(() => memory.parseOptions({}, 512), { message: /--size is required/ })
   t.throws(() => memory.parseOptions({ size: '0' }, 512), { message: /greater than 0/ })

@@ -7,6 +7,7 @@ import t from 'tap'
 import {
   UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
 } from '../../src/abi/ublk-cmd.js'
+import { createLogger } from '../../src/common/log.js'
 import { findTarget } from '../../src/targets/registry.js'
 import { kIoPending, type IoRequest, type QueueContext } from '../../src/targets/target.js'
 
@@ -15,9 +16,9 @@ const ioBuffer = new Uint8Array(4 * kIoBytes)
 /** Completions the targets reported through QueueContext.complete, [tag, result]. */
 const completions: [number, number][] = []
 const queue: QueueContext = {
-  queueId: 0, depth: 4, maxIoBufBytes: kIoBytes, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
+  queueId: 0, log: createLogger('silent', {}), depth: 4, maxIoBufBytes: kIoBytes, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
   data: { endpoint: ioBuffer, tagOffset: Float64Array.from([0, 1, 2, 3], (tag) => tag * kIoBytes) },
-  sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, complete: (tag, result) => completions.push([tag, result]),
+  sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, submitSoon: () => {}, complete: (tag, result) => completions.push([tag, result]),
 }
 /** Tag t's buffer, a view into the queue's I/O buffer as the queue worker gives it. */
 const tagBuffer = (tag: number): Buffer => Buffer.from(ioBuffer.buffer, tag * kIoBytes, kIoBytes)
@@ -28,7 +29,7 @@ function request(op: number, startSector: number, nrSectors: number, tag = 0): I
 
 t.test('memory: data written reads back, across a chunk boundary too; copies happen at the turn\'s end', async (t) => {
   const target = findTarget('memory')
-  const setup = target.setup(target.parseOptions({ size: '3G' }, 512))
+  const setup = await target.setup(target.parseOptions({ size: '3G' }, 512))
   t.equal((setup.spec as { chunks: unknown[] }).chunks.length, 3)
   const handler = target.openQueue(setup.spec, queue)
   const data = tagBuffer(1)
@@ -48,7 +49,7 @@ t.test('memory: data written reads back, across a chunk boundary too; copies hap
 
 t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; flush is ok', async (t) => {
   const target = findTarget('memory')
-  const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
+  const setup = await target.setup(target.parseOptions({ size: '1M' }, 512))
   const handler = target.openQueue(setup.spec, queue)
   tagBuffer(0).fill(0x55)
   t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 100, 8)), kIoPending)
@@ -69,7 +70,7 @@ t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; f
 
 t.test('memory: a turn with more copies than its batch holds performs them in order', async (t) => {
   const target = findTarget('memory')
-  const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
+  const setup = await target.setup(target.parseOptions({ size: '1M' }, 512))
   const handler = target.openQueue(setup.spec, queue)
   // 4 tags: a batch of 2 x 4 ops. 20 writes of sector 0, each with its own byte, then a read.
   for (let i = 0; i < 20; i++) {
@@ -84,7 +85,7 @@ t.test('memory: a turn with more copies than its batch holds performs them in or
 
 t.test('memory: a long discard completes over several turns, each releasing a bounded part; later ones queue behind it', async (t) => {
   const target = findTarget('memory')
-  const setup = target.setup(target.parseOptions({ size: '3G' }, 512))
+  const setup = await target.setup(target.parseOptions({ size: '3G' }, 512))
   const completed: [number, number][] = []
   let nops = 0
   const sqes = new Uint32Array(32 * 8)
@@ -134,7 +135,7 @@ t.test('memory: a long discard completes over several turns, each releasing a bo
 
 t.test('null: reads return zeros even after a write used the same tag buffer', async (t) => {
   const target = findTarget('null')
-  const setup = target.setup(target.parseOptions({}, 512))
+  const setup = await target.setup(target.parseOptions({}, 512))
   const handler = target.openQueue(setup.spec, queue)
   const buffer = tagBuffer(2).fill(0x77)
   t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, 0, 16, 2)), 8192)
@@ -146,7 +147,7 @@ t.test('null: reads return zeros even after a write used the same tag buffer', a
 t.test('memory: resize grows within --max-size; a shrink releases what lies past the new end, across chunks', async (t) => {
   const target = findTarget('memory')
   t.throws(() => target.parseOptions({ size: '2G', maxSize: '1G' }, 512), { message: '--max-size 1073741824 is smaller than --size 2147483648' })
-  const setup = target.setup(target.parseOptions({ size: '1M', maxSize: '2G' }, 512))
+  const setup = await target.setup(target.parseOptions({ size: '1M', maxSize: '2G' }, 512))
   const spec = setup.spec as { chunks: SharedArrayBuffer[]; storeBytes: number }
   t.equal(spec.storeBytes, 2 ** 31)
   t.same(setup.describe, { maxSize: 2 ** 31 })
@@ -179,7 +180,7 @@ t.test('memory in user-copy mode: data moves through the endpoint file at each t
     ...queue, data: { endpoint, tagOffset }, complete: (tag, result) => completed.push([tag, result]),
   })
   const target = findTarget('memory')
-  const setup = target.setup(target.parseOptions({ size: '1M' }, 512))
+  const setup = await target.setup(target.parseOptions({ size: '1M' }, 512))
   const handler = target.openQueue(setup.spec, userCopy(fd))
   const noBuffer = (op: number, sector: number, sectors: number, tag: number): IoRequest =>
     ({ tag, op, flags: 0, startSector: sector, nrSectors: sectors, buffer: Buffer.alloc(0) })

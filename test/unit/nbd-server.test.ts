@@ -1,0 +1,774 @@
+// The nbd client (handshake and queue) against a scripted NBD server written here: fixed
+// newstyle with NBD_OPT_GO, a RAM disk served with simple replies, and knobs to misbehave.
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+
+import t, { type Test } from 'tap'
+
+import {
+  UBLK_IO_F_FUA, UBLK_IO_F_NOUNMAP, UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE,
+  UBLK_IO_OP_WRITE_ZEROES,
+} from '../../src/abi/ublk-cmd.js'
+import { createLogger } from '../../src/common/log.js'
+import { dialNbd, NbdError, type NbdExport, type NbdSession } from '../../src/targets/nbd/handshake.js'
+import {
+  NBD_CMD_DISC, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_FIXED_NEWSTYLE,
+  NBD_FLAG_HAS_FLAGS, NBD_FLAG_NO_ZEROES, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_WRITE_ZEROES, NBD_INFO_BLOCK_SIZE, NBD_INFO_EXPORT, NBD_OPT_GO, NBD_OPT_STARTTLS, NBD_REP_ACK,
+  NBD_REP_ERR_POLICY, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, kDefaultMaxBlockBytes,
+  kNbdMagic, kNbdOldstyleMagic, kNbdOptMagic, kNbdOptReplyMagic, kNbdRequestMagic, kNbdSimpleReplyMagic,
+} from '../../src/targets/nbd/protocol.js'
+import { NbdQueue, type NbdSpec } from '../../src/targets/nbd/queue.js'
+import { nbdTarget } from '../../src/targets/nbd.js'
+import { parseNbdUri } from '../../src/targets/nbd/uri.js'
+import { kIoPending, type QueueContext } from '../../src/targets/target.js'
+
+const unhandled: unknown[] = []
+const onUnhandled = (reason: unknown): void => {
+  unhandled.push(reason)
+}
+process.on('unhandledRejection', onUnhandled)
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-nbd-'))
+t.teardown(() => {
+  process.off('unhandledRejection', onUnhandled)
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+let sockets = 0
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** `promise`, or a rejection naming `what` after `ms`. */
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+}
+
+/** Poll `check` every 10 ms until it holds, at most `ms`. */
+async function until(check: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`)
+    await sleep(10)
+  }
+}
+
+// The scripted server.
+
+class Closed extends Error {}
+
+/** The server's side of one connection: bytes by exact counts. */
+class Reader {
+  private buffered = Buffer.alloc(0)
+  private waiter: (() => void) | null = null
+  private closed = false
+
+  constructor(socket: net.Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      this.buffered = Buffer.concat([this.buffered, chunk])
+      this.wake()
+    })
+    socket.on('close', () => {
+      this.closed = true
+      this.wake()
+    })
+    socket.on('error', () => {})
+  }
+
+  async read(count: number): Promise<Buffer> {
+    while (this.buffered.length < count) {
+      if (this.closed) throw new Closed('closed')
+      await new Promise<void>((resolve) => {
+        this.waiter = resolve
+      })
+    }
+    const bytes = Buffer.from(this.buffered.subarray(0, count))
+    this.buffered = this.buffered.subarray(count)
+    return bytes
+  }
+
+  private wake(): void {
+    const waiter = this.waiter
+    this.waiter = null
+    waiter?.()
+  }
+}
+
+/** How the handshake goes. */
+type Handshake =
+  | 'good' | 'bad-magic' | 'oldstyle' | 'close-mid' | 'silent' | 'huge-reply' | 'tls-reqd' | 'starttls-then-silent'
+  | 'no-block-size' | 'ack-then-close'
+
+interface NbdRequest {
+  /** The connection it came on, from 1. */
+  conn: number
+  type: number
+  flags: number
+  handle: Buffer
+  offset: number
+  length: number
+  payload: Buffer
+}
+
+class Conn {
+  constructor(readonly index: number, readonly socket: net.Socket, private readonly server: ScriptedServer) {}
+
+  /** A simple reply; a READ's data follows a successful one. */
+  reply(request: NbdRequest, error = 0, options: { handle?: Buffer; magic?: number; payload?: Buffer } = {}): void {
+    const header = Buffer.alloc(16)
+    header.writeUInt32BE(options.magic ?? kNbdSimpleReplyMagic, 0)
+    header.writeUInt32BE(error, 4)
+    ;(options.handle ?? request.handle).copy(header, 8)
+    this.socket.write(header)
+    if (options.payload) this.socket.write(options.payload)
+  }
+
+  /** The data a READ asks for. */
+  readData(request: NbdRequest): Buffer {
+    return Buffer.from(this.server.disk.subarray(request.offset, request.offset + request.length))
+  }
+
+  /** Do what the request asks, and answer. */
+  serve(request: NbdRequest): void {
+    const { disk } = this.server
+    if (request.offset + request.length > disk.length) {
+      this.reply(request, 22)
+      return
+    }
+    switch (request.type) {
+      case NBD_CMD_READ:
+        this.reply(request, 0, { payload: this.readData(request) })
+        return
+      case NBD_CMD_WRITE:
+        request.payload.copy(disk, request.offset)
+        break
+      case NBD_CMD_TRIM:
+      case NBD_CMD_WRITE_ZEROES:
+        disk.fill(0, request.offset, request.offset + request.length)
+        break
+      case NBD_CMD_FLUSH:
+        break
+      default:
+        this.reply(request, 22)
+        return
+    }
+    this.reply(request)
+  }
+}
+
+interface ServerOptions {
+  handshake?: Handshake
+  exportName?: string
+  sizeBytes?: number
+  exportFlags?: number
+  blocks?: [number, number, number]
+  onRequest?: (request: NbdRequest, conn: Conn) => void
+}
+
+const kAllFlags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM |
+  NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_CAN_MULTI_CONN
+
+class ScriptedServer {
+  readonly path = path.join(dir, `s${sockets++}.sock`)
+  readonly disk: Buffer
+  readonly requests: NbdRequest[] = []
+  readonly clientFlags: number[] = []
+  readonly goRequests: { name: string; infos: number[] }[] = []
+  /** Connections accepted, and those that reached transmission. */
+  connections = 0
+  transmitting = 0
+  /** NBD_CMD_DISC requests received. */
+  disconnects = 0
+  handshake: Handshake
+  exportName: string
+  exportFlags: number
+  blocks: [number, number, number]
+  onRequest: (request: NbdRequest, conn: Conn) => void
+  private readonly server = net.createServer((socket) => this.accept(socket))
+  private readonly live = new Set<net.Socket>()
+
+  constructor(options: ServerOptions = {}) {
+    this.handshake = options.handshake ?? 'good'
+    this.exportName = options.exportName ?? ''
+    this.exportFlags = options.exportFlags ?? kAllFlags
+    this.blocks = options.blocks ?? [512, 4096, 4096]
+    this.onRequest = options.onRequest ?? ((request, conn) => conn.serve(request))
+    this.disk = Buffer.alloc(options.sizeBytes ?? 1 << 20)
+    for (let i = 0; i < this.disk.length; i++) this.disk[i] = (i * 31 + (i >>> 12)) & 0xff
+  }
+
+  get uri(): string {
+    return `nbd+unix:///${encodeURIComponent(this.exportName)}?socket=${this.path}`
+  }
+
+  listen(): Promise<void> {
+    fs.rmSync(this.path, { force: true })
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject)
+      this.server.listen(this.path, () => {
+        this.server.off('error', reject)
+        resolve()
+      })
+    })
+  }
+
+  /** Stop listening and cut every connection. */
+  stop(): Promise<void> {
+    return new Promise((resolve) => {
+      if (!this.server.listening) {
+        resolve()
+        return
+      }
+      this.server.close(() => resolve())
+      for (const socket of this.live) socket.destroy()
+    })
+  }
+
+  /** Requests of one connection. */
+  on(conn: number): NbdRequest[] {
+    return this.requests.filter((request) => request.conn === conn)
+  }
+
+  private accept(socket: net.Socket): void {
+    this.live.add(socket)
+    socket.on('close', () => this.live.delete(socket))
+    const conn = new Conn(++this.connections, socket, this)
+    const reader = new Reader(socket)
+    this.converse(conn, reader).catch(() => socket.destroy())
+  }
+
+  private optionReply(socket: net.Socket, option: number, type: number, data: Buffer = Buffer.alloc(0)): void {
+    const header = Buffer.alloc(20)
+    header.writeBigUInt64BE(kNbdOptReplyMagic, 0)
+    header.writeUInt32BE(option, 8)
+    header.writeUInt32BE(type, 12)
+    header.writeUInt32BE(data.length, 16)
+    socket.write(Buffer.concat([header, data]))
+  }
+
+  private async converse(conn: Conn, reader: Reader): Promise<void> {
+    const socket = conn.socket
+    const mode = this.handshake
+    if (mode === 'silent') return
+    const hello = Buffer.alloc(18)
+    hello.writeBigUInt64BE(mode === 'bad-magic' ? 0x4e42444d41474958n : kNbdMagic, 0)
+    if (mode === 'oldstyle') {
+      // The whole oldstyle greeting: magic, size, flags, 124 zero bytes.
+      const old = Buffer.alloc(152)
+      hello.copy(old, 0, 0, 8)
+      old.writeBigUInt64BE(kNbdOldstyleMagic, 8)
+      old.writeBigUInt64BE(BigInt(this.disk.length), 16)
+      socket.write(old)
+      return
+    }
+    hello.writeBigUInt64BE(kNbdOptMagic, 8)
+    hello.writeUInt16BE(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES, 16)
+    socket.write(hello)
+    this.clientFlags.push((await reader.read(4)).readUInt32BE(0))
+    for (;;) {
+      const header = await reader.read(16)
+      if (header.readBigUInt64BE(0) !== kNbdOptMagic) throw new Error('bad option magic')
+      const option = header.readUInt32BE(8)
+      const data = await reader.read(header.readUInt32BE(12))
+      if (option === NBD_OPT_STARTTLS) {
+        if (mode === 'starttls-then-silent') {
+          this.optionReply(socket, option, NBD_REP_ACK)
+          return
+        }
+        this.optionReply(socket, option, NBD_REP_ERR_POLICY)
+        continue
+      }
+      if (option !== NBD_OPT_GO) {
+        this.optionReply(socket, option, NBD_REP_ERR_UNSUP)
+        continue
+      }
+      const nameBytes = data.readUInt32BE(0)
+      const name = data.subarray(4, 4 + nameBytes).toString('utf8')
+      const infos: number[] = []
+      for (let i = 0; i < data.readUInt16BE(4 + nameBytes); i++) infos.push(data.readUInt16BE(6 + nameBytes + 2 * i))
+      this.goRequests.push({ name, infos })
+      if (mode === 'close-mid') {
+        // Half an option reply header, then goodbye.
+        const partial = Buffer.alloc(10)
+        partial.writeBigUInt64BE(kNbdOptReplyMagic, 0)
+        socket.end(partial)
+        return
+      }
+      if (mode === 'tls-reqd') {
+        this.optionReply(socket, option, NBD_REP_ERR_TLS_REQD, Buffer.from('TLS is required here'))
+        continue
+      }
+      if (name !== this.exportName) {
+        this.optionReply(socket, option, NBD_REP_ERR_UNKNOWN, Buffer.from(`no export named ${name}`))
+        continue
+      }
+      if (mode === 'huge-reply') {
+        const huge = Buffer.alloc(20)
+        huge.writeBigUInt64BE(kNbdOptReplyMagic, 0)
+        huge.writeUInt32BE(option, 8)
+        huge.writeUInt32BE(NBD_REP_INFO, 12)
+        huge.writeUInt32BE(65537, 16)
+        socket.write(huge)
+        socket.write(Buffer.alloc(1024))
+        return
+      }
+      const info = Buffer.alloc(12)
+      info.writeUInt16BE(NBD_INFO_EXPORT, 0)
+      info.writeBigUInt64BE(BigInt(this.disk.length), 2)
+      info.writeUInt16BE(this.exportFlags, 10)
+      this.optionReply(socket, option, NBD_REP_INFO, info)
+      if (mode !== 'no-block-size') {
+        const blocks = Buffer.alloc(14)
+        blocks.writeUInt16BE(NBD_INFO_BLOCK_SIZE, 0)
+        this.blocks.forEach((value, i) => blocks.writeUInt32BE(value, 2 + 4 * i))
+        this.optionReply(socket, option, NBD_REP_INFO, blocks)
+      }
+      this.optionReply(socket, option, NBD_REP_ACK)
+      if (mode === 'ack-then-close') {
+        socket.destroy()
+        return
+      }
+      break
+    }
+    this.transmitting++
+    for (;;) {
+      const header = await reader.read(28)
+      if (header.readUInt32BE(0) !== kNbdRequestMagic) throw new Error('bad request magic')
+      const type = header.readUInt16BE(6)
+      const length = header.readUInt32BE(24)
+      const request: NbdRequest = {
+        conn: conn.index,
+        flags: header.readUInt16BE(4),
+        type,
+        handle: Buffer.from(header.subarray(8, 16)),
+        offset: Number(header.readBigUInt64BE(16)),
+        length,
+        payload: type === NBD_CMD_WRITE ? await reader.read(length) : Buffer.alloc(0),
+      }
+      if (type === NBD_CMD_DISC) {
+        this.disconnects++
+        socket.end()
+        return
+      }
+      this.requests.push(request)
+      this.onRequest(request, conn)
+    }
+  }
+}
+
+async function startServer(t: Test, options: ServerOptions = {}): Promise<ScriptedServer> {
+  const server = new ScriptedServer(options)
+  await server.listen()
+  t.teardown(() => server.stop())
+  return server
+}
+
+function dial(server: ScriptedServer, timeoutMs = 1000, uri = server.uri): Promise<NbdSession> {
+  return dialNbd({ uri: parseNbdUri(uri), tlsFiles: {}, timeoutMs })
+}
+
+// dialNbd.
+
+t.test('dialNbd: fixed newstyle and NBD_OPT_GO give the export, its flags and block sizes', async (t) => {
+  const server = await startServer(t, { exportName: 'disk 1', sizeBytes: 3 << 20, blocks: [512, 4096, 1 << 20] })
+  const session = await dial(server)
+  t.teardown(() => session.socket.destroy())
+  const expected: NbdExport = { sizeBytes: 3 << 20, flags: kAllFlags, minBlockBytes: 512, preferredBlockBytes: 4096, maxBlockBytes: 1 << 20 }
+  t.same(session.export, expected)
+  t.same(server.clientFlags, [NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES], 'the client says fixed newstyle and no zeroes')
+  t.same(server.goRequests, [{ name: 'disk 1', infos: [NBD_INFO_BLOCK_SIZE] }], 'GO names the (decoded) export and asks for block sizes')
+  t.ok(session.socket.isPaused(), 'the socket is handed over paused')
+})
+
+t.test('dialNbd: a server that says nothing of block sizes gets the protocol\'s defaults; flags without HAS_FLAGS are none', async (t) => {
+  const server = await startServer(t, { handshake: 'no-block-size', exportFlags: NBD_FLAG_SEND_FLUSH })
+  const session = await dial(server)
+  t.teardown(() => session.socket.destroy())
+  t.same(session.export, { sizeBytes: 1 << 20, flags: 0, minBlockBytes: 1, preferredBlockBytes: 4096, maxBlockBytes: kDefaultMaxBlockBytes })
+})
+
+t.test('dialNbd: each broken handshake rejects with an NbdError naming the problem', async (t) => {
+  const cases: [string, ServerOptions, RegExp, string?][] = [
+    ['wrong magic', { handshake: 'bad-magic' }, /is not an NBD server \(no NBDMAGIC\)/],
+    ['an oldstyle greeting', { handshake: 'oldstyle' }, /speaks only the oldstyle protocol/],
+    ['closed mid-handshake', { handshake: 'close-mid' }, /the server closed the connection during the handshake/],
+    ['never answers', { handshake: 'silent' }, /the handshake did not finish within 0\.3 s/],
+    ['an option reply over 64 KiB', { handshake: 'huge-reply' }, /option reply of 65537 bytes \(more than 65536\)/],
+    ['inconsistent block sizes', { blocks: [512, 256, 4096] }, /inconsistent block sizes \(minimum 512, preferred 256, maximum 4096\)/],
+    ['a maximum not a multiple of the minimum', { blocks: [4096, 4096, 6144] }, /inconsistent block sizes/],
+    ['no such export', { exportName: 'disk' }, /export 'nope': no such export: no export named nope/, 'nope'],
+    ['TLS required', { handshake: 'tls-reqd' }, /the server requires TLS \(use nbds:\/\/\): TLS is required here/],
+  ]
+  for (const [what, options, message, exportName] of cases) {
+    const server = await startServer(t, options)
+    const uri = exportName === undefined ? server.uri : `nbd+unix:///${exportName}?socket=${server.path}`
+    const started = Date.now()
+    await t.rejects(within(dial(server, 300, uri), 2000, what), { name: 'NbdError', code: 'UBLKD_ERR_BACKEND', message }, what)
+    if (what === 'never answers') t.ok(Date.now() - started >= 290, 'the timeout is the one given')
+    await server.stop()
+  }
+  const error = await dial(new ScriptedServer(), 300).catch((error: unknown) => error)
+  t.ok(error instanceof NbdError, 'no server at all')
+  t.match((error as Error).message, /^nbd server unix:.*: no such socket$/)
+})
+
+t.test('dialNbd: nbds:// times out when the server accepts STARTTLS and then says nothing', async (t) => {
+  const server = await startServer(t, { handshake: 'starttls-then-silent' })
+  const dialing = dial(server, 300, `nbds+unix:///?socket=${server.path}`)
+  dialing.catch(() => {})
+  await t.rejects(within(dialing, 1500, 'nbds dial'), { name: 'NbdError', message: /did not finish within 0\.3 s/ })
+  // Unblock it for the next tests: cutting the connection ends the TLS attempt.
+  await server.stop()
+  await within(dialing, 1000, 'nbds dial after the server left').catch(() => {})
+})
+
+// NbdQueue.
+
+const kIoBytes = 65536
+const kSector = 512
+
+interface FakeQueue {
+  context: QueueContext
+  completions: [number, number][]
+  /** The tag's I/O buffer. */
+  buffer(tag: number): Buffer
+  /** The next result of `tag` (one that already came, or the next one), within `ms`. */
+  result(tag: number, ms?: number): Promise<number>
+}
+
+function fakeQueue(): FakeQueue {
+  const endpoint = new Uint8Array(4 * kIoBytes)
+  const completions: [number, number][] = []
+  const unclaimed = new Map<number, number[]>()
+  const waiters = new Map<number, (result: number) => void>()
+  const context: QueueContext = {
+    queueId: 0, log: createLogger('silent', {}), depth: 4, maxIoBufBytes: kIoBytes,
+    tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
+    data: { endpoint, tagOffset: Float64Array.from([0, 1, 2, 3], (tag) => tag * kIoBytes) },
+    sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, submitSoon: () => {},
+    complete: (tag, result) => {
+      completions.push([tag, result])
+      const waiter = waiters.get(tag)
+      if (waiter) {
+        waiters.delete(tag)
+        waiter(result)
+      } else {
+        unclaimed.set(tag, [...(unclaimed.get(tag) ?? []), result])
+      }
+    },
+  }
+  return {
+    context,
+    completions,
+    buffer: (tag) => Buffer.from(endpoint.buffer, tag * kIoBytes, kIoBytes),
+    result: (tag, ms = 3000) => {
+      const already = unclaimed.get(tag)
+      if (already && already.length > 0) return Promise.resolve(already.shift()!)
+      return within(new Promise<number>((resolve) => waiters.set(tag, resolve)), ms, `tag ${tag}`)
+    },
+  }
+}
+
+const kExport: NbdExport = { sizeBytes: 1 << 20, flags: kAllFlags, minBlockBytes: 512, preferredBlockBytes: 4096, maxBlockBytes: 4096 }
+
+function openQueue(t: Test, server: ScriptedServer, queue: FakeQueue, spec: Partial<NbdSpec> = {}): NbdQueue {
+  const handler = new NbdQueue({
+    uri: parseNbdUri(`nbd+unix:///?socket=${server.path}`),
+    tlsFiles: {},
+    export: kExport,
+    maxPayloadBytes: 4096,
+    maxZeroingBytes: 1 << 30,
+    connectTimeoutMs: 1000,
+    reconnectTimeoutMs: 1500,
+    replyTimeoutMs: 1000,
+    plainTransport: 'stream',
+    ...spec,
+  }, queue.context)
+  t.teardown(() => handler.close(true))
+  return handler
+}
+
+/** One request, then the turn's end (which sends it). */
+function submit(handler: NbdQueue, queue: FakeQueue, tag: number, op: number, startSector: number, nrSectors: number, flags = 0): number {
+  const result = handler.handleIo({ tag, op, flags, startSector, nrSectors, buffer: queue.buffer(tag) })
+  handler.endTurn()
+  return result
+}
+
+/** The server's disk at a sector range. */
+const diskAt = (server: ScriptedServer, sector: number, bytes: number): Buffer => server.disk.subarray(sector * kSector, sector * kSector + bytes)
+
+const k16K = 16384
+const kSectors16K = k16K / kSector
+
+t.test('queue: a 16 KiB WRITE then READ round-trip, each split into 4 requests of 4096; FLUSH, DISCARD, WRITE_ZEROES', async (t) => {
+  const server = await startServer(t)
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  const data = queue.buffer(1)
+  for (let i = 0; i < k16K; i++) data[i] = (i * 7 + 3) & 0xff
+  const written = Buffer.from(data.subarray(0, k16K))
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_WRITE, 64, kSectors16K), kIoPending)
+  t.equal(await queue.result(1), k16K, 'the WRITE completes with its length')
+  t.ok(diskAt(server, 64, k16K).equals(written), 'the server has the data')
+  t.same(server.requests.map((r) => [r.type, r.offset, r.length]),
+    [0, 1, 2, 3].map((part) => [NBD_CMD_WRITE, 64 * kSector + part * 4096, 4096]), '4 WRITE requests of 4096')
+  queue.buffer(2).fill(0xee)
+  t.equal(submit(handler, queue, 2, UBLK_IO_OP_READ, 64, kSectors16K), kIoPending)
+  t.equal(await queue.result(2), k16K)
+  t.ok(queue.buffer(2).subarray(0, k16K).equals(written), 'the READ returns it')
+  t.ok(queue.buffer(2).subarray(k16K).every((b) => b === 0xee), 'and nothing past its length is touched')
+  t.same(server.requests.slice(4).map((r) => [r.type, r.offset, r.length]),
+    [0, 1, 2, 3].map((part) => [NBD_CMD_READ, 64 * kSector + part * 4096, 4096]), '4 READ requests of 4096')
+
+  // A short READ at an odd place: one part of its own length.
+  t.equal(submit(handler, queue, 3, UBLK_IO_OP_READ, 3, 3), kIoPending)
+  t.equal(await queue.result(3), 1536)
+  t.ok(queue.buffer(3).subarray(0, 1536).equals(diskAt(server, 3, 1536)))
+
+  server.requests.length = 0
+  t.equal(submit(handler, queue, 0, UBLK_IO_OP_FLUSH, 0, 0), kIoPending)
+  t.equal(await queue.result(0), 0, 'FLUSH')
+  t.equal(submit(handler, queue, 0, UBLK_IO_OP_DISCARD, 64, 16), kIoPending)
+  t.equal(await queue.result(0), 0, 'DISCARD')
+  t.equal(submit(handler, queue, 0, UBLK_IO_OP_WRITE_ZEROES, 80, 16), kIoPending)
+  t.equal(await queue.result(0), 0, 'WRITE_ZEROES')
+  t.same(server.requests.map((r) => [r.type, r.offset, r.length, r.flags]), [
+    [NBD_CMD_FLUSH, 0, 0, 0], [NBD_CMD_TRIM, 64 * kSector, 8192, 0], [NBD_CMD_WRITE_ZEROES, 80 * kSector, 8192, 0],
+  ], 'one request each, zeroing not split at the payload limit')
+  t.ok(diskAt(server, 64, k16K).equals(Buffer.alloc(k16K)), 'the range reads as zeros on the server')
+  t.equal(submit(handler, queue, 0, 99, 0, 1), -95, 'an unknown op is EOPNOTSUPP')
+  t.equal(server.connections, 1, 'all on one connection')
+})
+
+t.test('queue: several tags in flight in one turn complete independently', async (t) => {
+  const server = await startServer(t)
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  for (let tag = 0; tag < 4; tag++) handler.handleIo({ tag, op: UBLK_IO_OP_READ, flags: 0, startSector: tag * 100, nrSectors: 64, buffer: queue.buffer(tag) })
+  handler.endTurn()
+  for (let tag = 0; tag < 4; tag++) {
+    t.equal(await queue.result(tag), 32768)
+    t.ok(queue.buffer(tag).subarray(0, 32768).equals(diskAt(server, tag * 100, 32768)), `tag ${tag}'s data`)
+  }
+  t.equal(server.requests.length, 32, '8 parts each')
+})
+
+t.test('queue: a server error on one part fails the request with its errno; unknown errors are EIO', async (t) => {
+  let failWith = 0
+  const server = await startServer(t, {
+    onRequest: (request, conn) => {
+      // The third part of each request fails.
+      if (failWith !== 0 && request.offset % k16K === 2 * 4096) conn.reply(request, failWith)
+      else conn.serve(request)
+    },
+  })
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  for (const [error, expected] of [[5, -5], [28, -28], [999, -5], [22, -22]] as const) {
+    failWith = error
+    t.equal(submit(handler, queue, 1, UBLK_IO_OP_WRITE, 32, kSectors16K), kIoPending)
+    t.equal(await queue.result(1), expected, `server error ${error} on a WRITE part`)
+    t.equal(submit(handler, queue, 2, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
+    t.equal(await queue.result(2), expected, `server error ${error} on a READ part (no payload follows)`)
+  }
+  failWith = 0
+  t.equal(submit(handler, queue, 2, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
+  t.equal(await queue.result(2), k16K, 'the next request is fine')
+  t.ok(queue.buffer(2).subarray(0, k16K).equals(diskAt(server, 32, k16K)))
+  t.equal(server.connections, 1, 'an error reply is not a broken connection')
+})
+
+/** A server whose first connection misbehaves on the READ part at `badPart` (the others are served). */
+async function misbehaving(t: Test, badPart: number, misbehave: (request: NbdRequest, conn: Conn) => void): Promise<ScriptedServer> {
+  return startServer(t, {
+    onRequest: (request, conn) => {
+      if (conn.index === 1 && request.type === NBD_CMD_READ && request.offset % k16K === badPart * 4096) misbehave(request, conn)
+      else conn.serve(request)
+    },
+  })
+}
+
+/** A 16 KiB READ at sector 32 on tag 1 completes with the disk's data, over a second connection. */
+async function readSurvives(t: Test, server: ScriptedServer, resentParts: number[]): Promise<void> {
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  queue.buffer(1).fill(0)
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
+  t.equal(await queue.result(1), k16K, 'the READ completes')
+  t.ok(queue.buffer(1).subarray(0, k16K).equals(diskAt(server, 32, k16K)), 'with the right data')
+  t.equal(server.connections, 2, 'after one reconnect')
+  t.same(server.on(2).map((r) => (r.offset - 32 * kSector) / 4096), resentParts, 'the parts not yet answered were sent again')
+  t.same(queue.completions, [[1, k16K]], 'completed once')
+  // And the new connection keeps working.
+  t.equal(submit(handler, queue, 2, UBLK_IO_OP_WRITE, 0, 8), kIoPending)
+  t.equal(await queue.result(2), 4096)
+}
+
+t.test('queue: a reply to a handle no request has drops the connection; the request is re-sent and completes', async (t) => {
+  const server = await misbehaving(t, 2, (request, conn) => {
+    const bogus = Buffer.from(request.handle)
+    bogus[0]! ^= 0x5a // another generation
+    conn.reply(request, 0, { handle: bogus, payload: conn.readData(request) })
+  })
+  await readSurvives(t, server, [2, 3])
+})
+
+t.test('queue: a reply with bad magic drops the connection; the request is re-sent and completes', async (t) => {
+  const server = await misbehaving(t, 1, (request, conn) => conn.reply(request, 0, { magic: 0xdeadbeef, payload: conn.readData(request) }))
+  await readSurvives(t, server, [1, 2, 3])
+})
+
+t.test('queue: a connection that ends in the middle of a READ payload: reconnect, re-send, complete', async (t) => {
+  const server = await misbehaving(t, 1, (request, conn) => {
+    conn.reply(request, 0, { payload: conn.readData(request).subarray(0, 1000) })
+    conn.socket.end()
+  })
+  await readSurvives(t, server, [1, 2, 3])
+})
+
+t.test('queue: replies out of order are fine (on the same connection)', async (t) => {
+  const held: [NbdRequest, Conn][] = []
+  const server = await startServer(t, {
+    onRequest: (request, conn) => {
+      held.push([request, conn])
+      if (held.length < 8) return
+      // Both requests' parts, answered backwards.
+      for (const [r, c] of held.reverse()) c.serve(r)
+      held.length = 0
+    },
+  })
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  handler.handleIo({ tag: 1, op: UBLK_IO_OP_READ, flags: 0, startSector: 32, nrSectors: kSectors16K, buffer: queue.buffer(1) })
+  handler.handleIo({ tag: 3, op: UBLK_IO_OP_READ, flags: 0, startSector: 1000, nrSectors: kSectors16K, buffer: queue.buffer(3) })
+  handler.endTurn()
+  t.equal(await queue.result(3), k16K)
+  t.equal(await queue.result(1), k16K)
+  t.same(queue.completions, [[3, k16K], [1, k16K]], 'the later request completed first')
+  t.ok(queue.buffer(1).subarray(0, k16K).equals(diskAt(server, 32, k16K)), 'tag 1\'s data, each part at its place')
+  t.ok(queue.buffer(3).subarray(0, k16K).equals(diskAt(server, 1000, k16K)), 'tag 3\'s data')
+  t.equal(server.connections, 1, 'no reconnect')
+})
+
+t.test('queue: a server down past reconnectTimeoutMs fails the held request and new ones with EIO, until it is back', async (t) => {
+  const server = await startServer(t)
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue, { reconnectTimeoutMs: 600 })
+  t.equal(submit(handler, queue, 0, UBLK_IO_OP_FLUSH, 0, 0), kIoPending)
+  t.equal(await queue.result(0), 0, 'served while the server is up')
+  await server.stop()
+  const down = Date.now()
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending, 'held while the server is away')
+  t.equal(await queue.result(1, 3000), -5, 'then EIO')
+  t.ok(Date.now() - down >= 500, 'after about reconnectTimeoutMs')
+  t.equal(submit(handler, queue, 2, UBLK_IO_OP_READ, 32, kSectors16K), -5, 'a new request fails at once')
+  t.same(queue.completions.slice(1), [[1, -5]], 'and is not completed later')
+  await server.listen()
+  // The next reconnect attempt finds it (the backoff is at most a few hundred ms here).
+  const back = Date.now()
+  let result = -5
+  while (result === -5 && Date.now() - back < 4000) {
+    await sleep(25)
+    result = submit(handler, queue, 2, UBLK_IO_OP_READ, 32, kSectors16K)
+  }
+  t.equal(result, kIoPending, 'once the server is back, requests are taken again')
+  t.equal(await queue.result(2), k16K, 'and served')
+  t.ok(queue.buffer(2).subarray(0, k16K).equals(diskAt(server, 32, k16K)))
+})
+
+t.test('queue: no server from the start: the held request fails with EIO after reconnectTimeoutMs', async (t) => {
+  // No server at all when the queue opens: its requests are held, then fail.
+  const server = new ScriptedServer()
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue, { reconnectTimeoutMs: 400 })
+  t.equal(submit(handler, queue, 0, UBLK_IO_OP_READ, 0, 8), kIoPending)
+  t.equal(await queue.result(0, 2000), -5)
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 0, 8), -5, 'then fails at once')
+})
+
+t.test('queue: a server that takes requests but never answers is dropped after replyTimeoutMs; the request is re-sent', async (t) => {
+  const server = await startServer(t, {
+    onRequest: (request, conn) => {
+      if (conn.index > 1) conn.serve(request)
+    },
+  })
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue, { replyTimeoutMs: 300 })
+  const started = Date.now()
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
+  t.equal(await queue.result(1, 4000), k16K)
+  t.ok(Date.now() - started >= 300, 'not before replyTimeoutMs')
+  t.ok(queue.buffer(1).subarray(0, k16K).equals(diskAt(server, 32, k16K)))
+  t.equal(server.connections, 2)
+  t.same(server.on(1).length, 4, 'sent on the first connection')
+  t.same(server.on(2).length, 4, 'and again on the second')
+})
+
+t.test('queue: a connection idle for longer than replyTimeoutMs is not dropped when its next request is answered in time', async (t) => {
+  const server = await startServer(t, {
+    onRequest: (request, conn) => {
+      setTimeout(() => conn.serve(request), 200)
+    },
+  })
+  const queue = fakeQueue()
+  const opened = Date.now()
+  const handler = openQueue(t, server, queue, { replyTimeoutMs: 300 })
+  await until(() => server.transmitting === 1, 1000, 'connected')
+  // The silence watch ticks every second from the queue's start: send 100 ms before a tick;
+  // the server answers 200 ms later, within replyTimeoutMs.
+  await sleep(900 - (Date.now() - opened))
+  t.equal(submit(handler, queue, 0, UBLK_IO_OP_FLUSH, 0, 0), kIoPending)
+  t.equal(await queue.result(0, 2000), 0)
+  t.equal(server.connections, 1, 'the connection was kept')
+})
+
+t.test('queue: FUA maps to NBD_CMD_FLAG_FUA when the export takes it; NOUNMAP to NBD_CMD_FLAG_NO_HOLE', async (t) => {
+  const server = await startServer(t)
+  for (const [exportFlags, fua] of [[kAllFlags, NBD_CMD_FLAG_FUA], [kAllFlags & ~NBD_FLAG_SEND_FUA, 0]] as const) {
+    server.requests.length = 0
+    const queue = fakeQueue()
+    const handler = openQueue(t, server, queue, { export: { ...kExport, flags: exportFlags } })
+    t.equal(submit(handler, queue, 0, UBLK_IO_OP_WRITE, 0, 16, UBLK_IO_F_FUA), kIoPending)
+    t.equal(await queue.result(0), 8192)
+    t.equal(submit(handler, queue, 1, UBLK_IO_OP_WRITE, 0, 8), kIoPending)
+    t.equal(await queue.result(1), 4096)
+    t.equal(submit(handler, queue, 2, UBLK_IO_OP_WRITE_ZEROES, 0, 8, UBLK_IO_F_NOUNMAP), kIoPending)
+    t.equal(await queue.result(2), 0)
+    t.equal(submit(handler, queue, 3, UBLK_IO_OP_WRITE_ZEROES, 0, 8), kIoPending)
+    t.equal(await queue.result(3), 0)
+    t.same(server.requests.map((r) => [r.type, r.flags]), [
+      [NBD_CMD_WRITE, fua], [NBD_CMD_WRITE, fua], [NBD_CMD_WRITE, 0],
+      [NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_NO_HOLE], [NBD_CMD_WRITE_ZEROES, 0],
+    ], fua ? 'FUA on every part of the FUA write' : 'no FUA flag to a server that did not offer it')
+    handler.close(true)
+  }
+})
+
+t.test('queue: close() says goodbye with NBD_CMD_DISC', async (t) => {
+  const server = await startServer(t)
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  t.equal(submit(handler, queue, 0, UBLK_IO_OP_FLUSH, 0, 0), kIoPending)
+  t.equal(await queue.result(0), 0)
+  handler.close(true)
+  await until(() => server.disconnects === 1, 1000, 'NBD_CMD_DISC')
+  t.equal(server.connections, 1)
+})
+
+t.test('nbd target setup: a server that closes right after NBD_OPT_GO does not crash the daemon', async (t) => {
+  const server = await startServer(t, { handshake: 'ack-then-close' })
+  const setup = await nbdTarget.setup(nbdTarget.parseOptions({ url: server.uri }, undefined))
+  t.equal(setup.geometry.sizeBytes, 1 << 20)
+  await sleep(50)
+})
+
+t.test('no unhandled rejections', async (t) => {
+  t.same(unhandled, [])
+})
