@@ -325,6 +325,8 @@ Napi::Object AbiLayout(Napi::Env env) {
   PUT_CONST(constants, IORING_OP_FALLOCATE);
   PUT_CONST(constants, IORING_OP_ASYNC_CANCEL);
   PUT_CONST(constants, IORING_OP_SENDMSG);
+  PUT_CONST(constants, IORING_OP_READ_FIXED);
+  PUT_CONST(constants, IORING_OP_WRITE_FIXED);
   PUT_CONST(constants, IORING_OP_RECV);
   PUT_CONST(constants, IORING_OP_SHUTDOWN);
   PUT_CONST(constants, MSG_NOSIGNAL);

@@ -56,6 +56,7 @@ Napi::Function Ring::Define(Napi::Env env) {
                          InstanceMethod<&Ring::Enter>("enter"),
                          InstanceMethod<&Ring::WatchCompletions>("watchCompletions"),
                          InstanceMethod<&Ring::RegisterFiles>("registerFiles"),
+                         InstanceMethod<&Ring::RegisterSparseBuffers>("registerSparseBuffers"),
                          InstanceMethod<&Ring::Close>("close"),
                          InstanceAccessor<&Ring::GetFd>("fd"),
                          InstanceAccessor<&Ring::GetClosed>("closed"),
@@ -283,6 +284,23 @@ Napi::Value Ring::RegisterFiles(const Napi::CallbackInfo& info) {
   if (syscall(__NR_io_uring_register, ring_fd_, IORING_REGISTER_FILES, fds.data(),
               static_cast<unsigned>(fds.size())) < 0) {
     return ThrowErrno(env, "io_uring_register(files)", errno);
+  }
+  return env.Undefined();
+}
+
+// registerSparseBuffers(count): an empty fixed-buffer table of `count` slots
+// (IORING_REGISTER_BUFFERS2 with IORING_RSRC_REGISTER_SPARSE), which the ublk driver fills with a
+// request's pages (UBLK_F_AUTO_BUF_REG) for READ_FIXED/WRITE_FIXED to name by index.
+Napi::Value Ring::RegisterSparseBuffers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (ring_fd_ < 0) return ThrowErrno(env, "io_uring_register", EBADF);
+  if (!info[0].IsNumber()) return ThrowType(env, "registerSparseBuffers(count: number)");
+  io_uring_rsrc_register table{};
+  table.nr = info[0].As<Napi::Number>().Uint32Value();
+  table.flags = IORING_RSRC_REGISTER_SPARSE;
+  if (syscall(__NR_io_uring_register, ring_fd_, IORING_REGISTER_BUFFERS2, &table,
+              static_cast<unsigned>(sizeof(table))) < 0) {
+    return ThrowErrno(env, "io_uring_register(sparse buffers)", errno);
   }
   return env.Undefined();
 }

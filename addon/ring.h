@@ -31,6 +31,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
   Napi::Value Enter(const Napi::CallbackInfo& info);
   Napi::Value WatchCompletions(const Napi::CallbackInfo& info);
   Napi::Value RegisterFiles(const Napi::CallbackInfo& info);
+  Napi::Value RegisterSparseBuffers(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value GetFd(const Napi::CallbackInfo& info);
   Napi::Value GetClosed(const Napi::CallbackInfo& info);

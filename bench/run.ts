@@ -1,17 +1,21 @@
 // `npm run bench`: boots the test VM once and runs the same fio jobs against the kernel's own
-// drivers (null_blk, null_blk memory-backed, loop) and against ublkd's null, memory and loop
-// targets, then prints each ublkd row's ratio to its kernel counterpart measured in that same
+// drivers (null_blk, null_blk memory-backed, loop, the NBD client nbd.ko + nbd-client) and against
+// ublkd's null, memory, loop and nbd targets, then prints each ublkd row's ratio to its kernel counterpart measured in that same
 // boot. Under QEMU TCG absolute numbers mean little and drift by 10-20% within minutes, so a
 // ublkd device and its kernel counterpart exist side by side and their fio runs alternate,
-// BENCH_REPEAT times per job; rows give the medians.
+// BENCH_REPEAT times per job; rows give the medians. The nbd rows: ublkd nbd and the kernel's
+// NBD client, one connection each over a unix socket, each to its own `nbdkit memory 1G` in the
+// VM (1 queue only).
 //
 //   BENCH_RUNTIME=6             seconds per fio run after a BENCH_RAMP=1 s ramp
 //   BENCH_REPEAT=3              fio runs per device and job, alternating with its counterpart
 //   BENCH_JOBS=a,b              only these jobs (names below)
-//   BENCH_TARGETS=null,null_blk only these targets: null_blk null_blk_mem kernel_loop null memory loop
+//   BENCH_TARGETS=null,null_blk only these targets: null_blk null_blk_mem kernel_loop kernel_nbd
+//                               null memory loop nbd
 //   BENCH_QUEUES=1,2            only these queue counts
 //   BENCH_Q2_JOBS=a,b           jobs that also run with 2 queues (default: the two qd32 4k jobs)
-//   BENCH_VARIANTS=0            skip the rows that show what the tuning flags do
+//   BENCH_VARIANTS=0            skip the rows that show what the tuning flags do (and, on 7.x, the
+//                               null and loop rows with --io-mode zero-copy)
 //   BENCH_FIO_ARGS='...'        extra fio arguments for every job (experiments, e.g. --cpus_allowed=1)
 import fs from 'node:fs'
 import os from 'node:os'
@@ -19,7 +23,7 @@ import path from 'node:path'
 
 import type { DeviceSummary } from '../src/main/device.js'
 import { addDevice, fio, ublkd, ublkdCli, waitInVm } from '../test/lib/ublkd-in-vm.js'
-import { bootVm, repoRoot, type Vm } from '../test/lib/vm.js'
+import { bootVm, repoRoot, vmKernel, type Vm } from '../test/lib/vm.js'
 
 // ---------------------------------------------------------------------------------------------
 // Jobs and targets
@@ -92,6 +96,55 @@ function nullBlk(memoryBacked: boolean, queues: number): Subject {
   }
 }
 
+/** The active scheduler of a block device (`[mq-deadline] none` -> mq-deadline). */
+async function schedulerOf(vm: Vm, device: string): Promise<string> {
+  const text = (await vm.exec(`cat /sys/block/${path.basename(device)}/queue/scheduler`)).stdout
+  return /\[([^\]]+)\]/.exec(text)?.[1] ?? '?'
+}
+
+/**
+ * The nbd rows' servers: one `nbdkit memory 1G` per device (so both start empty and equal), on a
+ * unix socket in the VM (both clients pay the same transport; TCP would add the loopback stack).
+ */
+const nbdkitSocket = (who: string): string => `/tmp/bench-nbd-${who}.sock`
+const nbdkitPidFile = (who: string): string => `/tmp/bench-nbdkit-${who}.pid`
+
+async function startNbdkit(vm: Vm, who: string): Promise<void> {
+  await stopNbdkit(vm, who)
+  // nbdkit forks once it listens, after writing its pid file.
+  await vm.run(`nbdkit --pidfile ${nbdkitPidFile(who)} -U ${nbdkitSocket(who)} memory ${kBackingBytes}`)
+  await waitInVm(vm, `test -s ${nbdkitPidFile(who)} && test -S ${nbdkitSocket(who)}`, 30_000)
+}
+
+/** Kill the nbdkit of `who`, if any, and wait until it is gone (its memory with it). */
+async function stopNbdkit(vm: Vm, who: string): Promise<void> {
+  await vm.exec(`pid=$(cat ${nbdkitPidFile(who)} 2>/dev/null) && kill $pid && ` +
+    `for i in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; rm -f ${nbdkitPidFile(who)} ${nbdkitSocket(who)}`)
+}
+
+/** The kernel's NBD client (nbd.ko, configured by nbd-client over netlink), one connection. */
+function kernelNbd(queues: number): Subject {
+  const device = '/dev/nbd0'
+  let connected = false
+  return {
+    id: 'kernel_nbd', label: 'kernel nbd', kind: 'kernel', queues,
+    up: async (vm) => {
+      await vm.run(loadModule('nbd nbds_max=4'))
+      await startNbdkit(vm, 'kernel')
+      const args = `-b 512 -C ${queues}`
+      await vm.run(`nbd-client -unix ${nbdkitSocket('kernel')} ${device} ${args}`)
+      connected = true
+      await waitInVm(vm, `test "$(blockdev --getsize64 ${device})" = ${kBackingBytes}`, 10_000)
+      await fillDevice(vm, device)
+      return { device, note: `nbd-client -unix ${args.replace(/ /g, ',')},sched=${await schedulerOf(vm, device)}` }
+    },
+    down: async (vm) => {
+      if (connected) await vm.run(`nbd-client -d ${device}`)
+      await stopNbdkit(vm, 'kernel')
+    },
+  }
+}
+
 function kernelLoop(queues: number): Subject {
   let device = ''
   return {
@@ -115,24 +168,29 @@ interface Variant {
   onlyJobs?: readonly string[]
 }
 
-function ublkdSubject(target: 'null' | 'memory' | 'loop', queues: number, variant: Variant = { label: `ublkd ${target}` }): Subject {
-  const args = `${target === 'loop' ? `-f ${backingFile}` : '--size 1G'} ${variant.addArgs ?? ''}`.trim()
+function ublkdSubject(target: 'null' | 'memory' | 'loop' | 'nbd', queues: number, variant: Variant = { label: `ublkd ${target}` }): Subject {
+  const source = target === 'loop' ? `-f ${backingFile}` : target === 'nbd' ? `--url 'nbd+unix:///?socket=${nbdkitSocket('ublkd')}'` : '--size 1G'
+  const args = `${source} ${variant.addArgs ?? ''}`.trim()
   const stateDir = variant.stateDir ? ` --state-dir ${variant.stateDir}` : ''
-  const counterpart = ({ null: 'null_blk', memory: 'null_blk_mem', loop: 'kernel_loop' } as const)[target]
+  const counterpart = ({ null: 'null_blk', memory: 'null_blk_mem', loop: 'kernel_loop', nbd: 'kernel_nbd' } as const)[target]
   let id = -1
   const subject: Subject = {
     id: target, label: variant.label, kind: 'ublkd', queues, counterpart,
     up: async (vm) => {
+      if (target === 'nbd') await startNbdkit(vm, 'ublkd')
       const summary = await addDevice(vm, `-t ${target} ${args} -q ${queues}${stateDir}`)
       id = summary.id
-      if (target === 'memory') await fillDevice(vm, summary.blockDevice)
+      if (target === 'memory' || target === 'nbd') await fillDevice(vm, summary.blockDevice)
       const options = Object.entries(summary.options).map(([k, v]) => `${k}=${String(v)}`).join(',')
-      return { device: summary.blockDevice, note: `depth=${summary.depth}${options ? `,${options}` : ''}`, summary }
+      const sched = target === 'nbd' ? `,sched=${await schedulerOf(vm, summary.blockDevice)}` : ''
+      return { device: summary.blockDevice, note: `depth=${summary.depth}${options ? `,${options}` : ''}${sched}`, summary }
     },
     down: async (vm) => {
-      if (id < 0) return
-      const result = await ublkd(vm, `del -n ${id}${stateDir}`)
-      if (result.code !== 0) throw new Error(`ublkd del -n ${id}: ${(result.stderr || result.stdout).trim()}`)
+      if (id >= 0) {
+        const result = await ublkd(vm, `del -n ${id}${stateDir}`)
+        if (result.code !== 0) throw new Error(`ublkd del -n ${id}: ${(result.stderr || result.stdout).trim()}`)
+      }
+      if (target === 'nbd') await stopNbdkit(vm, 'ublkd')
     },
   }
   if (variant.onlyJobs) subject.onlyJobs = variant.onlyJobs
@@ -396,14 +454,20 @@ async function main(): Promise<void> {
     : []
   // ublkd memory takes user copy where the kernel has it (--io-mode auto); its copy mode beside it.
   const memoryCopyVariant: Variant[] = variants ? [{ label: 'ublkd memory copy', addArgs: '--io-mode copy' }] : []
+  // Zero copy (UBLK_F_AUTO_BUF_REG, 7.x only) is opt-in: its rows beside the default (copy) ones.
+  const zeroCopyVariant: Variant[] = variants && vmKernel !== '6.12' ? [{ label: 'zero-copy', addArgs: '--io-mode zero-copy' }] : []
   const groups: Group[] = []
   for (const queues of [1, 2]) {
     const pairs: Subject[][] = [
       [nullBlk(false, queues), ublkdSubject('null', queues),
-        ...[...(queues === 1 ? nullVariants : []), ...hugePagesVariant].map((v) => ublkdSubject('null', queues, v))],
+        ...[...(queues === 1 ? nullVariants : []), ...hugePagesVariant].map((v) => ublkdSubject('null', queues, v)),
+        ...(queues === 1 ? zeroCopyVariant : []).map((v) => ublkdSubject('null', queues, { ...v, label: `ublkd null ${v.label}` }))],
       [nullBlk(true, queues), ublkdSubject('memory', queues),
         ...(queues === 1 ? memoryCopyVariant : []).map((v) => ublkdSubject('memory', queues, v))],
-      [kernelLoop(queues), ublkdSubject('loop', queues)],
+      [kernelLoop(queues), ublkdSubject('loop', queues),
+        ...(queues === 1 ? zeroCopyVariant : []).map((v) => ublkdSubject('loop', queues, { ...v, label: `ublkd loop ${v.label}` }))],
+      // One connection each (nbd-client -C 1, ublkd -q 1): the nbd rows run with 1 queue only.
+      ...(queues === 1 ? [[kernelNbd(queues), ublkdSubject('nbd', queues)]] : []),
     ]
     for (const pair of pairs) {
       const subjects = pair.filter((s) => (!targetFilter || targetFilter.includes(s.id)) && (!queueFilter || queueFilter.includes(s.queues)))
@@ -430,7 +494,7 @@ async function main(): Promise<void> {
       `each device and its kernel counterpart exist together; their fio runs alternate, ${repeat} per job; figures are medians`,
       'Absolute numbers under TCG are meaningless (everything is emulated, ~20x slower than hardware);',
       'only the ratios between rows of this one boot count: ublkd row / its kernel counterpart',
-      '(null -> null_blk, memory -> null_blk mem, loop -> kernel loop, same queue count and job).',
+      '(null -> null_blk, memory -> null_blk mem, loop -> kernel loop, nbd -> kernel nbd, same queue count and job).',
     ].join('\n')
     say(`\n${header}\n`)
 

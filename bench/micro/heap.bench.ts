@@ -104,6 +104,7 @@ class BusyDeviceRing implements NativeRing {
   }
 
   registerFiles(): void {}
+  registerSparseBuffers(): void {}
   watchCompletions(): void {}
   close(): void { this.closed = true }
 }
@@ -126,13 +127,13 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
   const loop = new QueueLoop({
     queueId: 0, depth: kDepth, charFd: -1, ring, descs,
     tagBuffers: Array.from({ length: kDepth }, (_, tag) => Buffer.from(ioBuffer.buffer, tag * kIoBytes, kIoBytes)),
-    tagAddressLo, tagAddressHi,
+    tagAddressLo, tagAddressHi, sqeAddressLo: new Uint32Array(kDepth), sqeAddressHi: new Uint32Array(kDepth),
     stopEventFd: -1, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(allocQueueStats(1), 0)), statsPublishMicros: 0, startGate: createStartGate(true),
     log: pino({ level: 'silent' }),
   })
   const handler = target.openQueue(setup.spec, {
-    queueId: 0, log: pino({ level: 'silent' }), depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi,
+    queueId: 0, log: pino({ level: 'silent' }), ioMode: 'copy', depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi,
     data: { endpoint: ioBuffer, tagOffset: Float64Array.from({ length: kDepth }, (_, tag) => tag * kIoBytes) },
     sqes: loop.stagingSqes, reserveSqe: () => loop.reserveSqe(), complete: (tag, result) => loop.complete(tag, result),
     submitSoon: () => loop.submitStaged(),

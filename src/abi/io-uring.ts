@@ -10,6 +10,8 @@
 
 export const IORING_OP_NOP = 0
 export const IORING_OP_FSYNC = 3
+export const IORING_OP_READ_FIXED = 4
+export const IORING_OP_WRITE_FIXED = 5
 export const IORING_OP_SENDMSG = 9
 export const IORING_OP_ASYNC_CANCEL = 14
 export const IORING_OP_FALLOCATE = 17
@@ -88,6 +90,16 @@ export function encodeReadWrite(
   sqes[base + 5] = addressHi
   sqes[base + 6] = len
   sqes[base + 7] = rwFlags
+}
+
+/** READ_FIXED / WRITE_FIXED: `len` bytes at `fileOffset` of `fd`, to or from registered buffer
+ *  `bufIndex` starting `bufferOffset` bytes into it (a ublk request's pages start at 0). */
+export function encodeFixedReadWrite(
+  sqes: Uint32Array, slot: number, opcode: number, fd: number, bufferOffset: number, len: number, fileOffset: number,
+  bufIndex: number, userDataLo: number, userDataHi: number, rwFlags = 0,
+): void {
+  encodeReadWrite(sqes, slot, opcode, fd, bufferOffset, 0, len, fileOffset, userDataLo, userDataHi, rwFlags)
+  sqes[slot * kSqeWords + 10] = bufIndex
 }
 
 /** IORING_OP_ASYNC_CANCEL of the request whose user_data is `targetLo/targetHi` (in `addr`). */

@@ -24,6 +24,9 @@ export interface NativeRing {
   enter(staged: number, minComplete: number, timeoutNs: number): number
   /** The fixed-file table: an SQE with IOSQE_FIXED_FILE gives an index into `fds` as its fd. */
   registerFiles(fds: readonly number[]): void
+  /** An empty fixed-buffer table of `count` slots (UBLK_F_AUTO_BUF_REG fills slot `tag` with a
+   *  request's pages; READ_FIXED/WRITE_FIXED name it by buf_index). */
+  registerSparseBuffers(count: number): void
   /** Call `callback` from the event loop whenever CQEs were posted (eventfd + uv_poll). */
   watchCompletions(callback: () => void): void
   close(): void

@@ -43,6 +43,8 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
     const stopAddress = native.bufferAddress(stopBuffer, 0)
     queueData = openQueueData(input.ioMode, input)
     const { tagBuffers, commandAddressLo: tagAddressLo, commandAddressHi: tagAddressHi } = queueData
+    // Zero copy: the table the kernel puts each request's pages in, slot = tag.
+    if (input.ioMode === 'zero-copy') ring.registerSparseBuffers(input.depth)
 
     const loop: QueueLoop = new QueueLoop({
       queueId: input.queueId,
@@ -53,6 +55,8 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       tagBuffers,
       tagAddressLo,
       tagAddressHi,
+      sqeAddressLo: queueData.sqeAddressLo,
+      sqeAddressHi: queueData.sqeAddressHi,
       stopEventFd: input.stopEventFd,
       stopReadAddressLo: Number(stopAddress & 0xffffffffn),
       stopReadAddressHi: Number(stopAddress >> 32n),
@@ -64,6 +68,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
     const handler = target.openQueue(input.targetSpec, {
       queueId: input.queueId,
       log,
+      ioMode: input.ioMode,
       depth: input.depth,
       maxIoBufBytes: input.maxIoBufBytes,
       tagAddressLo,

@@ -7,6 +7,7 @@ import type { QueueTaskInput } from '../common/messages.js'
 import type { RequestData } from '../targets/target.js'
 import { CopyModeData } from './copy-mode.js'
 import { UserCopyModeData } from './user-copy-mode.js'
+import { ZeroCopyModeData } from './zero-copy-mode.js'
 
 export interface QueueData {
   readonly data: RequestData
@@ -15,6 +16,9 @@ export interface QueueData {
   /** The buffer address of each tag's FETCH_REQ and COMMIT_AND_FETCH_REQ, in 32-bit halves. */
   readonly commandAddressLo: Uint32Array
   readonly commandAddressHi: Uint32Array
+  /** What those commands' SQEs carry in their own addr (zero copy: the buffer slot). */
+  readonly sqeAddressLo: Uint32Array
+  readonly sqeAddressHi: Uint32Array
   /** Bytes of memory the mode mapped for the queue. */
   readonly mappedBytes: number
   /** Unmap that memory; `abandon`: leave it mapped for the life of the process instead, because
@@ -23,5 +27,6 @@ export interface QueueData {
 }
 
 export function openQueueData(mode: IoMode, input: QueueTaskInput): QueueData {
+  if (mode === 'zero-copy') return new ZeroCopyModeData(input)
   return mode === 'user-copy' ? new UserCopyModeData(input) : new CopyModeData(input)
 }

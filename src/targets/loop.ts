@@ -27,8 +27,8 @@ import path from 'node:path'
 
 import {
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
-  IORING_FSYNC_DATASYNC, IORING_OP_READ, IORING_OP_WRITE, RWF_DSYNC, encodeFallocate, encodeFsync,
-  encodeReadWrite, kSqeWords,
+  IORING_FSYNC_DATASYNC, IORING_OP_READ, IORING_OP_READ_FIXED, IORING_OP_WRITE, IORING_OP_WRITE_FIXED, RWF_DSYNC,
+  encodeFallocate, encodeFixedReadWrite, encodeFsync, encodeReadWrite, kSqeWords,
 } from '../abi/io-uring.js'
 import {
   UBLK_IO_F_FUA, UBLK_IO_F_NOUNMAP, UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ,
@@ -244,6 +244,12 @@ class LoopQueue implements QueueHandler {
   /** Where this queue's SQEs are encoded: the ring's staging area, or the inline batch. */
   private readonly sqes: Uint32Array
   private readonly inline: InlineBatch | null
+  /** Zero copy: request `tag`'s pages are the ring's fixed buffer `tag`; the end of a file is
+   *  zero-filled from /dev/zero into them (READ_FIXED) rather than by the daemon. */
+  private readonly zeroCopy: boolean
+  private readonly zeroFd: number
+  /** Per tag: the READ is being zero-filled past the end of the file. */
+  private readonly zeroFilling: Uint8Array
 
   constructor(private readonly spec: LoopSpec, private readonly queue: QueueContext) {
     this.op = new Uint8Array(queue.depth)
@@ -254,7 +260,11 @@ class LoopQueue implements QueueHandler {
     this.total = new Uint32Array(queue.depth)
     this.done = new Uint32Array(queue.depth)
     this.buffers = new Array<Buffer | null>(queue.depth).fill(null)
-    this.inline = spec.inlineIo ? new InlineBatch(queue.depth) : null
+    this.zeroCopy = queue.ioMode === 'zero-copy'
+    this.zeroFd = this.zeroCopy ? fs.openSync('/dev/zero', 'r') : -1
+    this.zeroFilling = new Uint8Array(queue.depth)
+    // Inline I/O performs SQEs with plain system calls, which cannot name a fixed buffer.
+    this.inline = spec.inlineIo && !this.zeroCopy ? new InlineBatch(queue.depth) : null
     this.sqes = this.inline ? this.inline.sqes : queue.sqes
   }
 
@@ -283,6 +293,7 @@ class LoopQueue implements QueueHandler {
         this.offset[tag] = offset
         this.total[tag] = bytes
         this.done[tag] = 0
+        this.zeroFilling[tag] = 0
         this.fua[tag] = request.flags & UBLK_IO_F_FUA ? 1 : 0
         this.buffers[tag] = request.buffer
         this.stageTransfer(tag)
@@ -325,7 +336,8 @@ class LoopQueue implements QueueHandler {
       return
     }
     if (res === kEagain || res === kEintr) {
-      this.stageTransfer(tag)
+      if (this.zeroFilling[tag] === 1) this.stageZeroFill(tag)
+      else this.stageTransfer(tag)
       return
     }
     if (res < 0) {
@@ -333,6 +345,14 @@ class LoopQueue implements QueueHandler {
       return
     }
     const total = this.total[tag]!
+    if (this.zeroFilling[tag] === 1) {
+      const filled = this.done[tag]! + res
+      this.done[tag] = filled
+      if (res === 0) this.finish(tag, kEio)
+      else if (filled < total) this.stageZeroFill(tag)
+      else this.finish(tag, total)
+      return
+    }
     if (res === 0) {
       if (op === UBLK_IO_OP_WRITE) {
         this.finish(tag, kEio) // no progress: do not spin
@@ -343,6 +363,11 @@ class LoopQueue implements QueueHandler {
         return
       }
       // End of the backing file: the rest of the device reads as zeros.
+      if (this.zeroCopy) {
+        this.zeroFilling[tag] = 1
+        this.stageZeroFill(tag)
+        return
+      }
       this.buffers[tag]!.fill(0, this.done[tag]!, total)
       this.finish(tag, total)
       return
@@ -355,13 +380,26 @@ class LoopQueue implements QueueHandler {
 
   private stageTransfer(tag: number): void {
     const done = this.done[tag]!
+    const write = this.op[tag] === UBLK_IO_OP_WRITE
+    if (this.zeroCopy) {
+      encodeFixedReadWrite(this.sqes, this.reserveSqe(tag), write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED,
+        this.spec.fd, done, this.total[tag]! - done, this.offset[tag]! + done, tag, tag, kUserDataTarget,
+        write && this.fua[tag] ? RWF_DSYNC : 0)
+      return
+    }
     const sum = this.queue.tagAddressLo[tag]! + done
     const addressLo = sum % 0x1_0000_0000
     const addressHi = this.queue.tagAddressHi[tag]! + (sum >= 0x1_0000_0000 ? 1 : 0)
-    const write = this.op[tag] === UBLK_IO_OP_WRITE
     encodeReadWrite(this.sqes, this.reserveSqe(tag), write ? IORING_OP_WRITE : IORING_OP_READ,
       this.spec.fd, addressLo, addressHi, this.total[tag]! - done, this.offset[tag]! + done, tag, kUserDataTarget,
       write && this.fua[tag] ? RWF_DSYNC : 0)
+  }
+
+  /** Zero copy: the rest of a READ past the end of the file, from /dev/zero. */
+  private stageZeroFill(tag: number): void {
+    const done = this.done[tag]!
+    encodeFixedReadWrite(this.sqes, this.reserveSqe(tag), IORING_OP_READ_FIXED, this.zeroFd, done, this.total[tag]! - done,
+      0, tag, tag, kUserDataTarget)
   }
 
   private finish(tag: number, result: number): void {
@@ -369,7 +407,9 @@ class LoopQueue implements QueueHandler {
     this.queue.complete(tag, result)
   }
 
-  close(): void {}
+  close(): void {
+    if (this.zeroFd >= 0) fs.closeSync(this.zeroFd)
+  }
 }
 
 /** SQEs staged for inline execution this turn: at most one per tag. */
@@ -412,7 +452,8 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
   name: 'loop',
   survivesRestart: true,
   // Its file I/O reads into and writes from the tag buffers.
-  ioModes: ['copy'],
+  // Zero copy is not auto's choice yet (opt in).
+  ioModes: ['copy', 'zero-copy'],
   summary: 'a regular file or block device (like the kernel loop driver)',
   optionHelp: [
     '-f, --file PATH          backing regular file or block device (required)',

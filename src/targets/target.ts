@@ -85,6 +85,9 @@ export interface QueueContext {
   queueId: number
   /** The queue's logger (devId and queueId bound): lifecycle events only, never one line per I/O. */
   log: Logger
+  /** The device's I/O mode, one of the target's ioModes. Zero copy: request `tag`'s pages are the
+   *  ring's fixed buffer `tag`, for the target's READ_FIXED/WRITE_FIXED (IoRequest.buffer is empty). */
+  ioMode: IoMode
   depth: number
   maxIoBufBytes: number
   /** Copy mode: user addresses of each tag's buffer, split in 32-bit halves, for the target's own

@@ -1,5 +1,6 @@
 // The nbd client (handshake and queue) against a scripted NBD server written here: fixed
-// newstyle with NBD_OPT_GO, a RAM disk served with simple replies, and knobs to misbehave.
+// newstyle with NBD_OPT_GO, a RAM disk served with simple replies (or, with `structured`, READs
+// as structured reply chunks), and knobs to misbehave.
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -17,9 +18,11 @@ import {
   NBD_CMD_DISC, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE,
   NBD_CMD_WRITE_ZEROES, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_FIXED_NEWSTYLE,
   NBD_FLAG_HAS_FLAGS, NBD_FLAG_NO_ZEROES, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
-  NBD_FLAG_SEND_WRITE_ZEROES, NBD_INFO_BLOCK_SIZE, NBD_INFO_EXPORT, NBD_OPT_GO, NBD_OPT_STARTTLS, NBD_REP_ACK,
-  NBD_REP_ERR_POLICY, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO, kDefaultMaxBlockBytes,
-  kNbdMagic, kNbdOldstyleMagic, kNbdOptMagic, kNbdOptReplyMagic, kNbdRequestMagic, kNbdSimpleReplyMagic,
+  NBD_FLAG_SEND_WRITE_ZEROES, NBD_INFO_BLOCK_SIZE, NBD_INFO_EXPORT, NBD_OPT_GO, NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY,
+  NBD_REP_ACK, NBD_REP_ERR_POLICY, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_INFO,
+  NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, NBD_REPLY_TYPE_ERROR_OFFSET, NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REPLY_TYPE_OFFSET_HOLE, kDefaultMaxBlockBytes, kNbdMagic, kNbdOldstyleMagic, kNbdOptMagic, kNbdOptReplyMagic,
+  kNbdRequestMagic, kNbdSimpleReplyMagic, kNbdStructuredReplyMagic,
 } from '../../src/targets/nbd/protocol.js'
 import { NbdQueue, type NbdSpec } from '../../src/targets/nbd/queue.js'
 import { nbdTarget } from '../../src/targets/nbd.js'
@@ -116,8 +119,84 @@ interface NbdRequest {
   payload: Buffer
 }
 
+/** How a server that agreed to structured replies answers READs: the data in 3 OFFSET_DATA
+ *  chunks sent backwards, or also the zero sectors as OFFSET_HOLE chunks. */
+type StructuredMode = 'data' | 'holes'
+
 class Conn {
+  /** NBD_OPT_STRUCTURED_REPLY was agreed on this connection. */
+  structured = false
+
   constructor(readonly index: number, readonly socket: net.Socket, private readonly server: ScriptedServer) {}
+
+  /** One structured reply chunk: header (its length that of `body` unless said), then `body`. */
+  chunk(request: NbdRequest, type: number, flags: number, body: Buffer = Buffer.alloc(0), options: { handle?: Buffer; length?: number } = {}): void {
+    const header = Buffer.alloc(20)
+    header.writeUInt32BE(kNbdStructuredReplyMagic, 0)
+    header.writeUInt16BE(flags, 4)
+    header.writeUInt16BE(type, 6)
+    ;(options.handle ?? request.handle).copy(header, 8)
+    header.writeUInt32BE(options.length ?? body.length, 16)
+    this.socket.write(Buffer.concat([header, body]))
+    this.server.chunks.push(type)
+  }
+
+  /** OFFSET_DATA: the disk's bytes at `[offset, offset + length)` (or `data`). */
+  dataChunk(request: NbdRequest, offset: number, length: number, done: boolean, options: { handle?: Buffer; data?: Buffer } = {}): void {
+    const body = Buffer.alloc(8 + length)
+    body.writeBigUInt64BE(BigInt(offset), 0)
+    ;(options.data ?? this.server.disk.subarray(offset, offset + length)).copy(body, 8)
+    this.chunk(request, NBD_REPLY_TYPE_OFFSET_DATA, done ? NBD_REPLY_FLAG_DONE : 0, body, options)
+  }
+
+  holeChunk(request: NbdRequest, offset: number, length: number, done: boolean): void {
+    const body = Buffer.alloc(12)
+    body.writeBigUInt64BE(BigInt(offset), 0)
+    body.writeUInt32BE(length, 8)
+    this.chunk(request, NBD_REPLY_TYPE_OFFSET_HOLE, done ? NBD_REPLY_FLAG_DONE : 0, body)
+  }
+
+  /** ERROR (or ERROR_OFFSET with `offset`); `messageBytes` may lie about the message's length. */
+  errorChunk(request: NbdRequest, error: number, message: string, done: boolean, options: { offset?: number; messageBytes?: number } = {}): void {
+    const text = Buffer.from(message, 'utf8')
+    const body = Buffer.alloc(6 + text.length + (options.offset === undefined ? 0 : 8))
+    body.writeUInt32BE(error, 0)
+    body.writeUInt16BE(options.messageBytes ?? text.length, 4)
+    text.copy(body, 6)
+    if (options.offset !== undefined) body.writeBigUInt64BE(BigInt(options.offset), 6 + text.length)
+    this.chunk(request, options.offset === undefined ? NBD_REPLY_TYPE_ERROR : NBD_REPLY_TYPE_ERROR_OFFSET, done ? NBD_REPLY_FLAG_DONE : 0, body)
+  }
+
+  noneChunk(request: NbdRequest, flags = NBD_REPLY_FLAG_DONE): void {
+    this.chunk(request, NBD_REPLY_TYPE_NONE, flags)
+  }
+
+  /** A READ answered in chunks, sent last piece first; the last chunk sent (the first piece) says DONE. */
+  readChunks(request: NbdRequest, mode: StructuredMode): void {
+    const { disk } = this.server
+    const pieces: { offset: number; length: number; hole: boolean }[] = []
+    if (mode === 'data') {
+      const third = Math.max(Math.floor(request.length / 3), 1)
+      for (let at = 0; at < request.length; at += third) {
+        pieces.push({ offset: request.offset + at, length: Math.min(third, request.length - at), hole: false })
+      }
+    } else {
+      // Runs of all-zero sectors are holes, the rest data.
+      for (let at = 0; at < request.length; at += kSector) {
+        const from = request.offset + at
+        const length = Math.min(kSector, request.length - at)
+        const hole = disk.subarray(from, from + length).every((b) => b === 0)
+        const last = pieces.at(-1)
+        if (last && last.hole === hole) last.length += length
+        else pieces.push({ offset: from, length, hole })
+      }
+    }
+    for (let i = pieces.length - 1; i >= 0; i--) {
+      const { offset, length, hole } = pieces[i]!
+      if (hole) this.holeChunk(request, offset, length, i === 0)
+      else this.dataChunk(request, offset, length, i === 0)
+    }
+  }
 
   /** A simple reply; a READ's data follows a successful one. */
   reply(request: NbdRequest, error = 0, options: { handle?: Buffer; magic?: number; payload?: Buffer } = {}): void {
@@ -141,9 +220,11 @@ class Conn {
       this.reply(request, 22)
       return
     }
+    const mode = this.structured ? this.server.structured : null
     switch (request.type) {
       case NBD_CMD_READ:
-        this.reply(request, 0, { payload: this.readData(request) })
+        if (mode) this.readChunks(request, mode)
+        else this.reply(request, 0, { payload: this.readData(request) })
         return
       case NBD_CMD_WRITE:
         request.payload.copy(disk, request.offset)
@@ -158,7 +239,10 @@ class Conn {
         this.reply(request, 22)
         return
     }
-    this.reply(request)
+    // With structured replies, a WRITE is answered with a NONE chunk; the others with simple
+    // replies (still legal).
+    if (mode && request.type === NBD_CMD_WRITE) this.noneChunk(request)
+    else this.reply(request)
   }
 }
 
@@ -168,6 +252,8 @@ interface ServerOptions {
   sizeBytes?: number
   exportFlags?: number
   blocks?: [number, number, number]
+  /** Agree to NBD_OPT_STRUCTURED_REPLY and answer READs so (default: refuse it). */
+  structured?: StructuredMode
   onRequest?: (request: NbdRequest, conn: Conn) => void
 }
 
@@ -180,6 +266,9 @@ class ScriptedServer {
   readonly requests: NbdRequest[] = []
   readonly clientFlags: number[] = []
   readonly goRequests: { name: string; infos: number[] }[] = []
+  /** Every option asked, in order; the types of structured chunks sent. */
+  readonly options: number[] = []
+  readonly chunks: number[] = []
   /** Connections accepted, and those that reached transmission. */
   connections = 0
   transmitting = 0
@@ -189,6 +278,7 @@ class ScriptedServer {
   exportName: string
   exportFlags: number
   blocks: [number, number, number]
+  structured: StructuredMode | null
   onRequest: (request: NbdRequest, conn: Conn) => void
   private readonly server = net.createServer((socket) => this.accept(socket))
   private readonly live = new Set<net.Socket>()
@@ -198,6 +288,7 @@ class ScriptedServer {
     this.exportName = options.exportName ?? ''
     this.exportFlags = options.exportFlags ?? kAllFlags
     this.blocks = options.blocks ?? [512, 4096, 4096]
+    this.structured = options.structured ?? null
     this.onRequest = options.onRequest ?? ((request, conn) => conn.serve(request))
     this.disk = Buffer.alloc(options.sizeBytes ?? 1 << 20)
     for (let i = 0; i < this.disk.length; i++) this.disk[i] = (i * 31 + (i >>> 12)) & 0xff
@@ -276,6 +367,12 @@ class ScriptedServer {
       if (header.readBigUInt64BE(0) !== kNbdOptMagic) throw new Error('bad option magic')
       const option = header.readUInt32BE(8)
       const data = await reader.read(header.readUInt32BE(12))
+      this.options.push(option)
+      if (option === NBD_OPT_STRUCTURED_REPLY && this.structured !== null) {
+        this.optionReply(socket, option, NBD_REP_ACK)
+        conn.structured = true
+        continue
+      }
       if (option === NBD_OPT_STARTTLS) {
         if (mode === 'starttls-then-silent') {
           this.optionReply(socket, option, NBD_REP_ACK)
@@ -428,6 +525,18 @@ t.test('dialNbd: nbds:// times out when the server accepts STARTTLS and then say
   await within(dialing, 1000, 'nbds dial after the server left').catch(() => {})
 })
 
+t.test('dialNbd: structured replies are asked for before GO, and reported as the server answers', async (t) => {
+  for (const structured of ['data', undefined] as const) {
+    const server = await startServer(t, structured === undefined ? {} : { structured })
+    const session = await dial(server)
+    t.equal(session.structuredReplies, structured !== undefined, structured === undefined ? 'refused (ERR_UNSUP): false' : 'acknowledged: true')
+    t.same(server.options, [NBD_OPT_STRUCTURED_REPLY, NBD_OPT_GO], 'NBD_OPT_STRUCTURED_REPLY, then NBD_OPT_GO')
+    t.same(session.export, { sizeBytes: 1 << 20, flags: kAllFlags, minBlockBytes: 512, preferredBlockBytes: 4096, maxBlockBytes: 4096 })
+    session.socket.destroy()
+    await server.stop()
+  }
+})
+
 // NbdQueue.
 
 const kIoBytes = 65536
@@ -448,7 +557,7 @@ function fakeQueue(): FakeQueue {
   const unclaimed = new Map<number, number[]>()
   const waiters = new Map<number, (result: number) => void>()
   const context: QueueContext = {
-    queueId: 0, log: createLogger('silent', {}), depth: 4, maxIoBufBytes: kIoBytes,
+    queueId: 0, log: createLogger('silent', {}), ioMode: 'copy', depth: 4, maxIoBufBytes: kIoBytes,
     tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
     data: { endpoint, tagOffset: Float64Array.from([0, 1, 2, 3], (tag) => tag * kIoBytes) },
     sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, submitSoon: () => {},
@@ -586,8 +695,10 @@ t.test('queue: a server error on one part fails the request with its errno; unkn
 })
 
 /** A server whose first connection misbehaves on the READ part at `badPart` (the others are served). */
-async function misbehaving(t: Test, badPart: number, misbehave: (request: NbdRequest, conn: Conn) => void): Promise<ScriptedServer> {
+async function misbehaving(t: Test, badPart: number, misbehave: (request: NbdRequest, conn: Conn) => void,
+  options: ServerOptions = {}): Promise<ScriptedServer> {
   return startServer(t, {
+    ...options,
     onRequest: (request, conn) => {
       if (conn.index === 1 && request.type === NBD_CMD_READ && request.offset % k16K === badPart * 4096) misbehave(request, conn)
       else conn.serve(request)
@@ -596,19 +707,19 @@ async function misbehaving(t: Test, badPart: number, misbehave: (request: NbdReq
 }
 
 /** A 16 KiB READ at sector 32 on tag 1 completes with the disk's data, over a second connection. */
-async function readSurvives(t: Test, server: ScriptedServer, resentParts: number[]): Promise<void> {
+async function readSurvives(t: Test, server: ScriptedServer, resentParts: number[], spec: Partial<NbdSpec> = {}, ms = 3000): Promise<void> {
   const queue = fakeQueue()
-  const handler = openQueue(t, server, queue)
+  const handler = openQueue(t, server, queue, spec)
   queue.buffer(1).fill(0)
   t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
-  t.equal(await queue.result(1), k16K, 'the READ completes')
+  t.equal(await queue.result(1, ms), k16K, 'the READ completes')
   t.ok(queue.buffer(1).subarray(0, k16K).equals(diskAt(server, 32, k16K)), 'with the right data')
   t.equal(server.connections, 2, 'after one reconnect')
   t.same(server.on(2).map((r) => (r.offset - 32 * kSector) / 4096), resentParts, 'the parts not yet answered were sent again')
   t.same(queue.completions, [[1, k16K]], 'completed once')
   // And the new connection keeps working.
   t.equal(submit(handler, queue, 2, UBLK_IO_OP_WRITE, 0, 8), kIoPending)
-  t.equal(await queue.result(2), 4096)
+  t.equal(await queue.result(2, ms), 4096)
 }
 
 t.test('queue: a reply to a handle no request has drops the connection; the request is re-sent and completes', async (t) => {
@@ -760,6 +871,221 @@ t.test('queue: close() says goodbye with NBD_CMD_DISC', async (t) => {
   handler.close(true)
   await until(() => server.disconnects === 1, 1000, 'NBD_CMD_DISC')
   t.equal(server.connections, 1)
+})
+
+// Structured replies.
+
+/** `bytes` of a pattern with no zero byte, but zero in the sectors `zeroSectors` names: holes for the 'holes' server. */
+function sparsePattern(bytes: number, zeroSectors: (sector: number) => boolean): Buffer {
+  const data = Buffer.alloc(bytes)
+  for (let i = 0; i < bytes; i++) data[i] = zeroSectors(Math.floor(i / kSector)) ? 0 : ((i * 13 + 5) & 0xff) | 1
+  return data
+}
+
+t.test('structured: WRITE then READ round-trip, the READ as 3 OFFSET_DATA chunks out of order; NONE and simple replies for the rest', async (t) => {
+  const server = await startServer(t, { structured: 'data' })
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue, { maxPayloadBytes: kIoBytes })
+  const data = queue.buffer(1)
+  for (let i = 0; i < k16K; i++) data[i] = (i * 11 + 7) & 0xff
+  const written = Buffer.from(data.subarray(0, k16K))
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_WRITE, 64, kSectors16K), kIoPending)
+  t.equal(await queue.result(1), k16K, 'the WRITE (answered with a NONE chunk) completes with its length')
+  t.ok(diskAt(server, 64, k16K).equals(written), 'the server has the data')
+  queue.buffer(2).fill(0xee)
+  t.equal(submit(handler, queue, 2, UBLK_IO_OP_READ, 64, kSectors16K), kIoPending)
+  t.equal(await queue.result(2), k16K)
+  t.ok(queue.buffer(2).subarray(0, k16K).equals(written), 'the READ returns it, each chunk at its offset')
+  t.ok(queue.buffer(2).subarray(k16K).every((b) => b === 0xee), 'nothing past its length is touched')
+  t.same(server.chunks, [NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_DATA,
+    NBD_REPLY_TYPE_OFFSET_DATA], 'a NONE chunk, then the READ in chunks (16384 / 5461 is 4 pieces)')
+  // An odd-sized READ: the pieces are not sector-aligned.
+  t.equal(submit(handler, queue, 3, UBLK_IO_OP_READ, 3, 3), kIoPending)
+  t.equal(await queue.result(3), 1536)
+  t.ok(queue.buffer(3).subarray(0, 1536).equals(diskAt(server, 3, 1536)))
+  for (const [op, what] of [[UBLK_IO_OP_FLUSH, 'FLUSH'], [UBLK_IO_OP_DISCARD, 'DISCARD'], [UBLK_IO_OP_WRITE_ZEROES, 'WRITE_ZEROES']] as const) {
+    t.equal(submit(handler, queue, 0, op, 64, op === UBLK_IO_OP_FLUSH ? 0 : 16), kIoPending)
+    t.equal(await queue.result(0), 0, `${what} (a simple reply on a structured connection)`)
+  }
+  t.equal(server.connections, 1, 'all on one connection')
+})
+
+t.test('structured: a READ split in parts (maxPayloadBytes 4096), each part answered in chunks', async (t) => {
+  const server = await startServer(t, { structured: 'data' })
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  queue.buffer(1).fill(0xaa)
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 40, kSectors16K), kIoPending)
+  t.equal(await queue.result(1), k16K)
+  t.ok(queue.buffer(1).subarray(0, k16K).equals(diskAt(server, 40, k16K)), 'each part\'s chunks at their place')
+  t.same(server.requests.map((r) => [r.type, r.offset, r.length]),
+    [0, 1, 2, 3].map((part) => [NBD_CMD_READ, 40 * kSector + part * 4096, 4096]), '4 READ requests of 4096')
+  t.equal(server.chunks.length, 16, '4096 / 1365 is 4 chunks per part')
+  // Two tags at once, their chunks interleaved on the connection.
+  for (let tag = 0; tag < 4; tag++) handler.handleIo({ tag, op: UBLK_IO_OP_READ, flags: 0, startSector: tag * 100 + 1, nrSectors: 64, buffer: queue.buffer(tag) })
+  handler.endTurn()
+  for (let tag = 0; tag < 4; tag++) {
+    t.equal(await queue.result(tag), 32768)
+    t.ok(queue.buffer(tag).subarray(0, 32768).equals(diskAt(server, tag * 100 + 1, 32768)), `tag ${tag}'s data`)
+  }
+  t.equal(server.connections, 1)
+})
+
+t.test('structured: zero ranges come as OFFSET_HOLE chunks and are zeroed in the tag buffer', async (t) => {
+  const server = await startServer(t, { structured: 'holes' })
+  const queue = fakeQueue()
+  for (const maxPayloadBytes of [kIoBytes, 4096]) {
+    server.chunks.length = 0
+    const handler = openQueue(t, server, queue, { maxPayloadBytes })
+    // Sectors 2-5, 8 and 12-31 are zero (a hole across the 4096 boundary, one ending the request).
+    const sparse = sparsePattern(k16K, (sector) => (sector >= 2 && sector <= 5) || sector === 8 || sector >= 12)
+    sparse.copy(queue.buffer(1))
+    t.equal(submit(handler, queue, 1, UBLK_IO_OP_WRITE, 128, kSectors16K), kIoPending)
+    t.equal(await queue.result(1), k16K)
+    queue.buffer(2).fill(0xaa)
+    t.equal(submit(handler, queue, 2, UBLK_IO_OP_READ, 128, kSectors16K), kIoPending)
+    t.equal(await queue.result(2), k16K, `the READ completes (parts of ${maxPayloadBytes})`)
+    t.ok(queue.buffer(2).subarray(0, k16K).equals(sparse), 'data where there is data, zeros in the holes (not the 0xAA left there)')
+    t.ok(queue.buffer(2).subarray(k16K).every((b) => b === 0xaa), 'nothing past its length is touched')
+    t.ok(server.chunks.filter((type) => type === NBD_REPLY_TYPE_OFFSET_HOLE).length >= 3, 'holes were sent')
+    // All of it a hole.
+    queue.buffer(3).fill(0xaa)
+    t.equal(submit(handler, queue, 3, UBLK_IO_OP_READ, 128 + 12, 16), kIoPending)
+    t.equal(await queue.result(3), 8192)
+    t.ok(queue.buffer(3).subarray(0, 8192).every((b) => b === 0), 'a READ that is one big hole reads zeros')
+    handler.close(true)
+  }
+  t.equal(server.connections, 2, 'one connection per queue, no reconnect')
+})
+
+t.test('structured: an ERROR or ERROR_OFFSET chunk fails the READ with its errno; the connection stays', async (t) => {
+  let how: 'error' | 'error-offset' | 'error-then-none' | null = null
+  const server = await startServer(t, {
+    structured: 'data',
+    onRequest: (request, conn) => {
+      // The third part of a READ fails part way: some data, then the error.
+      if (how === null || request.type !== NBD_CMD_READ || request.offset % k16K !== 2 * 4096) return conn.serve(request)
+      conn.dataChunk(request, request.offset + 2048, 2048, false)
+      if (how === 'error') conn.errorChunk(request, 28, 'no space left', true)
+      else if (how === 'error-offset') conn.errorChunk(request, 28, 'no space at', true, { offset: request.offset + 1024 })
+      else {
+        conn.errorChunk(request, 28, '', false)
+        conn.noneChunk(request)
+      }
+    },
+  })
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  for (const variant of ['error', 'error-offset', 'error-then-none'] as const) {
+    how = variant
+    t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
+    t.equal(await queue.result(1), -28, `${variant}: ENOSPC`)
+  }
+  how = null
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
+  t.equal(await queue.result(1), k16K, 'the next READ is fine')
+  t.ok(queue.buffer(1).subarray(0, k16K).equals(diskAt(server, 32, k16K)))
+  t.equal(server.connections, 1, 'an error chunk is not a broken connection')
+})
+
+t.test('structured: a READ whose chunks do not cover it but say DONE fails with EIO, never with stale bytes', async (t) => {
+  let how: 'short' | 'none-only' | 'data-then-none' | null = null
+  const server = await startServer(t, {
+    structured: 'data',
+    onRequest: (request, conn) => {
+      if (how === null || request.type !== NBD_CMD_READ || request.offset % k16K !== 1 * 4096) return conn.serve(request)
+      if (how === 'short') {
+        // 2 of 3 pieces; the hole between them is never sent.
+        conn.dataChunk(request, request.offset + 3072, 1024, false)
+        conn.dataChunk(request, request.offset, 2048, true)
+      } else if (how === 'none-only') {
+        conn.noneChunk(request)
+      } else {
+        // Everything, then NONE with DONE: complete (not a failure).
+        conn.dataChunk(request, request.offset + 2048, 2048, false)
+        conn.dataChunk(request, request.offset, 2048, false)
+        conn.noneChunk(request)
+      }
+    },
+  })
+  const queue = fakeQueue()
+  const handler = openQueue(t, server, queue)
+  for (const variant of ['short', 'none-only'] as const) {
+    how = variant
+    queue.buffer(1).fill(0xaa)
+    t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
+    t.equal(await queue.result(1), -5, `${variant}: EIO`)
+  }
+  how = 'data-then-none'
+  queue.buffer(1).fill(0xaa)
+  t.equal(submit(handler, queue, 1, UBLK_IO_OP_READ, 32, kSectors16K), kIoPending)
+  t.equal(await queue.result(1), k16K, 'all the data, then a NONE chunk with DONE: complete')
+  t.ok(queue.buffer(1).subarray(0, k16K).equals(diskAt(server, 32, k16K)))
+  t.equal(server.connections, 1, 'a short READ is not a broken connection')
+  t.same(queue.completions.map(([, result]) => result), [-5, -5, k16K])
+})
+
+/** Another generation's handle of `request`. */
+function bogusHandle(request: NbdRequest): Buffer {
+  const bogus = Buffer.from(request.handle)
+  bogus[0]! ^= 0x5a
+  return bogus
+}
+
+const kMalicious: [string, (request: NbdRequest, conn: Conn) => void, number[]?][] = [
+  ['OFFSET_DATA past the part (in the next part)', (r, c) => c.dataChunk(r, r.offset + r.length, 512, true)],
+  ['OFFSET_DATA before the part', (r, c) => c.dataChunk(r, r.offset - 512, 512, true)],
+  ['OFFSET_DATA straddling the part\'s end', (r, c) => c.dataChunk(r, r.offset + r.length - 512, 1024, true)],
+  ['OFFSET_DATA longer than the request', (r, c) => c.dataChunk(r, r.offset, r.length + 512, true)],
+  ['OFFSET_DATA without data', (r, c) => c.chunk(r, NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_FLAG_DONE, Buffer.alloc(8))],
+  ['chunks covering more than the part (overlap)', (r, c) => {
+    c.dataChunk(r, r.offset, r.length, false)
+    c.dataChunk(r, r.offset, 512, true)
+  }],
+  ['OFFSET_HOLE past the part', (r, c) => c.holeChunk(r, r.offset + 2048, r.length, true)],
+  ['OFFSET_HOLE of length 0', (r, c) => c.holeChunk(r, r.offset, 0, true)],
+  ['OFFSET_HOLE of a wrong chunk length', (r, c) => c.chunk(r, NBD_REPLY_TYPE_OFFSET_HOLE, NBD_REPLY_FLAG_DONE, Buffer.alloc(16))],
+  ['a chunk of unknown type (5, BLOCK_STATUS)', (r, c) => c.chunk(r, 5, NBD_REPLY_FLAG_DONE, Buffer.alloc(12))],
+  ['an ERROR chunk whose message length is more than its chunk has', (r, c) => c.errorChunk(r, 28, 'no space', true, { messageBytes: 20 })],
+  ['an ERROR chunk whose message length is less than its chunk has', (r, c) => c.errorChunk(r, 28, 'no space', true, { messageBytes: 2 })],
+  ['an ERROR chunk shorter than its fixed fields', (r, c) => c.chunk(r, NBD_REPLY_TYPE_ERROR, NBD_REPLY_FLAG_DONE, Buffer.alloc(4, 1))],
+  ['an ERROR chunk with error 0', (r, c) => c.errorChunk(r, 0, 'fine?', true)],
+  ['a NONE chunk without DONE', (r, c) => c.noneChunk(r, 0)],
+  ['a NONE chunk with a length', (r, c) => c.chunk(r, NBD_REPLY_TYPE_NONE, NBD_REPLY_FLAG_DONE, Buffer.alloc(4))],
+  ['a structured chunk to a handle no request has', (r, c) => c.dataChunk(r, r.offset, r.length, true, { handle: bogusHandle(r) })],
+  ['a chunk after DONE', (r, c) => {
+    c.dataChunk(r, r.offset, r.length, true)
+    c.noneChunk(r)
+  }, [2, 3]],
+  ['a successful simple reply with data to a READ', (r, c) => c.reply(r, 0, { payload: c.readData(r) })],
+]
+
+/** Timeouts with room for a loaded machine: one reconnect must not expire the held READ. */
+const kPatient: Partial<NbdSpec> = { connectTimeoutMs: 3000, reconnectTimeoutMs: 5000, replyTimeoutMs: 3000 }
+
+for (const [what, misbehave, resent] of kMalicious) {
+  t.test(`structured: ${what} drops the connection; the READ is re-sent and completes`, async (t) => {
+    const server = await misbehaving(t, 1, misbehave, { structured: 'data' })
+    await readSurvives(t, server, resent ?? [1, 2, 3], kPatient, 6000)
+    t.ok(server.chunks.length > 4, 'the second connection answered in chunks')
+  })
+}
+
+t.test('structured: a structured chunk from a server that did not agree to them drops the connection; the READ is re-sent and completes', async (t) => {
+  const server = await misbehaving(t, 1, (request, conn) => conn.dataChunk(request, request.offset, request.length, true))
+  await readSurvives(t, server, [1, 2, 3], kPatient, 6000)
+})
+
+t.test('structured: chunks that overlap but add up to the part\'s length (half of it sent twice) do not pass for the whole part', async (t) => {
+  for (const twice of ['data', 'hole'] as const) {
+    const server = await misbehaving(t, 1, (request, conn) => {
+      if (twice === 'data') conn.dataChunk(request, request.offset, 2048, false)
+      else conn.holeChunk(request, request.offset, 2048, false)
+      conn.dataChunk(request, request.offset, 2048, true)
+    }, { structured: 'data' })
+    await readSurvives(t, server, [1, 2, 3], kPatient, 6000)
+    await server.stop()
+  }
 })
 
 t.test('nbd target setup: a server that closes right after NBD_OPT_GO does not crash the daemon', async (t) => {

@@ -76,6 +76,7 @@ class FakeRing implements NativeRing {
 
   registeredFiles: number[] = []
   registerFiles(fds: readonly number[]): void { this.registeredFiles = [...fds] }
+  registerSparseBuffers(): void {}
   /** Event-loop mode: the loop's wake-up callback. */
   wake: (() => void) | null = null
   watchCompletions(callback: () => void): void { this.wake = callback }
@@ -101,6 +102,8 @@ function setup(depth: number, handle: (request: IoRequest) => number, onCompleti
     tagBuffers: Array.from({ length: depth }, () => Buffer.alloc(4096)),
     tagAddressLo: Uint32Array.from({ length: depth }, (_, tag) => 0x1000 * (tag + 1)),
     tagAddressHi: new Uint32Array(depth).fill(0x7f),
+    sqeAddressLo: new Uint32Array(depth),
+    sqeAddressHi: new Uint32Array(depth),
     stopEventFd: 5, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(stats, 0)),
     statsPublishMicros,

@@ -16,7 +16,7 @@ const ioBuffer = new Uint8Array(4 * kIoBytes)
 /** Completions the targets reported through QueueContext.complete, [tag, result]. */
 const completions: [number, number][] = []
 const queue: QueueContext = {
-  queueId: 0, log: createLogger('silent', {}), depth: 4, maxIoBufBytes: kIoBytes, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
+  queueId: 0, log: createLogger('silent', {}), ioMode: 'copy', depth: 4, maxIoBufBytes: kIoBytes, tagAddressLo: new Uint32Array(4), tagAddressHi: new Uint32Array(4),
   data: { endpoint: ioBuffer, tagOffset: Float64Array.from([0, 1, 2, 3], (tag) => tag * kIoBytes) },
   sqes: new Uint32Array(32 * 8), reserveSqe: () => 0, submitSoon: () => {}, complete: (tag, result) => completions.push([tag, result]),
 }

@@ -2,12 +2,14 @@
 // passes fio verify at block sizes from 512 B to 1 MiB and several depths, mkfs.ext4 + fsck and
 // discard; a user-copy queue that dies is healed in-process with nothing lost; auto picks each
 // target's mode; a mode a target does not serve is refused before anything exists; and a
-// user-copy device's memory does not grow with its depth (there are no per-tag buffers).
+// user-copy device's memory does not grow with its depth (there are no per-tag buffers). Zero
+// copy (7.x, UBLK_F_AUTO_BUF_REG) for loop and null: verify, a filesystem, zeros where zeros are
+// due (null reads, a file shorter than the device) and never stale memory; refused on 6.12.
 import t, { type Test } from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
 import { addDevice, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
-import { bootVm, repoRoot } from '../lib/vm.js'
+import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm({ memMiB: 2048 })
 t.teardown(() => vm.shutdown())
@@ -73,8 +75,9 @@ t.test('auto picks each target\'s mode; a mode a target does not serve is refuse
     'memory: user-copy (copy with a buffer option); null and loop: copy')
   const nodes = await ublkNodes(vm)
   const refused: [string, RegExp][] = [
-    ['-t loop -f /tmp/modes2.img --io-mode user-copy', /the loop target serves --io-mode copy, not user-copy/],
-    ['-t null --io-mode user-copy', /the null target serves --io-mode copy, not user-copy/],
+    ['-t loop -f /tmp/modes2.img --io-mode user-copy', /the loop target serves --io-mode copy or zero-copy, not user-copy/],
+    ['-t null --io-mode user-copy', /the null target serves --io-mode copy or zero-copy, not user-copy/],
+    ['-t memory --size 16M --io-mode zero-copy', /the memory target serves --io-mode user-copy or copy, not zero-copy/],
     ['-t memory --size 16M --io-mode user-copy --huge-page-buffers', /--io-mode user-copy has none/],
     ['-t memory --size 16M --io-mode zero', /--io-mode must be auto, copy, user-copy/],
   ]
@@ -106,3 +109,50 @@ t.test('a user-copy device\'s daemon memory does not grow with its depth; a copy
   t.ok(userCopy < 64 * 1024, `user-copy at depth 4096, 512 requests of 512 KiB in flight: RSS grew ${userCopy} KiB (< 64 MiB)`)
   t.ok(copy > userCopy + 64 * 1024, `copy at depth 1024, the same reads: RSS grew ${copy} KiB (its buffers)`)
 })
+
+if (vmKernel === '6.12') {
+  t.test('6.12: --io-mode zero-copy is refused, naming the feature; nothing is created', async (t) => {
+    const nodes = await ublkNodes(vm)
+    const result = await ublkd(vm, 'add -t null --size 16M --io-mode zero-copy')
+    t.equal(result.code, 1)
+    t.match(result.stderr, /--io-mode zero-copy needs UBLK_F_AUTO_BUF_REG \(Linux 6\.16 or later\).*\[UBLKD_ERR_UNSUPPORTED\]/)
+    t.same(await ublkNodes(vm), nodes)
+  })
+} else {
+  t.test('zero copy, loop: fio verify from 512 B to 1 MiB, mkfs.ext4 + fsck, buffered reads; the kernel flag and the mode shown', async (t) => {
+    await vm.run(`${repoRoot}/scripts/vm/load-module.sh ext4 && truncate -s 256M /tmp/zc.img`)
+    const device = await addDevice(vm, '-t loop -f /tmp/zc.img --io-mode zero-copy')
+    t.equal(device.ioMode, 'zero-copy')
+    t.ok(device.flags.includes('UBLK_F_AUTO_BUF_REG'), 'the device has UBLK_F_AUTO_BUF_REG')
+    for (const [bs, qd] of [['512', 1], ['4k', 16], ['64k', 64], ['512k', 4], ['1M', 8]] as const) await verify(t, device, bs, qd)
+    await verify(t, device, '4k', 32, '--bsrange=512-256k --offset=64M')
+    const mkfs = await vm.exec(`mkfs.ext4 -q -F ${device.blockDevice} && mkdir -p /tmp/m && mount ${device.blockDevice} /tmp/m && ` +
+      'head -c 8M /dev/urandom > /tmp/f && cp /tmp/f /tmp/m/f && sync && umount /tmp/m && ' +
+      `fsck.ext4 -fn ${device.blockDevice} && mount ${device.blockDevice} /tmp/m && cmp /tmp/f /tmp/m/f; s=$?; umount /tmp/m; exit $s`)
+    t.equal(mkfs.code, 0, `mkfs.ext4, a file written, fsck clean, the file reads back ${mkfs.stderr}`)
+    // Buffered reads too: page cache pages are the request's buffers.
+    await vm.run(`dd if=/dev/urandom of=/tmp/zc.pattern bs=1M count=4 status=none && dd if=/tmp/zc.pattern of=${device.blockDevice} bs=1M seek=200 oflag=direct status=none && ` +
+      `echo 3 > /proc/sys/vm/drop_caches && dd if=${device.blockDevice} bs=1M skip=200 count=4 status=none | cmp - /tmp/zc.pattern`)
+  })
+
+  t.test('zero copy: null reads are zeros (direct and through the page cache), a loop file shorter than its device reads zeros past its end', async (t) => {
+    const nul = await addDevice(vm, '-t null --size 64M --io-mode zero-copy')
+    t.equal(nul.ioMode, 'zero-copy')
+    // Fill the page cache with non-zero pages, drop them, then read through it: freed pages are
+    // reused for the device's reads and must not show their old contents.
+    await vm.run('head -c 256M /dev/urandom > /tmp/noise && cat /tmp/noise > /dev/null && rm /tmp/noise && echo 3 > /proc/sys/vm/drop_caches')
+    const buffered = await vm.run(`dd if=${nul.blockDevice} bs=1M count=64 status=none | tr -d '\\000' | wc -c`)
+    const direct = await vm.run(`dd if=${nul.blockDevice} bs=64k count=256 iflag=direct status=none | tr -d '\\000' | wc -c`)
+    t.same([Number(buffered), Number(direct)], [0, 0], 'every byte read is zero')
+    await vm.run('rm -f /tmp/short.img && head -c 1M /dev/urandom > /tmp/short.img')
+    const loop = await addDevice(vm, '-t loop -f /tmp/short.img --size 16M --io-mode zero-copy')
+    await vm.run('head -c 256M /dev/urandom > /tmp/noise && cat /tmp/noise > /dev/null && rm /tmp/noise && echo 3 > /proc/sys/vm/drop_caches')
+    const past = await vm.run(`dd if=${loop.blockDevice} bs=1M skip=1 count=15 status=none | tr -d '\\000' | wc -c`)
+    t.equal(Number(past), 0, 'past the end of the file: zeros')
+    const head = await vm.run(`dd if=${loop.blockDevice} bs=1M count=1 iflag=direct status=none | cmp - /tmp/short.img && echo same`)
+    t.match(head, /same/, 'the file\'s own bytes read back')
+    const { result, report } = await fio(vm, `--name=zr --filename=${nul.blockDevice} --ioengine=io_uring --direct=1 ` +
+      '--rw=randrw --bsrange=512-512k --iodepth=32 --size=64M --number_ios=2000')
+    t.ok(result.code === 0 && report?.jobs[0]?.error === 0, `null zero copy under fio randrw ${result.stderr}`)
+  })
+}

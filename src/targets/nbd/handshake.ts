@@ -1,6 +1,7 @@
 // Connecting to an NBD server and negotiating one export: the fixed-newstyle handshake, with
-// NBD_OPT_STARTTLS first when TLS is asked, then NBD_OPT_GO asking for the block size
-// constraints (NBD_OPT_EXPORT_NAME from a server that does not know GO). Used at `add` (to
+// NBD_OPT_STARTTLS first when TLS is asked, NBD_OPT_STRUCTURED_REPLY where offered, then
+// NBD_OPT_GO asking for the block size constraints (NBD_OPT_EXPORT_NAME from a server that does
+// not know GO). Used at `add` (to
 // learn the device's geometry) and by every queue's connection, at start and on each reconnect.
 //
 // Everything the server says is checked before it is believed: magics, reply lengths (capped),
@@ -12,7 +13,7 @@ import tls from 'node:tls'
 import { UblkdError } from '../../common/errors.js'
 import {
   NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_HAS_FLAGS, NBD_FLAG_NO_ZEROES,
-  NBD_INFO_BLOCK_SIZE, NBD_INFO_EXPORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_STARTTLS, NBD_REP_ACK,
+  NBD_INFO_BLOCK_SIZE, NBD_INFO_EXPORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK,
   NBD_REP_ERR_UNSUP, NBD_REP_INFO, kDefaultMaxBlockBytes, kDefaultMinBlockBytes, kDefaultPreferredBlockBytes,
   kNbdMagic, kNbdOldstyleMagic, kNbdOptMagic, kNbdOptReplyMagic, optionErrorNames,
 } from './protocol.js'
@@ -45,6 +46,8 @@ export interface NbdDialOptions {
 export interface NbdSession {
   socket: net.Socket
   export: NbdExport
+  /** NBD_OPT_STRUCTURED_REPLY was accepted: READ data comes in chunks. */
+  structuredReplies: boolean
 }
 
 /** A reply longer than this is not believed (the longest legitimate one is an error message). */
@@ -213,13 +216,20 @@ export async function dialNbd(options: NbdDialOptions): Promise<NbdSession> {
       listen(socket)
     }
 
+    // Structured replies where the server offers them: a READ can then fail part way, and
+    // sparse ranges come as holes rather than zeros on the wire.
+    option(NBD_OPT_STRUCTURED_REPLY)
+    const structured = await reply(NBD_OPT_STRUCTURED_REPLY)
+    if (structured.type !== NBD_REP_ACK && structured.type < 2 ** 31) {
+      throw new NbdError(`nbd server ${where}: reply type ${structured.type} to NBD_OPT_STRUCTURED_REPLY`)
+    }
     const exportInfo = await negotiateExport(uri, where, option, reply, refusal, read, noZeroes)
     if (bytes.leftover > 0) throw new NbdError(`nbd server ${where}: sent ${bytes.leftover} bytes nobody asked for after the handshake`)
     clearTimeout(timer)
     // Paused until the connection listens: a flowing stream without a 'data' listener drops data.
     socket.pause()
     unlisten(socket)
-    return { socket, export: exportInfo }
+    return { socket, export: exportInfo, structuredReplies: structured.type === NBD_REP_ACK }
   } catch (error) {
     clearTimeout(timer)
     const reason = failed ?? (error instanceof NbdError ? error : connectError(uri, error as NodeJS.ErrnoException))

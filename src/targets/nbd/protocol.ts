@@ -1,6 +1,7 @@
 // The NBD protocol's numbers (the NBD project's doc/proto.md), as this client uses them: the
 // fixed-newstyle handshake with NBD_OPT_GO (or NBD_OPT_EXPORT_NAME from servers that lack it),
-// NBD_OPT_STARTTLS, and transmission with simple replies.
+// NBD_OPT_STARTTLS and NBD_OPT_STRUCTURED_REPLY, and transmission with simple or structured
+// replies.
 
 /** "NBDMAGIC": every handshake starts with it. */
 export const kNbdMagic = 0x4e42444d41474943n
@@ -24,6 +25,7 @@ export const NBD_FLAG_C_NO_ZEROES = NBD_FLAG_NO_ZEROES
 export const NBD_OPT_EXPORT_NAME = 1
 export const NBD_OPT_STARTTLS = 5
 export const NBD_OPT_GO = 7
+export const NBD_OPT_STRUCTURED_REPLY = 8
 
 // Option reply types.
 export const NBD_REP_ACK = 1
@@ -76,8 +78,17 @@ export const NBD_CMD_WRITE_ZEROES = 6
 export const NBD_CMD_FLAG_FUA = 1 << 0
 export const NBD_CMD_FLAG_NO_HOLE = 1 << 1
 
+// Structured reply chunks.
+export const NBD_REPLY_FLAG_DONE = 1 << 0
+export const NBD_REPLY_TYPE_NONE = 0
+export const NBD_REPLY_TYPE_OFFSET_DATA = 1
+export const NBD_REPLY_TYPE_OFFSET_HOLE = 2
+export const NBD_REPLY_TYPE_ERROR = (1 << 15) + 1
+export const NBD_REPLY_TYPE_ERROR_OFFSET = (1 << 15) + 2
+
 export const kRequestHeaderBytes = 28
 export const kSimpleReplyBytes = 16
+export const kStructuredReplyBytes = 20
 /** The protocol's own floor for a block size, and what a server that says nothing allows. */
 export const kDefaultMinBlockBytes = 1
 export const kDefaultPreferredBlockBytes = 4096

@@ -3,8 +3,9 @@
 //
 // A request becomes one NBD request per part: READ/WRITE longer than the server's maximum
 // payload are split, each part's handle naming its tag, its part and the tag's generation (so a
-// reply to an older use of the tag is recognised as bogus). READ data goes straight from the
-// socket's chunks into the tag's buffer at the part's offset.
+// reply to an older use of the tag is recognised as bogus). READ data goes from the received
+// bytes into the tag's buffer at the part's offset (structured replies: at each chunk's offset,
+// holes zeroed; a READ whose chunks do not cover it fails rather than return stale bytes).
 //
 // When the connection drops (server restart, network cut, a server that breaks the protocol or
 // stops answering), the requests in flight and the new ones are held; the queue reconnects with
@@ -54,6 +55,8 @@ const kNoCommand = 255
 const kFirstBackoffMs = 100
 const kMaxBackoffMs = 2_000
 const kWatchIntervalMs = 1_000
+/** Separate (not adjacent) ranges one READ part may have received at once. */
+const kMaxRangesPerPart = 32
 
 type LinkState = 'connecting' | 'ready' | 'waiting' | 'closed'
 
@@ -69,8 +72,14 @@ export class NbdQueue implements QueueHandler, ReplySink, TransportEvents {
   private readonly partBytes: Float64Array
   private readonly partCount: Uint32Array
   private readonly partsLeft: Uint32Array
-  /** Per tag and part: answered. */
+  /** Per tag and part: answered; the bytes of a READ part the server has sent, and the ranges
+   *  they came in (so that a chunk over bytes already sent is caught, not summed); an error. */
   private readonly partDone: Uint8Array
+  private readonly covered: Uint32Array
+  private readonly rangeCount: Uint8Array
+  private readonly rangeStart: Float64Array
+  private readonly rangeEnd: Float64Array
+  private readonly partError: Int32Array
   /** Per tag: bumped by every request, the upper half of its handles. */
   private readonly generation: Uint32Array
   /** Per tag: 0, or the first error a part brought (-errno). */
@@ -115,6 +124,11 @@ export class NbdQueue implements QueueHandler, ReplySink, TransportEvents {
     this.partCount = new Uint32Array(depth)
     this.partsLeft = new Uint32Array(depth)
     this.partDone = new Uint8Array(depth * this.maxParts)
+    this.covered = new Uint32Array(depth * this.maxParts)
+    this.rangeCount = new Uint8Array(depth * this.maxParts)
+    this.rangeStart = new Float64Array(depth * this.maxParts * kMaxRangesPerPart)
+    this.rangeEnd = new Float64Array(depth * this.maxParts * kMaxRangesPerPart)
+    this.partError = new Int32Array(depth * this.maxParts)
     this.generation = new Uint32Array(depth)
     this.result = new Int32Array(depth)
     this.inService = new Uint8Array(depth)
@@ -235,23 +249,52 @@ export class NbdQueue implements QueueHandler, ReplySink, TransportEvents {
 
   // ReplySink: the parser's view of the requests in flight.
 
-  replyHeader(error: number, handleHi: number, handleLo: number): number {
+  begin(handleHi: number, handleLo: number): boolean {
     const tag = handleLo & 0xffff
     const part = handleLo >>> 16
     if (tag >= this.depth || this.inService[tag] === 0 || this.generation[tag] !== handleHi ||
         part >= this.partCount[tag]! || this.partDone[tag * this.maxParts + part] !== 0) {
-      return -1
+      return false
     }
     this.replyTag = tag
     this.replyPart = part
+    return true
+  }
+
+  simple(error: number): number {
+    const tag = this.replyTag
     if (error !== 0) {
-      if (this.result[tag] === 0) this.result[tag] = -errnoOfServerError(error)
+      this.error(error)
       return 0
     }
     if (this.command[tag] !== NBD_CMD_READ) return 0
+    // With structured replies negotiated, a READ's data comes in chunks only.
+    if (this.parser.structured) return -1
+    const part = this.replyPart
     const partBytes = this.partBytes[tag]!
     this.replyAt = this.buffers.tagOffset[tag]! + part * partBytes
-    return Math.min(partBytes, this.lengthBytes[tag]! - part * partBytes)
+    const length = Math.min(partBytes, this.lengthBytes[tag]! - part * partBytes)
+    this.covered[tag * this.maxParts + part] = length
+    return length
+  }
+
+  data(offset: number, length: number): boolean {
+    const at = this.placeInPart(offset, length)
+    if (at < 0) return false
+    this.replyAt = at
+    return true
+  }
+
+  hole(offset: number, length: number): boolean {
+    const at = this.placeInPart(offset, length)
+    if (at < 0) return false
+    this.buffers.data.fill(0, at, at + length)
+    return true
+  }
+
+  error(error: number): void {
+    const slot = this.replyTag * this.maxParts + this.replyPart
+    if (this.partError[slot] === 0) this.partError[slot] = -errnoOfServerError(error)
   }
 
   payload(chunk: Buffer, start: number, length: number): void {
@@ -259,17 +302,66 @@ export class NbdQueue implements QueueHandler, ReplySink, TransportEvents {
     this.replyAt += length
   }
 
-  replyDone(): void {
-    const tag = this.replyTag
-    this.partDone[tag * this.maxParts + this.replyPart] = 1
+  end(done: boolean): void {
     // The server answers: whatever outage there was is over.
     if (this.downSinceMs !== 0) this.recovered()
+    if (!done) return
+    const tag = this.replyTag
+    const slot = tag * this.maxParts + this.replyPart
+    if (this.partError[slot] !== 0 && this.result[tag] === 0) this.result[tag] = this.partError[slot]!
+    // A READ said done before all its bytes came: what is missing would be whatever the tag's
+    // buffer held before, another request's data. It fails instead.
+    if (this.command[tag] === NBD_CMD_READ && this.result[tag] === 0 && this.covered[slot] !== this.partLength(tag, this.replyPart)) {
+      this.result[tag] = kEio
+      this.log.warn({ covered: this.covered[slot], expected: this.partLength(tag, this.replyPart) }, 'the nbd server ended a read without all its data: EIO')
+    }
+    this.partDone[slot] = 1
     if (--this.partsLeft[tag]! > 0) return
     this.inService[tag] = 0
     this.inServiceCount--
     const result = this.result[tag]!
     const command = this.command[tag]!
     this.queue.complete(tag, result < 0 ? result : command === NBD_CMD_READ || command === NBD_CMD_WRITE ? this.lengthBytes[tag]! : 0)
+  }
+
+  /** Where in the tag's data a chunk of the current READ part goes, or -1 when it is not wholly
+   *  inside the part or overlaps bytes an earlier chunk brought. Adjacent ranges are merged, so a
+   *  part usually holds one however many chunks it came in; a part split into more than
+   *  kMaxRangesPerPart separate pieces at once is refused too. */
+  private placeInPart(offset: number, length: number): number {
+    const tag = this.replyTag
+    const part = this.replyPart
+    if (this.command[tag] !== NBD_CMD_READ) return -1
+    const partStart = this.fromBytes[tag]! + part * this.partBytes[tag]!
+    const slot = tag * this.maxParts + part
+    const end = offset + length
+    if (offset < partStart || end > partStart + this.partLength(tag, part)) return -1
+    const first = slot * kMaxRangesPerPart
+    const count = this.rangeCount[slot]!
+    let merged = -1
+    for (let i = first; i < first + count; i++) {
+      if (offset < this.rangeEnd[i]! && this.rangeStart[i]! < end) return -1
+      if (merged < 0 && end === this.rangeStart[i]) {
+        this.rangeStart[i] = offset
+        merged = i
+      } else if (merged < 0 && offset === this.rangeEnd[i]) {
+        this.rangeEnd[i] = end
+        merged = i
+      }
+    }
+    if (merged < 0) {
+      if (count === kMaxRangesPerPart) return -1
+      this.rangeStart[first + count] = offset
+      this.rangeEnd[first + count] = end
+      this.rangeCount[slot] = count + 1
+    }
+    this.covered[slot]! += length
+    return this.buffers.tagOffset[tag]! + part * this.partBytes[tag]! + (offset - partStart)
+  }
+
+  private partLength(tag: number, part: number): number {
+    const partBytes = this.partBytes[tag]!
+    return Math.min(partBytes, this.lengthBytes[tag]! - part * partBytes)
   }
 
   // The connection.
@@ -315,7 +407,7 @@ export class NbdQueue implements QueueHandler, ReplySink, TransportEvents {
     this.state = 'ready'
     this.backoffMs = kFirstBackoffMs
     this.lastReceiveMs = Date.now()
-    this.parser.reset()
+    this.parser.reset(session.structuredReplies)
     const held = this.inServiceCount
     if (this.connected) {
       this.log.info({ held, outageMs: this.downSinceMs === 0 ? 0 : Date.now() - this.downSinceMs }, 'connected to the nbd server again: sending held requests')
@@ -401,6 +493,9 @@ export class NbdQueue implements QueueHandler, ReplySink, TransportEvents {
     const offset = part * partBytes
     const length = Math.min(partBytes, this.lengthBytes[tag]! - offset)
     const slot = tag * this.maxParts + part
+    this.covered[slot] = 0
+    this.rangeCount[slot] = 0
+    this.partError[slot] = 0
     encodeRequest(this.buffers.headers, slot * kRequestHeaderBytes, command, this.commandFlags[tag]!, this.generation[tag]!,
       (tag | (part << 16)) >>> 0, this.fromBytes[tag]! + offset, length)
     this.transport!.send(slot, tag, offset, command === NBD_CMD_WRITE ? length : 0)
