@@ -60,6 +60,7 @@ interface Subject {
 }
 
 const backingFile = '/tmp/bench.img'
+const zeroCopyBackingFile = '/tmp/bench-zero-copy.img'
 const kBackingBytes = 1024 * 2 ** 20
 // null_blk mem, ublkd memory and the tmpfs backing each hold up to 1 GiB at once; 4 GiB left the
 // guest reclaiming under the q2 randwrite runs.
@@ -165,11 +166,13 @@ interface Variant {
   addArgs?: string
   /** The daemon to create the device in (`--state-dir`): the one started with other options. */
   stateDir?: string
+  /** loop: a backing of its own (a file is served by one ublkd device at a time). */
+  file?: string
   onlyJobs?: readonly string[]
 }
 
 function ublkdSubject(target: 'null' | 'memory' | 'loop' | 'nbd', queues: number, variant: Variant = { label: `ublkd ${target}` }): Subject {
-  const source = target === 'loop' ? `-f ${backingFile}` : target === 'nbd' ? `--url 'nbd+unix:///?socket=${nbdkitSocket('ublkd')}'` : '--size 1G'
+  const source = target === 'loop' ? `-f ${variant.file ?? backingFile}` : target === 'nbd' ? `--url 'nbd+unix:///?socket=${nbdkitSocket('ublkd')}'` : '--size 1G'
   const args = `${source} ${variant.addArgs ?? ''}`.trim()
   const stateDir = variant.stateDir ? ` --state-dir ${variant.stateDir}` : ''
   const counterpart = ({ null: 'null_blk', memory: 'null_blk_mem', loop: 'kernel_loop', nbd: 'kernel_nbd' } as const)[target]
@@ -465,7 +468,7 @@ async function main(): Promise<void> {
       [nullBlk(true, queues), ublkdSubject('memory', queues),
         ...(queues === 1 ? memoryCopyVariant : []).map((v) => ublkdSubject('memory', queues, v))],
       [kernelLoop(queues), ublkdSubject('loop', queues),
-        ...(queues === 1 ? zeroCopyVariant : []).map((v) => ublkdSubject('loop', queues, { ...v, label: `ublkd loop ${v.label}` }))],
+        ...(queues === 1 ? zeroCopyVariant : []).map((v) => ublkdSubject('loop', queues, { ...v, label: `ublkd loop ${v.label}`, file: zeroCopyBackingFile }))],
       // One connection each (nbd-client -C 1, ublkd -q 1): the nbd rows run with 1 queue only.
       ...(queues === 1 ? [[kernelNbd(queues), ublkdSubject('nbd', queues)]] : []),
     ]
@@ -498,7 +501,7 @@ async function main(): Promise<void> {
     ].join('\n')
     say(`\n${header}\n`)
 
-    await vm.run(`fallocate -l ${kBackingBytes} ${backingFile}`)
+    await vm.run(`fallocate -l ${kBackingBytes} ${backingFile} && fallocate -l ${kBackingBytes} ${zeroCopyBackingFile}`)
     const daemonPid = await startDaemon(vm, '/run/ublkd', '')
     const statsDaemonPid = nullVariants.length > 0 ? await startDaemon(vm, statsDaemonDir, '--stats-publish-us 0') : undefined
     const rssKiB = async (pid: number | undefined): Promise<number | undefined> => {

@@ -127,7 +127,7 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
   const loop = new QueueLoop({
     queueId: 0, depth: kDepth, charFd: -1, ring, descs,
     tagBuffers: Array.from({ length: kDepth }, (_, tag) => Buffer.from(ioBuffer.buffer, tag * kIoBytes, kIoBytes)),
-    tagAddressLo, tagAddressHi, sqeAddressLo: new Uint32Array(kDepth), sqeAddressHi: new Uint32Array(kDepth),
+    tagAddressLo, tagAddressHi, sqeAddress: new Uint32Array(kDepth),
     stopEventFd: -1, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(allocQueueStats(1), 0)), statsPublishMicros: 0, startGate: createStartGate(true),
     log: pino({ level: 'silent' }),

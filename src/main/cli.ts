@@ -75,13 +75,15 @@ Options:
                                 ring (default): each queue thread blocks in io_uring_enter, the
                                 fastest; event-loop: it is woken through the worker's event loop,
                                 so targets may complete requests from timers and promises
-      --io-mode auto|copy|user-copy
+      --io-mode auto|copy|user-copy|zero-copy
                                 how request data travels: copy through per-tag buffers of the
                                 daemon (depth x 512 KiB per queue); user-copy (UBLK_F_USER_COPY)
                                 straight between the request's pages and the target, with no
-                                buffers; auto (default): the target's fastest mode the kernel
-                                offers (copy with the buffer options below). Which target serves
-                                which: 'ublkd add --help' below, docs/performance.md
+                                buffers; zero-copy (UBLK_F_AUTO_BUF_REG, Linux 6.16+): the
+                                target's own I/O reads and writes the request's pages, which never
+                                enter the daemon; auto (default): the target's fastest mode the
+                                kernel offers (copy with the buffer options below; zero-copy only
+                                when asked). Which target serves which: below, docs/performance.md
       --io-scheduler NAME       the block layer's I/O scheduler of the device: none, mq-deadline,
                                 kyber, bfq (default ${defaults.ioScheduler}, as the kernel loop driver)
       --huge-page-buffers       back the I/O buffers (depth x 512 KiB per queue) with transparent

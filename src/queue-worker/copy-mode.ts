@@ -27,8 +27,7 @@ export class CopyModeData implements QueueData {
   readonly tagBuffers: Buffer[] = []
   readonly commandAddressLo: Uint32Array
   readonly commandAddressHi: Uint32Array
-  readonly sqeAddressLo: Uint32Array
-  readonly sqeAddressHi: Uint32Array
+  readonly sqeAddress: Uint32Array
   readonly mappedBytes: number
   private readonly ioBuffer: ArrayBuffer
 
@@ -39,8 +38,7 @@ export class CopyModeData implements QueueData {
     const tagOffset = new Float64Array(input.depth)
     this.commandAddressLo = new Uint32Array(input.depth)
     this.commandAddressHi = new Uint32Array(input.depth)
-    this.sqeAddressLo = new Uint32Array(input.depth)
-    this.sqeAddressHi = new Uint32Array(input.depth)
+    this.sqeAddress = new Uint32Array(input.depth)
     for (let tag = 0; tag < input.depth; tag++) {
       tagOffset[tag] = tag * input.maxIoBufBytes
       this.tagBuffers.push(Buffer.from(this.ioBuffer, tag * input.maxIoBufBytes, input.maxIoBufBytes))

@@ -16,9 +16,9 @@ export interface QueueData {
   /** The buffer address of each tag's FETCH_REQ and COMMIT_AND_FETCH_REQ, in 32-bit halves. */
   readonly commandAddressLo: Uint32Array
   readonly commandAddressHi: Uint32Array
-  /** What those commands' SQEs carry in their own addr (zero copy: the buffer slot). */
-  readonly sqeAddressLo: Uint32Array
-  readonly sqeAddressHi: Uint32Array
+  /** The low half of what those commands' SQEs carry in their own addr (zero copy: the buffer
+   *  slot, struct ublk_auto_buf_reg, whose upper half is reserved and zero). */
+  readonly sqeAddress: Uint32Array
   /** Bytes of memory the mode mapped for the queue. */
   readonly mappedBytes: number
   /** Unmap that memory; `abandon`: leave it mapped for the life of the process instead, because

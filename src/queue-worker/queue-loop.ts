@@ -58,9 +58,9 @@ export interface QueueLoopParts {
   tagBuffers: Buffer[]
   tagAddressLo: Uint32Array
   tagAddressHi: Uint32Array
-  /** What each tag's FETCH/COMMIT SQE carries in its own addr (zero copy: the buffer slot). */
-  sqeAddressLo: Uint32Array
-  sqeAddressHi: Uint32Array
+  /** The low half of what each tag's FETCH/COMMIT SQE carries in its own addr (zero copy: the
+   *  buffer slot); the high half stays zero. */
+  sqeAddress: Uint32Array
   stopEventFd: number
   /** 8 bytes the stop eventfd is read into. */
   stopReadAddressLo: number
@@ -437,8 +437,7 @@ export class QueueLoop {
   private stageIoCmd(cmdOp: number, tag: number, result: number): void {
     const p = this.parts
     const base = encodeUringCmd(this.sqes, this.staged++, kCharFileIndex, cmdOp, tag, kUserDataUblk, IOSQE_FIXED_FILE)
-    this.sqes[base + 4] = p.sqeAddressLo[tag]!
-    this.sqes[base + 5] = p.sqeAddressHi[tag]!
+    this.sqes[base + 4] = p.sqeAddress[tag]!
     // struct ublksrv_io_cmd: q_id u16 | tag u16, result s32, addr u64
     this.sqes[base + kSqeCmdWord] = p.queueId | (tag << 16)
     this.sqes[base + kSqeCmdWord + 1] = result

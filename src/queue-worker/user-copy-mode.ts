@@ -16,8 +16,7 @@ export class UserCopyModeData implements QueueData {
   readonly tagBuffers: Buffer[]
   readonly commandAddressLo: Uint32Array
   readonly commandAddressHi: Uint32Array
-  readonly sqeAddressLo: Uint32Array
-  readonly sqeAddressHi: Uint32Array
+  readonly sqeAddress: Uint32Array
   readonly mappedBytes = 0
 
   constructor(input: QueueTaskInput) {
@@ -28,8 +27,7 @@ export class UserCopyModeData implements QueueData {
     this.tagBuffers = new Array<Buffer>(input.depth).fill(kNoBuffer)
     this.commandAddressLo = new Uint32Array(input.depth)
     this.commandAddressHi = new Uint32Array(input.depth)
-    this.sqeAddressLo = new Uint32Array(input.depth)
-    this.sqeAddressHi = new Uint32Array(input.depth)
+    this.sqeAddress = new Uint32Array(input.depth)
     this.data = { endpoint: input.charFd, tagOffset }
   }
 

@@ -17,17 +17,15 @@ export class ZeroCopyModeData implements QueueData {
   readonly tagBuffers: Buffer[]
   readonly commandAddressLo: Uint32Array
   readonly commandAddressHi: Uint32Array
-  readonly sqeAddressLo: Uint32Array
-  readonly sqeAddressHi: Uint32Array
+  readonly sqeAddress: Uint32Array
   readonly mappedBytes = 0
 
   constructor(input: QueueTaskInput) {
     this.tagBuffers = new Array<Buffer>(input.depth).fill(kNoBuffer)
     this.commandAddressLo = new Uint32Array(input.depth)
     this.commandAddressHi = new Uint32Array(input.depth)
-    this.sqeAddressLo = new Uint32Array(input.depth)
-    this.sqeAddressHi = new Uint32Array(input.depth)
-    for (let tag = 0; tag < input.depth; tag++) this.sqeAddressLo[tag] = ublkAutoBufRegToSqeAddr(tag, 0)
+    this.sqeAddress = new Uint32Array(input.depth)
+    for (let tag = 0; tag < input.depth; tag++) this.sqeAddress[tag] = ublkAutoBufRegToSqeAddr(tag, 0)
     this.data = { endpoint: new Uint8Array(0), tagOffset: new Float64Array(input.depth) }
   }
 

@@ -7,8 +7,8 @@ import path from 'node:path'
 import t from 'tap'
 
 import {
-  IORING_OP_NOP, IORING_OP_READ, IORING_SETUP_SQE128, IOSQE_FIXED_FILE, IORING_SETUP_SUBMIT_ALL, encodeReadWrite,
-  encodeSqeHeader, kCqeWords,
+  IORING_OP_NOP, IORING_OP_READ, IORING_OP_READ_FIXED, IORING_SETUP_SQE128, IOSQE_FIXED_FILE, IORING_SETUP_SUBMIT_ALL,
+  encodeFixedReadWrite, encodeReadWrite, encodeSqeHeader, kCqeWords,
 } from '../../src/abi/io-uring.js'
 import { native } from '../../src/native/addon.js'
 
@@ -88,6 +88,19 @@ t.test('a registered file is read through its fixed-file index', async (t) => {
   t.equal(Buffer.from(buffer, 0, 6).toString(), 'second', 'index 1 is the second file')
   t.throws(() => ring.registerFiles(fds), { code: 'EBUSY' }, 'a ring has one table')
   t.throws(() => ring.registerFiles(['x' as unknown as number]), TypeError)
+})
+
+t.test('a sparse fixed-buffer table: its empty slots fail READ_FIXED (EFAULT), a second table is refused', async (t) => {
+  const ring = newRing()
+  t.teardown(() => ring.close())
+  ring.registerSparseBuffers(8)
+  const zero = fs.openSync('/dev/zero', 'r')
+  t.teardown(() => fs.closeSync(zero))
+  encodeFixedReadWrite(new Uint32Array(ring.sqes), 0, IORING_OP_READ_FIXED, zero, 0, 4096, 0, 3, 7, 0)
+  t.equal(ring.enter(1, 1, 0), 1)
+  t.equal(new Int32Array(ring.cqes)[2], -14, 'slot 3 holds no buffer until the kernel puts one there')
+  t.throws(() => ring.registerSparseBuffers(8), { code: 'EBUSY' }, 'a ring has one buffer table')
+  t.throws(() => ring.registerSparseBuffers('x' as unknown as number), TypeError)
 })
 
 t.test('a closed ring throws EBADF instead of crashing', async (t) => {

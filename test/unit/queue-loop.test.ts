@@ -14,6 +14,7 @@ import {
 } from '../../src/common/stats-layout.js'
 import type { NativeRing } from '../../src/native/addon.js'
 import { QueueLoop } from '../../src/queue-worker/queue-loop.js'
+import { ublkAutoBufRegToSqeAddr } from '../../src/abi/structs.js'
 import { kUserDataStop, kUserDataTarget, kUserDataUblk } from '../../src/common/user-data.js'
 import { kIoPending, type IoRequest, type QueueHandler } from '../../src/targets/target.js'
 import { createStartGate, openStartGate, startFaults } from '../../src/common/start-gate.js'
@@ -23,6 +24,8 @@ import { kUserDataCancel } from '../../src/common/user-data.js'
 interface Staged {
   opcode: number; sqeFlags: number; fd: number; cmdOp: number; tag: number; queue: number; result: number
   userData: [number, number]
+  /** The SQE's own addr, low word. */
+  addr: number
 }
 
 /** A ring that records what is submitted and replays scripted CQE batches. */
@@ -60,6 +63,7 @@ class FakeRing implements NativeRing {
         opcode: words[base]! & 0xff, sqeFlags: (words[base]! >>> 8) & 0xff, fd: new Int32Array(this.sqes)[base + 1]!,
         cmdOp: words[base + 2]!, tag: words[base + kSqeCmdWord]! >>> 16, queue: words[base + kSqeCmdWord]! & 0xffff,
         result: new Int32Array(this.sqes)[base + kSqeCmdWord + 1]!, userData: [words[base + 8]!, words[base + 9]!],
+        addr: words[base + 4]!,
       })
     }
     this.submitted.push(turn)
@@ -84,7 +88,7 @@ class FakeRing implements NativeRing {
 }
 
 function setup(depth: number, handle: (request: IoRequest) => number, onCompletion?: (cookie: number, res: number) => void,
-  statsPublishMicros = 0, startGate = createStartGate(true)) {
+  statsPublishMicros = 0, startGate = createStartGate(true), sqeAddress = new Uint32Array(depth)) {
   const ring = new FakeRing()
   const descs = new Uint32Array(depth * 6)
   const stats = allocQueueStats(1)
@@ -102,8 +106,7 @@ function setup(depth: number, handle: (request: IoRequest) => number, onCompleti
     tagBuffers: Array.from({ length: depth }, () => Buffer.alloc(4096)),
     tagAddressLo: Uint32Array.from({ length: depth }, (_, tag) => 0x1000 * (tag + 1)),
     tagAddressHi: new Uint32Array(depth).fill(0x7f),
-    sqeAddressLo: new Uint32Array(depth),
-    sqeAddressHi: new Uint32Array(depth),
+    sqeAddress,
     stopEventFd: 5, stopReadAddressLo: 0, stopReadAddressHi: 0,
     stats: new QueueStatsWriter(queueStatsView(stats, 0)),
     statsPublishMicros,
@@ -126,6 +129,21 @@ t.test('arm fetches every tag with its buffer address, plus the stop read', asyn
   const words = new Uint32Array(ring.sqes)
   t.equal(words[2 * kSqeWords + kSqeCmdWord + 2], 0x3000, 'tag 2 buffer address, low word')
   t.equal(words[2 * kSqeWords + kSqeCmdWord + 3], 0x7f, 'high word')
+})
+
+t.test('zero copy: every FETCH and COMMIT SQE carries its tag\'s buffer slot in the SQE\'s own addr', async (t) => {
+  const slots = Uint32Array.from([0, 1, 2, 3], (tag) => ublkAutoBufRegToSqeAddr(tag, 0))
+  const { ring, descs, loop } = setup(4, (request) => request.nrSectors * 512, undefined, 0, createStartGate(true), slots)
+  const words = new Uint32Array(ring.sqes)
+  t.same([0, 1, 2, 3].map((slot) => [words[slot * kSqeWords + 4], words[slot * kSqeWords + 5]]), [[0, 0], [1, 0], [2, 0], [3, 0]],
+    'FETCH_REQ of tag t: addr = t')
+  descs.set([UBLK_IO_OP_READ, 8, 0, 0, 0, 0], 2 * 6)
+  ring.batches.push([[2, kUserDataUblk, 0]])
+  ring.batches.push([0, 1, 2, 3].map((tag) => [tag, kUserDataUblk, UBLK_IO_RES_ABORT]))
+  loop.run()
+  const commit = ring.submitted.flat().find((sqe) => sqe.cmdOp === UBLK_U_IO_COMMIT_AND_FETCH_REQ)
+  t.equal(commit?.tag, 2)
+  t.equal(commit?.addr, 2, 'COMMIT_AND_FETCH_REQ of tag 2: addr = 2')
 })
 
 t.test('requests are served from their descriptors and committed in one turn', async (t) => {
