@@ -9,7 +9,7 @@ const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 
 const cases: [args: string, message: RegExp, exitCode: number][] = [
-  ['add -t nosuch --size 1G', /unknown target 'nosuch' \(known: null, memory, loop, fault\)/, 2],
+  ['add -t nosuch --size 1G', /unknown target 'nosuch' \(known: null, memory, loop, nbd, fault\)/, 2],
   ['add --size 1G', /needs a target/, 2],
   ['add -t memory', /--size is required/, 2],
   ['add -t memory --size 0', /--size must be greater than 0/, 2],
