@@ -132,7 +132,7 @@ async function heapGrowth(targetName: string, raw: Record<string, unknown>, mixW
     stats: new QueueStatsWriter(queueStatsView(allocQueueStats(1), 0)), statsPublishMicros: 0, startGate: createStartGate(true),
     log: pino({ level: 'silent' }),
   })
-  const handler = target.openQueue(setup.spec, {
+  const handler = await target.openQueue(setup.spec, {
     queueId: 0, log: pino({ level: 'silent' }), ioMode: 'copy', depth: kDepth, maxIoBufBytes: kIoBytes, tagAddressLo, tagAddressHi,
     data: { endpoint: ioBuffer, tagOffset: Float64Array.from({ length: kDepth }, (_, tag) => tag * kIoBytes) },
     sqes: loop.stagingSqes, reserveSqe: () => loop.reserveSqe(), complete: (tag, result) => loop.complete(tag, result),

@@ -64,7 +64,7 @@ export default async function queueTask(input: QueueTaskInput): Promise<QueueExi
       startGate: input.startGate,
       log,
     })
-    const handler = target.openQueue(input.targetSpec, {
+    const handler = await target.openQueue(input.targetSpec, {
       queueId: input.queueId,
       log,
       ioMode: input.ioMode,

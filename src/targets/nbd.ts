@@ -7,12 +7,12 @@
 import fs from 'node:fs'
 
 import { UsageError } from '../common/errors.js'
-import { dialNbd, type NbdExport, type NbdTlsFiles } from './nbd/handshake.js'
+import type { NbdExport, NbdTlsFiles } from './nbd/handshake.js'
 import {
   NBD_CMD_DISC, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_WRITE_ZEROES, encodeRequest, kRequestHeaderBytes,
 } from './nbd/protocol.js'
-import { NbdQueue, type NbdSpec } from './nbd/queue.js'
+import type { NbdSpec } from './nbd/queue.js'
 import { parseNbdUri, type NbdUri } from './nbd/uri.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions } from './options.js'
 import type { DeviceGeometry, Target } from './target.js'
@@ -150,6 +150,9 @@ export const nbdTarget: Target<NbdOptions, NbdSpec> = {
     }
   },
   async setup(options) {
+    // The client (sockets, TLS) is loaded by the daemon when a device needs it, not by every
+    // command and queue thread that lists the targets.
+    const { dialNbd } = await import('./nbd/handshake.js')
     const session = await dialNbd({ uri: options.uri, tlsFiles: options.tlsFiles, timeoutMs: options.connectTimeoutMs })
     const disc = Buffer.alloc(kRequestHeaderBytes)
     encodeRequest(disc, 0, NBD_CMD_DISC, 0, 0, 0, 0, 0)
@@ -178,7 +181,8 @@ export const nbdTarget: Target<NbdOptions, NbdSpec> = {
     }
   },
   undo() {},
-  openQueue(spec, queue) {
+  async openQueue(spec, queue) {
+    const { NbdQueue } = await import('./nbd/queue.js')
     return new NbdQueue(spec, queue)
   },
 }

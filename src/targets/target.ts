@@ -176,7 +176,9 @@ export interface Target<Options = unknown, Spec = unknown> {
    */
   resize?(spec: Spec, fromBytes: number, toBytes: number): void
   undo(spec: Spec): void
-  openQueue(spec: Spec, queue: QueueContext): QueueHandler
+  /** May load the target's queue-side code first (a promise), so that threads of other targets
+   *  never load it. */
+  openQueue(spec: Spec, queue: QueueContext): QueueHandler | Promise<QueueHandler>
 }
 
 /** Bytes a READ/WRITE moves. */

@@ -31,7 +31,7 @@ t.test('memory: data written reads back, across a chunk boundary too; copies hap
   const target = findTarget('memory')
   const setup = await target.setup(target.parseOptions({ size: '3G' }, 512))
   t.equal((setup.spec as { chunks: unknown[] }).chunks.length, 3)
-  const handler = target.openQueue(setup.spec, queue)
+  const handler = await target.openQueue(setup.spec, queue)
   const data = tagBuffer(1)
   for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff
   const expected = Buffer.from(data)
@@ -50,7 +50,7 @@ t.test('memory: data written reads back, across a chunk boundary too; copies hap
 t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; flush is ok', async (t) => {
   const target = findTarget('memory')
   const setup = await target.setup(target.parseOptions({ size: '1M' }, 512))
-  const handler = target.openQueue(setup.spec, queue)
+  const handler = await target.openQueue(setup.spec, queue)
   tagBuffer(0).fill(0x55)
   t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 100, 8)), kIoPending)
   handler.endTurn!()
@@ -71,7 +71,7 @@ t.test('memory: never-written ranges are zeros; discard and write-zeroes zero; f
 t.test('memory: a turn with more copies than its batch holds performs them in order', async (t) => {
   const target = findTarget('memory')
   const setup = await target.setup(target.parseOptions({ size: '1M' }, 512))
-  const handler = target.openQueue(setup.spec, queue)
+  const handler = await target.openQueue(setup.spec, queue)
   // 4 tags: a batch of 2 x 4 ops. 20 writes of sector 0, each with its own byte, then a read.
   for (let i = 0; i < 20; i++) {
     tagBuffer(i % 3).fill(i + 1, 0, 512)
@@ -97,7 +97,7 @@ t.test('memory: a long discard completes over several turns, each releasing a bo
     },
     complete: (tag, result) => completed.push([tag, result]),
   }
-  const handler = target.openQueue(setup.spec, recording)
+  const handler = await target.openQueue(setup.spec, recording)
   const write = (sector: number, byte: number) => {
     tagBuffer(1).fill(byte, 0, 4096)
     handler.handleIo(request(UBLK_IO_OP_WRITE, sector, 8, 1))
@@ -136,7 +136,7 @@ t.test('memory: a long discard completes over several turns, each releasing a bo
 t.test('null: reads return zeros even after a write used the same tag buffer', async (t) => {
   const target = findTarget('null')
   const setup = await target.setup(target.parseOptions({}, 512))
-  const handler = target.openQueue(setup.spec, queue)
+  const handler = await target.openQueue(setup.spec, queue)
   const buffer = tagBuffer(2).fill(0x77)
   t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, 0, 16, 2)), 8192)
   t.equal(handler.handleIo(request(UBLK_IO_OP_READ, 0, 16, 2)), 8192)
@@ -181,7 +181,7 @@ t.test('memory in user-copy mode: data moves through the endpoint file at each t
   })
   const target = findTarget('memory')
   const setup = await target.setup(target.parseOptions({ size: '1M' }, 512))
-  const handler = target.openQueue(setup.spec, userCopy(fd))
+  const handler = await target.openQueue(setup.spec, userCopy(fd))
   const noBuffer = (op: number, sector: number, sectors: number, tag: number): IoRequest =>
     ({ tag, op, flags: 0, startSector: sector, nrSectors: sectors, buffer: Buffer.alloc(0) })
   fs.writeSync(fd, Buffer.alloc(4096, 0x3c), 0, 4096, tagOffset[1]!)
@@ -199,7 +199,7 @@ t.test('memory in user-copy mode: data moves through the endpoint file at each t
   t.same(completed.splice(0), [[3, -5]], 'a short copy fails its request with EIO')
   const readOnlyFd = fs.openSync(file, 'r')
   t.teardown(() => fs.closeSync(readOnlyFd))
-  const refusing = target.openQueue(setup.spec, userCopy(readOnlyFd))
+  const refusing = await target.openQueue(setup.spec, userCopy(readOnlyFd))
   refusing.handleIo(noBuffer(UBLK_IO_OP_READ, 16, 8, 0))
   refusing.handleIo(noBuffer(UBLK_IO_OP_WRITE, 16, 8, 1))
   refusing.endTurn!()
