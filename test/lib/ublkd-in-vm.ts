@@ -1,5 +1,7 @@
 // Helpers for driving ublkd inside the test VM (see vm.ts): the CLI as a user runs it, and the
 // facts tests assert on (devices in /dev, sysfs attributes, thread affinity).
+import type { Test } from 'tap'
+
 import type { DeviceSummary } from '../../src/main/device.js'
 import { repoRoot, type ExecResult, type Vm } from './vm.js'
 
@@ -56,6 +58,15 @@ export async function waitForIo(vm: Vm, id: number, stat: 'read_ops' | 'write_op
   const check = `${ublkdCli} stats -n ${id} --json | node -e "const queues = JSON.parse(require('fs').readFileSync(0, 'utf8')); ` +
     `process.exit(queues.reduce((sum, queue) => sum + queue.${stat}, 0) > ${count} ? 0 : 1)"`
   await waitInVm(vm, check, timeoutMs)
+}
+
+/** For t.afterEach: when `subtest` failed, print the last lines of the newest daemon log and of
+ *  the kernel's log as comments of `parent`, so that a failure seen only in CI leaves its cause. */
+export async function commentLogsIfFailed(vm: Vm, parent: Test, subtest: Test): Promise<void> {
+  if (subtest.passing()) return
+  const logs = await vm.exec('log=$(ls -t /run/ublkd/daemon.log /tmp/daemon-*.log 2>/dev/null | head -n 1); ' +
+    '[ -n "$log" ] && echo "--- $log" && tail -n 40 "$log" | cut -c1-400; echo "--- dmesg"; dmesg | tail -n 25')
+  parent.comment(`after the failure of "${subtest.name}":\n${logs.stdout}${logs.stderr}`)
 }
 
 /** Run fio with JSON output; returns the parsed report and the raw result. fio may not create

@@ -4,14 +4,15 @@
 import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
-import { addDevice, listDevices, startDaemon, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, listDevices, startDaemon, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 const hasFailIo = vmKernel !== '6.12'
 
-t.afterEach(async () => {
+t.afterEach(async (subtest) => {
+  await commentLogsIfFailed(vm, t, subtest)
   await ublkd(vm, 'del --all --force')
 })
 

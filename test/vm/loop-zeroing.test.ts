@@ -5,13 +5,14 @@
 // mkfs.ext4 on a tmpfs file leaves no "operation not supported" in the kernel log.
 import t from 'tap'
 
-import { addDevice, ublkd } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, ublkd } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 
-t.afterEach(async () => {
+t.afterEach(async (subtest) => {
+  await commentLogsIfFailed(vm, t, subtest)
   await ublkd(vm, 'del --all --force')
 })
 

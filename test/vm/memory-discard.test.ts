@@ -5,13 +5,14 @@
 // the daemon out of memory.
 import t, { type Test } from 'tap'
 
-import { addDevice, listDevices, ublkd } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, listDevices, ublkd } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm({ memMiB: 2048 })
 t.teardown(() => vm.shutdown())
 
-t.afterEach(async () => {
+t.afterEach(async (subtest) => {
+  await commentLogsIfFailed(vm, t, subtest)
   await ublkd(vm, 'del --all --force')
 })
 

@@ -3,13 +3,14 @@
 // must agree.
 import t from 'tap'
 
-import { addDevice, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 
-t.afterEach(async () => {
+t.afterEach(async (subtest) => {
+  await commentLogsIfFailed(vm, t, subtest)
   await ublkd(vm, 'del --all --force')
 })
 

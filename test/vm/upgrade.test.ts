@@ -4,16 +4,15 @@
 // cannot be handed over refuse the upgrade before anything is touched.
 import t from 'tap'
 
-import {
-  addDevice, fio, listDevices, startDaemon, ublkd, waitForWrites,
-} from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, fio, listDevices, startDaemon, ublkd, waitForWrites } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 const hasQuiesce = vmKernel !== '6.12'
 
-t.afterEach(async () => {
+t.afterEach(async (subtest) => {
+  await commentLogsIfFailed(vm, t, subtest)
   await ublkd(vm, 'del --all --force')
 })
 
