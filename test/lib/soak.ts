@@ -15,6 +15,8 @@ export interface SoakOptions {
    *  every request costs the daemon, fio and the kernel about a millisecond of it, and at 40 IOPS
    *  per device a control command took ten times as long as on an idle VM. */
   iopsPerDevice?: number
+  /** Daemon kill -9 + restarts, spread over the run (default 2). */
+  restarts?: number
   /** Progress lines (default: none). */
   log?: (line: string) => void
 }
@@ -419,7 +421,7 @@ export async function runSoak(vm: Vm, options: SoakOptions): Promise<SoakReport>
     log(`${elapsed()} fault ${n} ${fault} ${device.id}: ${after?.recoveries ?? 0} heals, ${steps.join(', ')}`)
   })
 
-  // --- two kill -9 + restart, spaced; each waits for a lifecycle round in the epoch before it
+  // --- kill -9 + restarts, spaced; each waits for a lifecycle round in the epoch before it
   const waitForRound = async (why: string) => {
     const deadline = Date.now() + 600_000
     while (lifecycleRounds === epochRounds && Date.now() < deadline) await sleep(500)
@@ -463,9 +465,10 @@ export async function runSoak(vm: Vm, options: SoakOptions): Promise<SoakReport>
     epochRounds = lifecycleRounds
     gate.open()
   }
-  const kills = [0.2, 0.45]
-  for (let round = 1; round <= kills.length; round++) {
-    const at = soakStart + kills[round - 1]! * options.durationMs
+  const restarts = options.restarts ?? 2
+  for (let round = 1; round <= restarts; round++) {
+    // Within the first half, leaving the last epoch its share of the run.
+    const at = soakStart + (round / (restarts + 1)) * 0.65 * options.durationMs
     if (Date.now() < at) await sleep(at - Date.now())
     await restart(round)
   }

@@ -8,7 +8,7 @@ import path from 'node:path'
 
 import t from 'tap'
 
-import { addDevice, fio, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, fio, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmCacheDir, vmKernel } from '../lib/vm.js'
 
 const shareDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-loop-'))
@@ -19,7 +19,8 @@ t.teardown(async () => {
 })
 
 // A failed test must not leave its device to the next one.
-t.afterEach(async () => {
+t.afterEach(async (subtest) => {
+  await commentLogsIfFailed(vm, t, subtest)
   await vm.exec('umount /tmp/mnt 2>/dev/null; true')
   await ublkd(vm, 'del --all --force')
 })
@@ -49,7 +50,7 @@ for (const mode of verifyCases) {
     t.equal(device.sizeBytes, 64 * 2 ** 20, 'size defaults to the file size')
     t.equal(device.options['file'], mode.backing)
     t.equal(device.options['inlineIo'], mode.inline, `inline I/O ${mode.inline ? 'on' : 'off'}`)
-    for (const [bs, depth, size] of [['512', 4, '1M'], ['4k', 32, '4M'], ['64k', 8, '8M'], ['1M', 2, '16M']] as const) {
+    for (const [bs, depth, size] of [['512', 4, '1M'], ['4k', 32, '4M'], ['64k', 8, '4M'], ['1M', 2, '8M']] as const) {
       const { result, report } = await fio(vm, `--name=v${bs} --filename=${device.blockDevice} --ioengine=io_uring ` +
         `--direct=1 --rw=randwrite --bs=${bs} --iodepth=${depth} --size=${size} --verify=crc32c --verify_fatal=1`)
       t.equal(result.code, 0, `bs=${bs} qd=${depth}: ${result.stderr}`)

@@ -3,12 +3,13 @@
 // server killed and restarted in the middle of fio, TLS, and the refusals.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, startDaemon, ublkd, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, fio, listDevices, startDaemon, ublkd, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, type Vm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
-t.afterEach(async () => {
+t.afterEach(async (subtest) => {
+  await commentLogsIfFailed(vm, t, subtest)
   await ublkd(vm, 'del --all --force')
   await vm.exec('pkill -9 nbdkit; pkill -9 qemu-nbd; pkill -9 nbd-server; true')
 })
@@ -95,7 +96,9 @@ t.test('nbd-server: fio verify', async (t) => {
   await vm.run('truncate -s 64M /tmp/ns.img && printf "[generic]\\nunixsock = /tmp/ns.sock\\n[disk]\\nexportname = /tmp/ns.img\\n" > /tmp/ns.conf')
   await vm.run('nbd-server -C /tmp/ns.conf')
   await waitInVm(vm, 'test -S /tmp/ns.sock', 30_000)
-  const device = await addDevice(vm, '-t nbd --url "nbd+unix:///disk?socket=/tmp/ns.sock"')
+  // nbd-server creates its socket, then spends seconds of emulated CPU starting up before it
+  // answers (8 s seen): more than the default --connect-timeout of 10 s leaves a busy CI host.
+  const device = await addDevice(vm, '-t nbd --url "nbd+unix:///disk?socket=/tmp/ns.sock" --connect-timeout 60')
   t.equal((await vm.run(`cat /sys/block/ublkb${device.id}/queue/discard_max_bytes`)).trim(), '0', 'no SEND_TRIM: no discard')
   await verify(vm, device.blockDevice)
 })
