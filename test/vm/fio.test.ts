@@ -11,21 +11,21 @@ t.teardown(() => vm.shutdown())
 t.test('memory, 2 queues: fio random write with crc32c verify passes', async (t) => {
   const device = await addDevice(vm, '-t memory --size 256M -q 2')
   const { result, report } = await fio(vm, `--name=verify --filename=${device.blockDevice} --ioengine=io_uring ` +
-    '--direct=1 --rw=randwrite --bs=4k --iodepth=16 --numjobs=2 --size=16M --offset_increment=64M ' +
+    '--direct=1 --rw=randwrite --bs=4k --iodepth=16 --numjobs=2 --size=8M --offset_increment=64M ' +
     '--verify=crc32c --verify_fatal=1 --do_verify=1')
   t.equal(result.code, 0, result.stderr)
   t.ok(report, 'fio printed a JSON report')
   for (const job of report?.jobs ?? []) {
     t.equal(job.error, 0, `job ${job.jobname} has no error`)
-    t.equal(job.write.io_bytes, 16 * 2 ** 20, 'every byte written')
-    t.equal(job.read.io_bytes, 16 * 2 ** 20, 'every byte read back and verified')
+    t.equal(job.write.io_bytes, 8 * 2 ** 20, 'every byte written')
+    t.equal(job.read.io_bytes, 8 * 2 ** 20, 'every byte read back and verified')
   }
   const stats = JSON.parse(await vm.run(`${ublkdCli} stats -n ${device.id} --json`)) as Record<string, number>[]
   const sum = (name: string) => stats.reduce((total, queue) => total + queue[name]!, 0)
   t.equal(stats.length, 2, 'stats for both queues')
-  t.equal(sum('write_bytes'), 32 * 2 ** 20, 'the daemon counted exactly the bytes fio wrote')
-  t.equal(sum('write_ops'), 32 * 2 ** 20 / 4096)
-  t.ok(sum('read_bytes') >= 32 * 2 ** 20, 'and at least what fio read back (the kernel reads a little on its own)')
+  t.equal(sum('write_bytes'), 16 * 2 ** 20, 'the daemon counted exactly the bytes fio wrote')
+  t.equal(sum('write_ops'), 16 * 2 ** 20 / 4096)
+  t.ok(sum('read_bytes') >= 16 * 2 ** 20, 'and at least what fio read back (the kernel reads a little on its own)')
   t.equal(sum('inflight'), 0, 'nothing left in flight')
   t.ok(stats.every((queue) => queue['write_ops']! > 0), 'both queues served I/O')
   t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
@@ -42,10 +42,10 @@ t.test('memory: mixed block sizes verify too', async (t) => {
 t.test('null: fio random read completes with the requested I/O count', async (t) => {
   const device = await addDevice(vm, '-t null --size 1G')
   const { result, report } = await fio(vm, `--name=read --filename=${device.blockDevice} --ioengine=io_uring ` +
-    '--direct=1 --rw=randread --bs=4k --iodepth=32 --number_ios=20000 --size=1G')
+    '--direct=1 --rw=randread --bs=4k --iodepth=32 --number_ios=10000 --size=1G')
   t.equal(result.code, 0, result.stderr)
   t.equal(report?.jobs[0]?.error, 0)
-  t.equal(report?.jobs[0]?.read.total_ios, 20000)
+  t.equal(report?.jobs[0]?.read.total_ios, 10000)
   t.equal((await ublkd(vm, `del -n ${device.id}`)).code, 0)
 })
 
@@ -74,7 +74,7 @@ const rssKiB = async (pid: number): Promise<number> => Number((await vm.run(`awk
 /** 4 KiB writes on every tag: the kernel copies the data into each tag's 512 KiB buffer. */
 async function touchEveryTag(blockDevice: string): Promise<string | null> {
   const { result } = await fio(vm, `--name=touch --filename=${blockDevice} --ioengine=io_uring --direct=1 ` +
-    '--rw=randwrite --bs=4k --iodepth=128 --number_ios=20000 --size=1G')
+    '--rw=randwrite --bs=4k --iodepth=128 --number_ios=5000 --size=1G')
   return result.code === 0 ? null : result.stderr
 }
 
