@@ -2,8 +2,9 @@
 // port, as JSON lines.
 //   request  {id, cmd, env?, timeoutMs?, stdin?}    runs `/bin/sh -c cmd` in /tmp; many at once
 //   reply    {id, code, signal, stdout, stderr, ms}  when the command's process exits
-// The first line sent is {ready: true, kernel}. Replies go out when the shell exits, not when
-// its pipes close, so a daemon it started in the background does not hold the reply back.
+// The first line sent is {ready: true, kernel}. Replies go out when the shell has exited and its
+// pipes have closed, or kOutputGraceMs after the exit when a process it started in the background
+// still holds them (a daemon must not hold the reply back).
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -42,7 +43,7 @@ function blockedTasks() {
   return lines.join('\n')
 }
 
-function send(message) {
+function sendMessage(message) {
   const line = Buffer.from(`${JSON.stringify(message)}\n`)
   let written = 0
   while (written < line.length) written += fs.writeSync(portFd, line, written)
@@ -60,6 +61,13 @@ function run(request) {
   const stderr = []
   child.stdout.on('data', (chunk) => stdout.push(chunk))
   child.stderr.on('data', (chunk) => stderr.push(chunk))
+  let openPipes = 2
+  let exited = null
+  const onPipeClosed = () => {
+    if (--openPipes === 0 && exited) send()
+  }
+  child.stdout.on('close', onPipeClosed)
+  child.stderr.on('close', onPipeClosed)
   child.stdin.on('error', () => {})
   child.stdin.end(request.stdin ?? '')
   let timedOut = false
@@ -75,22 +83,28 @@ function run(request) {
     }, request.timeoutMs)
     : null
   let replied = false
+  let sent = false
+  const send = () => {
+    if (sent) return
+    sent = true
+    child.stdout.destroy()
+    child.stderr.destroy()
+    sendMessage({
+      id: request.id,
+      code: timedOut ? null : exited.code,
+      signal: timedOut ? 'TIMEOUT' : exited.signal,
+      stdout: Buffer.concat(stdout).toString(),
+      stderr: Buffer.concat(stderr).toString(),
+      ms: Date.now() - started,
+    })
+  }
   const reply = (code, signal) => {
     if (replied) return
     replied = true
     if (timer) clearTimeout(timer)
-    setTimeout(() => {
-      child.stdout.destroy()
-      child.stderr.destroy()
-      send({
-        id: request.id,
-        code: timedOut ? null : code,
-        signal: timedOut ? 'TIMEOUT' : signal,
-        stdout: Buffer.concat(stdout).toString(),
-        stderr: Buffer.concat(stderr).toString(),
-        ms: Date.now() - started,
-      })
-    }, kOutputGraceMs)
+    exited = { code, signal }
+    if (openPipes === 0) send()
+    else setTimeout(send, kOutputGraceMs)
   }
   child.on('exit', reply)
   child.on('error', (error) => {
@@ -131,4 +145,4 @@ function listen() {
 }
 listen()
 
-send({ ready: true, kernel: os.release() })
+sendMessage({ ready: true, kernel: os.release() })
