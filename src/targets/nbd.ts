@@ -9,8 +9,8 @@ import fs from 'node:fs'
 import { UsageError } from '../common/errors.js'
 import type { NbdExport, NbdTlsFiles } from './nbd/handshake.js'
 import {
-  NBD_CMD_DISC, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
-  NBD_FLAG_SEND_WRITE_ZEROES, encodeRequest, kRequestHeaderBytes,
+  NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_WRITE_ZEROES, disconnectRequest,
 } from './nbd/protocol.js'
 import type { NbdSpec } from './nbd/queue.js'
 import { parseNbdUri, type NbdUri } from './nbd/uri.js'
@@ -154,11 +154,9 @@ export const nbdTarget: Target<NbdOptions, NbdSpec> = {
     // command and queue thread that lists the targets.
     const { dialNbd } = await import('./nbd/handshake.js')
     const session = await dialNbd({ uri: options.uri, tlsFiles: options.tlsFiles, timeoutMs: options.connectTimeoutMs })
-    const disc = Buffer.alloc(kRequestHeaderBytes)
-    encodeRequest(disc, 0, NBD_CMD_DISC, 0, 0, 0, 0, 0)
     // A server that closes first must not make the goodbye an uncaught EPIPE.
     session.socket.on('error', () => {})
-    session.socket.end(disc)
+    session.socket.end(disconnectRequest())
     const exported = session.export
     const { geometry, maxPayloadBytes } = geometryOf(options, exported)
     const multiConn = (exported.flags & NBD_FLAG_CAN_MULTI_CONN) !== 0

@@ -117,3 +117,10 @@ export function encodeRequest(into: Buffer, offset: number, type: number, flags:
   into.writeUInt32BE(from % 2 ** 32, offset + 20)
   into.writeUInt32BE(length, offset + 24)
 }
+
+/** NBD_CMD_DISC: the client's goodbye, after which it sends nothing more. */
+export function disconnectRequest(): Buffer {
+  const header = Buffer.alloc(kRequestHeaderBytes)
+  encodeRequest(header, 0, NBD_CMD_DISC, 0, 0, 0, 0, 0)
+  return header
+}

@@ -21,8 +21,8 @@ import type { Logger } from '../../common/log.js'
 import { kIoPending, type IoRequest, type QueueContext, type QueueHandler } from '../target.js'
 import { dialNbd, type NbdExport, type NbdSession, type NbdTlsFiles } from './handshake.js'
 import {
-  NBD_CMD_DISC, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FUA, encodeRequest, errnoOfServerError, kRequestHeaderBytes,
+  NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_FUA, disconnectRequest, encodeRequest, errnoOfServerError, kRequestHeaderBytes,
 } from './protocol.js'
 import { ReplyParser, type ReplySink } from './reply-parser.js'
 import { RingTransport, kKindBits } from './ring-transport.js'
@@ -228,8 +228,7 @@ export class NbdQueue implements QueueHandler, ReplySink, TransportEvents {
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer)
     if (this.expiryTimer) clearTimeout(this.expiryTimer)
     // A polite goodbye; the thread ends right after, which closes the socket anyway.
-    const disc = Buffer.alloc(kRequestHeaderBytes)
-    encodeRequest(disc, 0, NBD_CMD_DISC, 0, 0, 0, 0, 0)
+    const disc = disconnectRequest()
     this.transport?.close(disc, targetIoDrained)
     for (const { transport } of this.retiring) transport.close(disc, targetIoDrained)
     this.transport = null
