@@ -3,11 +3,12 @@
 // the daemon lives and nothing is left behind. The socket is root-only.
 import t from 'tap'
 
-import { addDevice, listDevices, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, listDevices, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 
 await vm.run(`setsid sh -c '${ublkdCli} daemon > /tmp/daemon.log 2>&1' < /dev/null > /dev/null 2>&1 &`)
 await waitInVm(vm, `grep -q '"msg":"daemon ready"' /tmp/daemon.log`, 60_000)

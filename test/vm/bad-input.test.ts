@@ -2,11 +2,12 @@
 // behind in the kernel (no /dev/ublkc*, no /dev/ublkb*).
 import t from 'tap'
 
-import { addDevice, ublkd, ublkNodes } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, ublkd, ublkNodes } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 
 const cases: [args: string, message: RegExp, exitCode: number][] = [
   ['add -t nosuch --size 1G', /unknown target 'nosuch' \(known: null, memory, loop, nbd, fault\)/, 2],

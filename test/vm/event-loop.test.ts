@@ -3,14 +3,14 @@
 // target's delay) while the queue serves others.
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, fio, listDevices, ublkd, ublkdCli, ublkNodes } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, listDevices, ublkd, ublkdCli, ublkNodes } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 t.test('memory in event-loop mode, 2 queues: fio random write with crc32c verify passes', async (t) => {

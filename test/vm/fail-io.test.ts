@@ -4,7 +4,7 @@
 import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
-import { addDevice, commentLogsIfFailed, listDevices, startDaemon, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, listDevices, startDaemon, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -13,7 +13,7 @@ const hasFailIo = vmKernel !== '6.12'
 
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 t.test('--recovery alone is reissue; --recovery=MODE and --recovery MODE name the mode; a bad mode is refused', async (t) => {

@@ -2,11 +2,12 @@
 // device while fio runs on it; what a device costs the daemon in memory.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 
 t.test('memory, 2 queues: fio random write with crc32c verify passes', async (t) => {
   const device = await addDevice(vm, '-t memory --size 256M -q 2')

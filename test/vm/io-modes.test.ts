@@ -8,14 +8,14 @@
 import t, { type Test } from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
-import { addDevice, commentLogsIfFailed, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm({ memMiB: 2048 })
 t.teardown(() => vm.shutdown())
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 const kMiB = 2 ** 20

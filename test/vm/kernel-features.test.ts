@@ -3,11 +3,12 @@
 // kernel lacks refused before anything is created, and control commands bounded by a deadline.
 import t from 'tap'
 
-import { addDevice, listDevices, startDaemon, ublkd, ublkdCli, ublkNodes, waitInVm, writePartitionTable } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, listDevices, startDaemon, ublkd, ublkdCli, ublkNodes, waitInVm, writePartitionTable } from '../lib/ublkd-in-vm.js'
 import { bootVm, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 
 interface FeaturesJson {
   mask: string

@@ -2,7 +2,7 @@
 // pinned to the CPUs the kernel reports for each queue.
 import t from 'tap'
 
-import { addDevice, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm, writePartitionTable } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm, writePartitionTable } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 /** '0-2, 5' or '0,1' -> [0, 1, 2, 5] */
@@ -17,6 +17,7 @@ function parseCpuList(text: string): number[] {
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 
 t.test('add memory 256M with 2 queues gives a live /dev/ublkbN with the right geometry', async (t) => {
   const device = await addDevice(vm, '-t memory --size 256M -q 2')

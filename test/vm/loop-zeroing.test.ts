@@ -5,7 +5,7 @@
 // mkfs.ext4 on a tmpfs file leaves no "operation not supported" in the kernel log.
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, ublkd } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -13,7 +13,7 @@ t.teardown(() => vm.shutdown())
 
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 const kMiB = 2 ** 20

@@ -8,7 +8,7 @@ import path from 'node:path'
 
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, fio, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmCacheDir, vmKernel } from '../lib/vm.js'
 
 const shareDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-loop-'))
@@ -22,7 +22,7 @@ t.teardown(async () => {
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
   await vm.exec('umount /tmp/mnt 2>/dev/null; true')
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 async function del(id: number): Promise<void> {

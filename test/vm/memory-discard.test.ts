@@ -5,7 +5,7 @@
 // the daemon out of memory.
 import t, { type Test } from 'tap'
 
-import { addDevice, commentLogsIfFailed, listDevices, ublkd } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, listDevices } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm({ memMiB: 2048 })
@@ -13,7 +13,7 @@ t.teardown(() => vm.shutdown())
 
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 const kMiB = 2 ** 20

@@ -10,7 +10,7 @@ import { promisify } from 'node:util'
 
 import t from 'tap'
 
-import { addDevice, fio, ublkdCli, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, fio, ublkdCli, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const run = promisify(execFile)
@@ -20,6 +20,7 @@ t.teardown(async () => {
   await vm.shutdown()
   fs.rmSync(workDir, { recursive: true, force: true })
 })
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 
 const metricsUrl = `http://127.0.0.1:${vm.hostPort(9568)}`
 await vm.run(`setsid sh -c '${ublkdCli} daemon --metrics 0.0.0.0:9568 > /tmp/daemon.log 2>&1' < /dev/null > /dev/null 2>&1 &`)

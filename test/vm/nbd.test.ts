@@ -3,14 +3,14 @@
 // server killed and restarted in the middle of fio, TLS, and the refusals.
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, fio, listDevices, startDaemon, ublkd, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, listDevices, startDaemon, ublkd, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, type Vm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
   await vm.exec('pkill -9 nbdkit; pkill -9 qemu-nbd; pkill -9 nbd-server; true')
 })
 

@@ -4,7 +4,7 @@
 // server held only once the char device is released, so the daemon must let go of it first.
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -12,7 +12,7 @@ t.teardown(() => vm.shutdown())
 
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 const cases: [fault: string, addArgs: string, iodepth: number][] = [

@@ -3,7 +3,7 @@
 // must agree.
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -11,7 +11,7 @@ t.teardown(() => vm.shutdown())
 
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 /** Device ids as the daemon, /dev and the state dir's records each see them. */

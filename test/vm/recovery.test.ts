@@ -4,7 +4,7 @@
 import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
-import { addDevice, commentLogsIfFailed, fio, listDevices, startDaemon as startDaemonInVm, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, listDevices, startDaemon as startDaemonInVm, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -37,7 +37,7 @@ async function onlyDevice(): Promise<DeviceSummary> {
 
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 t.test('kill -9 of the daemon during fio verify, twice: restarts re-attach, fio verifies clean', async (t) => {

@@ -5,7 +5,7 @@
 import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
-import { addDevice, commentLogsIfFailed, listDevices, startDaemon, ublkd, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, listDevices, startDaemon, ublkd, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -16,7 +16,7 @@ const MiB = 2 ** 20
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
   await vm.exec('umount /tmp/rs-mnt')
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 async function deviceNow(id: number): Promise<DeviceSummary> {

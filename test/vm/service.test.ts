@@ -7,11 +7,12 @@
 // `systemd-analyze verify` (test/unit/service-unit.test.ts).
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkdCli, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, fio, listDevices, ublkd, ublkdCli, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 const hasUpdateSize = vmKernel !== '6.12'
 const dir = '/tmp/svc'
 const state = `--state-dir ${dir}/state`

@@ -1,11 +1,12 @@
 // SIGTERM to a daemon serving two devices: both are stopped and deleted, and it exits 0.
 import t from 'tap'
 
-import { addDevice, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, fio, listDevices, ublkd, ublkdCli, ublkNodes, waitForIo, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 
 t.test('SIGTERM with two devices removes both and exits 0', async (t) => {
   await vm.run(`setsid sh -c '${ublkdCli} daemon > /tmp/daemon.log 2>&1; echo $? > /tmp/daemon.rc' < /dev/null > /dev/null 2>&1 &`)

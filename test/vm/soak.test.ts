@@ -5,10 +5,12 @@
 import t from 'tap'
 
 import { runSoak, soakFailures, soakSummary } from '../lib/soak.js'
+import { commentLogsIfFailed } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 
 t.test('a 45-second soak: verify, faults, churn, a restart; no error, no leak', async (t) => {
   const report = await runSoak(vm, { durationMs: 45_000, iopsPerDevice: 10, restarts: 1, log: (line) => t.comment(line) })

@@ -7,11 +7,12 @@
 import t from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
-import { fio, listDevices, waitForWrites, waitInVm } from '../lib/ublkd-in-vm.js'
+import { commentLogsIfFailed, fio, listDevices, waitForWrites, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot } from '../lib/vm.js'
 
 const vm = await bootVm({ init: 'systemd' })
 t.teardown(() => vm.shutdown())
+t.afterEach((subtest) => commentLogsIfFailed(vm, t, subtest))
 const config = '/run/ublkd-test/ublkd.json'
 
 async function writeConfig(devices: Record<string, unknown>[]): Promise<void> {

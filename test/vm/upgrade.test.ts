@@ -4,7 +4,7 @@
 // cannot be handed over refuse the upgrade before anything is touched.
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, fio, listDevices, startDaemon, ublkd, waitForWrites } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, listDevices, startDaemon, ublkd, waitForWrites } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmKernel } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -13,7 +13,7 @@ const hasQuiesce = vmKernel !== '6.12'
 
 t.afterEach(async (subtest) => {
   await commentLogsIfFailed(vm, t, subtest)
-  await ublkd(vm, 'del --all --force')
+  await deleteDevicesLeft(vm)
 })
 
 t.test('three upgrades under fio: 0 errors, a new daemon pid each time, I/O through each new daemon', async (t) => {
