@@ -53,7 +53,8 @@ export async function waitInVm(vm: Vm, cmd: string, timeoutMs: number): Promise<
 
 /** Wait until device `id` has completed more than `count` reads or writes, as the block layer
  *  counts them (/sys/block/ublkbN/stat: field 1 reads, field 5 writes): a client's I/O really
- *  flows. fio starts slowly under emulation, so "fio is running" is not enough. Read from sysfs,
+ *  flows (on a device that served nothing before: these are totals since it was added). fio
+ *  starts slowly under emulation, so "fio is running" is not enough. Read from sysfs,
  *  each poll costs a few milliseconds instead of two node starts (`ublkd stats` and a parser). */
 export async function waitForIo(vm: Vm, id: number, stat: 'read_ops' | 'write_ops', count: number, timeoutMs = 60_000): Promise<void> {
   const field = stat === 'read_ops' ? 1 : 5
