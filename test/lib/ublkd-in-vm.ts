@@ -43,11 +43,14 @@ export async function startDaemon(vm: Vm, flags = ''): Promise<string> {
   return log
 }
 
-/** Wait until `cmd` exits 0 (polling inside the VM), or fail after `timeoutMs`. */
+/** Wait until `cmd` exits 0 (polling inside the VM), or fail after `timeoutMs`. The polls start
+ *  0.1 s apart and spread out to 1 s: each costs a few processes, and the emulated CPUs they take
+ *  are those of whatever the test waits for. */
 export async function waitInVm(vm: Vm, cmd: string, timeoutMs: number): Promise<void> {
-  const seconds = Math.ceil(timeoutMs / 100)
-  const result = await vm.exec(`for i in $(seq ${seconds}); do (${cmd}) >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1`,
-    { timeoutMs: timeoutMs + 30_000 })
+  const pauses: number[] = []
+  for (let total = 0, pause = 0.1; total < timeoutMs / 1000; total += pause, pause = Math.min(1, Math.round(pause * 15) / 10)) pauses.push(pause)
+  const result = await vm.exec(`for pause in ${pauses.join(' ')}; do (${cmd}) >/dev/null 2>&1 && exit 0; sleep $pause; done; ` +
+    `(${cmd}) >/dev/null 2>&1`, { timeoutMs: timeoutMs + 30_000 })
   if (result.code !== 0) throw new Error(`timed out waiting for: ${cmd}`)
 }
 
