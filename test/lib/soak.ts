@@ -15,7 +15,8 @@ export interface SoakOptions {
    *  every request costs the daemon, fio and the kernel about a millisecond of it, and at 40 IOPS
    *  per device a control command took ten times as long as on an idle VM. */
   iopsPerDevice?: number
-  /** Daemon kill -9 + restarts, spread over the run (default 2). */
+  /** Daemon kill -9 + restarts, spread over the run (default 2; 0: none, the leaks then
+   *  measured from a sample after the first churn round). */
   restarts?: number
   /** Progress lines (default: none). */
   log?: (line: string) => void
@@ -466,6 +467,17 @@ export async function runSoak(vm: Vm, options: SoakOptions): Promise<SoakReport>
     gate.open()
   }
   const restarts = options.restarts ?? 2
+  if (restarts === 0) {
+    // No restart to measure from: the steady point is after a first churn round.
+    await waitForRound('before the steady sample')
+    await gate.close()
+    const steady = await sample('steady')
+    report.leaks.fdsBefore = steady.fds
+    report.leaks.rssBeforeKiB = steady.rssKiB
+    steadyKinds = steady.fdKinds
+    epochRounds = lifecycleRounds
+    gate.open()
+  }
   for (let round = 1; round <= restarts; round++) {
     // Within the first half, leaving the last epoch its share of the run.
     const at = soakStart + (round / (restarts + 1)) * 0.65 * options.durationMs
@@ -474,7 +486,7 @@ export async function runSoak(vm: Vm, options: SoakOptions): Promise<SoakReport>
   }
   // The last epoch runs at least one more lifecycle round, however late the restarts ended.
   if (Date.now() < soakStart + options.durationMs) await sleep(soakStart + options.durationMs - Date.now())
-  await waitForRound('after the last restart')
+  await waitForRound(restarts === 0 ? 'after the steady sample' : 'after the last restart')
   stopping = true
   await gate.close()
   gate.open()
