@@ -1,4 +1,4 @@
-// ublkd upgrade against the real driver: three upgrades in a row while fio verifies a loop device
+// ublkd upgrade against the real driver: two upgrades in a row while fio verifies a loop device
 // on a file and one on a block device and drives a null device, with 0 errors, a new daemon
 // each time and I/O flowing through it; QUIESCE_DEV on 7.3, a reissue on 6.12; devices that
 // cannot be handed over refuse the upgrade before anything is touched.
@@ -16,7 +16,7 @@ t.afterEach(async (subtest) => {
   await deleteDevicesLeft(vm)
 })
 
-t.test('three upgrades under fio: 0 errors, a new daemon pid each time, I/O through each new daemon', async (t) => {
+t.test('two upgrades under fio: 0 errors, a new daemon pid each time, I/O through each new daemon', async (t) => {
   await startDaemon(vm)
   await vm.run('rm -f /tmp/up-file.img /tmp/up-block.img && truncate -s 64M /tmp/up-file.img /tmp/up-block.img')
   await vm.run(`${repoRoot}/scripts/vm/load-module.sh loop`)
@@ -43,7 +43,7 @@ t.test('three upgrades under fio: 0 errors, a new daemon pid each time, I/O thro
   const ioFlows = () => waitForWrites(vm, { writes: 20, devices: 3 })
   await ioFlows()
   let pid = file.daemonPid
-  for (let round = 1; round <= 3; round++) {
+  for (let round = 1; round <= 2; round++) {
     const upgrade = await ublkd(vm, 'upgrade', 300_000)
     t.equal(upgrade.code, 0, `round ${round}: ${upgrade.stderr}`)
     t.match(upgrade.stdout, new RegExp(`daemon pid ${pid} handed over 3 devices`), `round ${round}: the old daemon handed over`)
@@ -59,7 +59,7 @@ t.test('three upgrades under fio: 0 errors, a new daemon pid each time, I/O thro
     t.pass(`round ${round}: I/O flows through the new daemon`)
     pid = newPid
   }
-  t.equal((await vm.exec('pkill -INT -x fio')).code, 0, 'fio ran through the three upgrades')
+  t.equal((await vm.exec('pkill -INT -x fio')).code, 0, 'fio ran through the two upgrades')
   for (const { result, report } of await Promise.all(jobs)) {
     // Stopped by SIGINT, fio exits non-zero; its report says whether any I/O failed.
     const job = report?.jobs[0]
