@@ -40,10 +40,13 @@ run_vm() { # run_vm FILES...: the files on every kernel at once
   wait "${progress[@]}"
   for kernel in "${kernels[@]}"; do echo "# ---- vm-$kernel ----"; cat ".tap/vm-$kernel.tap"; done
 }
-host() { # host FILES...: the tests that need no VM, once
+show_host() { # the host run's TAP
   echo "# ---- host ----"
-  run host "${kernels[0]}" "$@" || rc=1
   cat .tap/host.tap
+}
+host() { # host FILES...: the tests that need no VM, once
+  run host "${kernels[0]}" "$@" || rc=1
+  show_host
 }
 if [ $# -eq 0 ]; then
   # The host tests run beside the VMs, niced: each QEMU leaves part of its core idle (the guest
@@ -52,8 +55,7 @@ if [ $# -eq 0 ]; then
   host_pid=$!
   run_vm test/vm
   wait "$host_pid" || rc=1
-  echo "# ---- host ----"
-  cat .tap/host.tap
+  show_host
 elif printf '%s\n' "$@" | grep -q 'test/vm'; then
   run_vm "$@"
 else

@@ -76,13 +76,12 @@ function run(request) {
       timedOut = true
       try { process.kill(-child.pid, 'SIGKILL') } catch {}
       setTimeout(() => {
-        if (replied) return
+        if (exited) return
         stderr.push(Buffer.from(`\nagent: the command did not die ${kKillGraceMs} ms after SIGKILL; blocked tasks:\n${blockedTasks()}\n`))
         reply(null, 'TIMEOUT')
       }, kKillGraceMs).unref()
     }, request.timeoutMs)
     : null
-  let replied = false
   let sent = false
   const send = () => {
     if (sent) return
@@ -99,8 +98,7 @@ function run(request) {
     })
   }
   const reply = (code, signal) => {
-    if (replied) return
-    replied = true
+    if (exited) return
     if (timer) clearTimeout(timer)
     exited = { code, signal }
     if (openPipes === 0) send()
