@@ -22,23 +22,55 @@ run() { # run NAME KERNEL FILES...: one tap run, its TAP kept in .tap/NAME.tap
   shift 2
   UBLKD_VM_KERNEL=$kernel npx tap "$@" > ".tap/$name.tap" 2>&1
 }
-# The VM runs of the kernels go side by side: each QEMU (single-threaded TCG) keeps one of the
-# machine's cores busy, so two kernels take about as long as one. Each run's TAP is printed whole
-# once both ended; meanwhile a line per finished test file shows progress.
-run_vm() { # run_vm FILES...: the files on every kernel at once
-  local kernel pid pids=() progress=()
-  for kernel in "${kernels[@]}"; do
-    : > ".tap/vm-$kernel.tap"
-    run "vm-$kernel" "$kernel" "$@" &
-    pid=$!
-    pids+=("$pid")
-    tail --pid="$pid" -n +1 -F ".tap/vm-$kernel.tap" 2>/dev/null | grep --line-buffered -E '^(not )?ok ' |
-      sed -u "s/^/# [$kernel] /" &
-    progress+=($!)
+# The VM files, costliest first (a file's seconds on 7.3 in the full run of 7 December 2026:
+# recovery 475, loop 309, nbd 303, soak ~200, upgrade ~260, systemd 235, io-modes 231, ...); files
+# not listed follow in name order. Only the order of the jobs depends on it.
+costliest_first=(recovery loop nbd upgrade systemd io-modes soak races lifecycle fio resize queue-death
+  service memory-discard bad-input kernel-features api-hardening loop-zeroing sigterm metrics fail-io
+  event-loop vm-smoke)
+# The VM tests as one queue of (kernel, file) jobs, costliest first, taken by as many workers as
+# the machine has cores: each QEMU (single-threaded TCG) keeps one core busy. Longest first, the
+# workers end within a few minutes of each other, where one run per kernel left 6.12's core idle
+# for ten. Each job's TAP is kept in .tap/vm-KERNEL-NAME.tap and printed once all ended; meanwhile
+# a line per finished job shows progress.
+run_vm() { # run_vm FILES...: the files (or directories of them) on every kernel
+  local arg files=() ordered=() name file kernel
+  for arg in "$@"; do
+    if [ -d "$arg" ]; then files+=("$arg"/*.test.ts); else files+=("$arg"); fi
   done
+  for name in "${costliest_first[@]}"; do
+    for file in "${files[@]}"; do [ "$(basename "$file" .test.ts)" = "$name" ] && ordered+=("$file"); done
+  done
+  for file in "${files[@]}"; do
+    printf '%s\n' "${costliest_first[@]}" | grep -qxF "$(basename "$file" .test.ts)" || ordered+=("$file")
+  done
+  : > .tap/vm-jobs
+  for file in "${ordered[@]}"; do
+    # The newest kernel first: its runs are the longer ones.
+    for kernel in $(printf '%s\n' "${kernels[@]}" | sort -rV); do echo "$kernel $file" >> .tap/vm-jobs; done
+  done
+  echo 0 > .tap/vm-jobs-taken
+  local jobs workers pids=() i
+  jobs=$(wc -l < .tap/vm-jobs)
+  workers=${UBLKD_VM_PARALLEL:-$(nproc)}
+  [ "$workers" -le "$jobs" ] || workers=$jobs
+  for ((i = 0; i < workers; i++)); do vm_worker & pids+=($!); done
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-  wait "${progress[@]}"
-  for kernel in "${kernels[@]}"; do echo "# ---- vm-$kernel ----"; cat ".tap/vm-$kernel.tap"; done
+  while read -r kernel file; do
+    echo "# ---- vm $kernel $file ----"
+    cat ".tap/vm-$kernel-$(basename "$file" .test.ts).tap"
+  done < .tap/vm-jobs
+}
+vm_worker() { # takes jobs until none is left; fails if one of its jobs failed
+  local job kernel file tap failed=0
+  while job=$(flock .tap/vm-jobs.lock bash -c 'n=$(cat .tap/vm-jobs-taken); echo $((n + 1)) > .tap/vm-jobs-taken; sed -n "$((n + 1))p" .tap/vm-jobs') &&
+    [ -n "$job" ]; do
+    read -r kernel file <<< "$job"
+    tap=".tap/vm-$kernel-$(basename "$file" .test.ts).tap"
+    UBLKD_VM_KERNEL=$kernel npx tap "$file" > "$tap" 2>&1 || failed=1
+    grep -E '^(not )?ok ' "$tap" | sed "s/^/# [$kernel] /"
+  done
+  return "$failed"
 }
 show_host() { # the host run's TAP
   echo "# ---- host ----"
