@@ -29,7 +29,9 @@ t.test('TRY_STOP_DEV: EBUSY for 2 s is UBLKD_ERR_BUSY, other errors are the kern
     code: 'UBLKD_ERR_BUSY',
     message: `device ${id} is in use: open by a holder the daemon cannot name; del --force deletes it anyway`,
   })
-  t.ok(fake.commands.length >= 5 && fake.commands.length <= 11, `tried for 2 s: ${fake.commands.length} times`)
+  // Every 200 ms for 2 s: at most 11 tries; fewer when this process is starved (the tests run
+  // niced beside the VMs), but more than one.
+  t.ok(fake.commands.length >= 2 && fake.commands.length <= 11, `tried for 2 s: ${fake.commands.length} times`)
   const failing = kernel([new KernelError('TRY_STOP_DEV', -19)])
   await t.rejects(stopIfIdle({ id, tryStopDev: true, runStop: failing.runStop }), { code: 'UBLKD_ERR_KERNEL', errno: -19 })
 })
