@@ -1,6 +1,7 @@
 // The queue workers of one device: a piscina pool with exactly one thread per hardware queue and
 // one long task per queue that settles only when the queue stops.
 import fs from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import { MessageChannel } from 'node:worker_threads'
 
 import { Piscina } from 'piscina'
@@ -11,7 +12,9 @@ import type { LogLevel } from '../common/log-level.js'
 import { kTargetDrainMs, type QueueEvent, type QueueExit, type QueueMode, type QueueTaskInput } from '../common/messages.js'
 import { native } from '../native/addon.js'
 
-const queueWorkerUrl = new URL('../queue-worker/entry.js', import.meta.url).href
+// A path, not a URL: piscina require()s it, and a CommonJS bundle loads without the ES module
+// loader in each queue thread (scripts/bundle.mjs).
+const queueWorkerFile = fileURLToPath(new URL('../queue-worker/entry.js', import.meta.url))
 // A queue loop that turns sees its stop eventfd within one turn.
 const kStopEventGraceMs = 1000
 
@@ -68,7 +71,7 @@ export class QueuePool {
   constructor(spec: QueuePoolSpec) {
     const queues = spec.affinity.length
     this.pool = new Piscina({
-      filename: queueWorkerUrl,
+      filename: queueWorkerFile,
       minThreads: queues,
       maxThreads: queues,
       idleTimeout: Infinity,
