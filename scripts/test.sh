@@ -53,6 +53,12 @@ run_vm() { # run_vm FILES...: the files (or directories of them) on every kernel
   local jobs workers pids=() i
   jobs=$(wc -l < .tap/vm-jobs)
   workers=${UBLKD_VM_PARALLEL:-$(nproc)}
+  if ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
+    # A TAP file of its own, so that the closing line counts the failure.
+    printf 'TAP version 14\nnot ok 1 - UBLKD_VM_PARALLEL=%s: not a number of VMs (1 or more)\n1..1\n' "$workers" | tee .tap/vm-parallel.tap
+    rc=1
+    return
+  fi
   [ "$workers" -le "$jobs" ] || workers=$jobs
   for ((i = 0; i < workers; i++)); do vm_worker & pids+=($!); done
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
