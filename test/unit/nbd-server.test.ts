@@ -790,7 +790,7 @@ t.test('queue: a server down past reconnectTimeoutMs fails the held request and 
   // The next reconnect attempt finds it (the backoff is at most a few hundred ms here).
   const back = Date.now()
   let result = -5
-  while (result === -5 && Date.now() - back < 4000) {
+  while (result === -5 && Date.now() - back < 20_000) {
     await sleep(25)
     result = submit(handler, queue, 2, UBLK_IO_OP_READ, 32, kSectors16K)
   }
@@ -835,11 +835,12 @@ t.test('queue: a connection idle for longer than replyTimeoutMs is not dropped w
   })
   const queue = fakeQueue()
   const opened = Date.now()
-  const handler = openQueue(t, server, queue, { replyTimeoutMs: 300 })
-  await until(() => server.transmitting === 1, 1000, 'connected')
-  // The silence watch ticks every second from the queue's start: send 100 ms before a tick;
-  // the server answers 200 ms later, within replyTimeoutMs.
-  await sleep(900 - (Date.now() - opened))
+  const handler = openQueue(t, server, queue, { replyTimeoutMs: 3000 })
+  await until(() => server.transmitting === 1, 3000, 'connected')
+  // The silence watch ticks every second from the queue's start: send 100 ms before a tick,
+  // after more than replyTimeoutMs of silence; the server answers 200 ms later, in time (with
+  // seconds to spare for a starved process).
+  await sleep(3900 - (Date.now() - opened))
   t.equal(submit(handler, queue, 0, UBLK_IO_OP_FLUSH, 0, 0), kIoPending)
   t.equal(await queue.result(0), 0)
   t.equal(server.connections, 1, 'the connection was kept')
