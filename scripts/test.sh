@@ -22,16 +22,16 @@ run() { # run NAME KERNEL FILES...: one tap run, its TAP kept in .tap/NAME.tap
   shift 2
   UBLKD_VM_KERNEL=$kernel npx tap "$@" > ".tap/$name.tap" 2>&1
 }
-# The VM files, costliest first (a file's seconds on 7.3 in the full run of 7 December 2026:
-# recovery 475, loop 309, nbd 303, soak ~200, upgrade ~260, systemd 235, io-modes 231, ...); files
+# The VM files, costliest first (a file's seconds on 7.3 in a full run of 7 December 2026:
+# recovery 380, loop 282, upgrade 262, nbd 249, soak 211, io-modes 197, systemd 191, ...); files
 # not listed follow in name order. Only the order of the jobs depends on it.
 costliest_first=(recovery loop nbd upgrade systemd io-modes soak races lifecycle fio resize queue-death
   service memory-discard bad-input kernel-features api-hardening loop-zeroing sigterm metrics fail-io
   event-loop vm-smoke)
 # The VM tests as one queue of (kernel, file) jobs, costliest first, taken by as many workers as
 # the machine has cores: each QEMU (single-threaded TCG) keeps one core busy. Longest first, the
-# workers end within a few minutes of each other, where one run per kernel left 6.12's core idle
-# for ten. Each job's TAP is kept in .tap/vm-KERNEL-NAME.tap and printed once all ended; meanwhile
+# two workers ended 22 s apart in a full run, where one run per kernel left 6.12's core idle for
+# ten minutes. Each job's TAP is kept in .tap/vm-KERNEL-NAME.tap and printed once all ended; meanwhile
 # a line per finished job shows progress.
 run_vm() { # run_vm FILES...: the files (or directories of them) on every kernel
   local arg files=() ordered=() name file kernel
