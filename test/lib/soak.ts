@@ -5,7 +5,7 @@
 // (scripts/soak.ts) runs it for minutes, test/vm/soak.test.ts for 45 s in `npm test`; see docs/testing.md.
 import type { DeviceSummary } from '../../src/main/device.js'
 import {
-  addDevice, fio, listDevices, startDaemon, ublkd, ublkNodes, waitInVm, type FioReport,
+  addDevice, descriptorKinds, fio, listDevices, startDaemon, ublkd, ublkNodes, waitInVm, type FioReport,
 } from './ublkd-in-vm.js'
 import { repoRoot, vmKernel, type ExecResult, type Vm } from './vm.js'
 
@@ -226,13 +226,9 @@ export async function runSoak(vm: Vm, options: SoakOptions): Promise<SoakReport>
    *  readings a second apart agree: a CLI call that just ended may still have its socket open. */
   const sample = async (when: string): Promise<SoakSample> => {
     const read = async () => {
-      // Link targets only: a descriptor closed while listed has none, and the daemon's reads of
-      // /proc (the stall watch's thread stats, disk users) are open for an instant.
-      const out = await vm.run(`find /proc/${daemonPid}/fd -mindepth 1 -printf '%l\\n' 2>/dev/null | grep -v -e '^$' -e '^/proc/' | ` +
-        `sed 's/:\\[[0-9]*\\]$//' | sort; ` +
-        `grep VmRSS /proc/${daemonPid}/status`)
-      const lines = out.trim().split('\n')
-      return { fdKinds: lines.slice(0, -1), rssKiB: Number(/VmRSS:\s+(\d+)/.exec(lines.at(-1) ?? '')?.[1] ?? -1) }
+      const fdKinds = await descriptorKinds(vm, daemonPid)
+      const rss = await vm.run(`grep VmRSS /proc/${daemonPid}/status`)
+      return { fdKinds, rssKiB: Number(/VmRSS:\s+(\d+)/.exec(rss)?.[1] ?? -1) }
     }
     let last = await read()
     for (let i = 0; i < 10; i++) {

@@ -64,6 +64,15 @@ export async function waitForIo(vm: Vm, id: number, stat: 'read_ops' | 'write_op
   await waitInVm(vm, `test "$(awk '{print $${field}}' /sys/block/ublkb${id}/stat)" -gt ${count}`, timeoutMs)
 }
 
+/** The open descriptors of process `pid` by kind (a path, `socket`, `anon_inode:[io_uring]`, ...),
+ *  sorted. Link targets only: a descriptor closed while listed has none, and the daemon's reads
+ *  of /proc (the stall watch's thread stats, disk users) are open for an instant. */
+export async function descriptorKinds(vm: Vm, pid: number): Promise<string[]> {
+  const out = await vm.run(`find /proc/${pid}/fd -mindepth 1 -printf '%l\\n' 2>/dev/null | grep -v -e '^$' -e '^/proc/' | ` +
+    `sed 's/:\\[[0-9]*\\]$//' | sort`)
+  return out.split('\n').filter((line) => line.length > 0)
+}
+
 /** For t.afterEach: when `subtest` failed, print the last lines of the newest daemon log and of
  *  the kernel's log as comments of `parent`, so that a failure seen only in CI leaves its cause. */
 export async function commentLogsIfFailed(vm: Vm, parent: Test, subtest: Test): Promise<void> {

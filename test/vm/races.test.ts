@@ -3,7 +3,7 @@
 // must agree.
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, deleteDevicesLeft, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, descriptorKinds, listDevices, ublkd, ublkdCli, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm } from '../lib/vm.js'
 
 const vm = await bootVm()
@@ -70,9 +70,7 @@ t.test('del --force during a heal loop: the device goes, nothing of it stays', a
   const { daemonPid: pid } = await addDevice(vm, '-t null --size 1G')
   await ublkd(vm, 'del --all')
   const threads = async () => Number(await vm.run(`ls /proc/${pid}/task | wc -l`))
-  // Link targets, as the soak counts them: not a descriptor closed while listed, nor the
-  // daemon's own instant reads of /proc.
-  const fds = async () => Number(await vm.run(`find /proc/${pid}/fd -mindepth 1 -printf '%l\\n' 2>/dev/null | grep -v -c -e '^$' -e '^/proc/' || true`))
+  const fds = async () => (await descriptorKinds(vm, pid)).length
   const baseline = { threads: await threads(), fds: await fds() }
   for (let round = 0; round < 2; round++) {
     const device = await addDevice(vm, '-t fault --size 64M --fault throw --fault-at 30 --fault-count 1000000 --recovery -q 2')
