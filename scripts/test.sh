@@ -68,13 +68,13 @@ run_vm() { # run_vm FILES...: the files (or directories of them) on every kernel
   done < .tap/vm-jobs
 }
 vm_worker() { # takes jobs until none is left; fails if one of its jobs failed
-  local job kernel file tap failed=0
+  local job kernel file name failed=0
   while job=$(flock .tap/vm-jobs.lock bash -c 'n=$(cat .tap/vm-jobs-taken); echo $((n + 1)) > .tap/vm-jobs-taken; sed -n "$((n + 1))p" .tap/vm-jobs') &&
     [ -n "$job" ]; do
     read -r kernel file <<< "$job"
-    tap=".tap/vm-$kernel-$(basename "$file" .test.ts).tap"
-    UBLKD_VM_KERNEL=$kernel npx tap "$file" > "$tap" 2>&1 || failed=1
-    grep -E '^(not )?ok ' "$tap" | sed "s/^/# [$kernel] /"
+    name="vm-$kernel-$(basename "$file" .test.ts)"
+    run "$name" "$kernel" "$file" || failed=1
+    grep -E '^(not )?ok ' ".tap/$name.tap" | sed "s/^/# [$kernel] /"
   done
   return "$failed"
 }
