@@ -875,7 +875,7 @@ t.test('queue: close() says goodbye with NBD_CMD_DISC', async (t) => {
   t.equal(submit(handler, queue, 0, UBLK_IO_OP_FLUSH, 0, 0), kIoPending)
   t.equal(await queue.result(0), 0)
   handler.close(true)
-  await until(() => server.disconnects === 1, 1000, 'NBD_CMD_DISC')
+  await until(() => server.disconnects === 1, 10_000, 'NBD_CMD_DISC')
   t.equal(server.connections, 1)
 })
 

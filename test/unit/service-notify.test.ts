@@ -14,8 +14,10 @@ import { ServiceNotifier } from '../../src/main/service-notify.js'
 const listener = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../lib/notify-listener.py')
 const log = createLogger('silent', {})
 
+/** Polls `check`; the deadline only guards against a hang (niced beside the VMs, python3 can
+ *  take many seconds to start). */
 async function waitFor(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !check(); i++) await new Promise((resolve) => setTimeout(resolve, 25))
+  for (const end = Date.now() + 60_000; !check() && Date.now() < end;) await new Promise((resolve) => setTimeout(resolve, 25))
   if (!check()) throw new Error(`timed out waiting for ${what}`)
 }
 
