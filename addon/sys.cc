@@ -218,16 +218,20 @@ Napi::Value SetIoFlusher(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// directIoAlignment(path): the file offset and length alignment O_DIRECT I/O on the file needs
-// (statx STATX_DIOALIGN, Linux 6.1+), or 0 when the filesystem does not say (or has no O_DIRECT).
+// directIoAlignment(path): [offset, memory]: the file offset and length alignment, and the
+// buffer address alignment, O_DIRECT I/O on the file needs (statx STATX_DIOALIGN, Linux 6.1+);
+// [0, 0] when the filesystem does not say (or has no O_DIRECT).
 Napi::Value DirectIoAlignment(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsString()) return ThrowType(env, "directIoAlignment(path)");
   std::string path = info[0].As<Napi::String>().Utf8Value();
   struct statx st {};
   if (statx(AT_FDCWD, path.c_str(), 0, STATX_DIOALIGN, &st) != 0) return ThrowErrno(env, "statx", errno);
-  uint32_t alignment = (st.stx_mask & STATX_DIOALIGN) != 0 ? st.stx_dio_offset_align : 0;
-  return Napi::Number::New(env, alignment);
+  bool reported = (st.stx_mask & STATX_DIOALIGN) != 0;
+  Napi::Array alignments = Napi::Array::New(env, 2);
+  alignments.Set(0u, Napi::Number::New(env, reported ? st.stx_dio_offset_align : 0));
+  alignments.Set(1u, Napi::Number::New(env, reported ? st.stx_dio_mem_align : 0));
+  return alignments;
 }
 
 // threadAffinity(): the CPUs the calling thread may run on.

@@ -14,7 +14,8 @@ import os from 'node:os'
 
 import {
   UBLK_ATTR_FUA, UBLK_ATTR_READ_ONLY, UBLK_ATTR_VOLATILE_CACHE, UBLK_DEV_ID_ANY, UBLK_F_QUIESCE, UBLK_F_SAFE_STOP_DEV, UBLK_F_UPDATE_SIZE, UBLK_F_USER_RECOVERY,
-  UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_S_DEV_DEAD, UBLK_S_DEV_FAIL_IO, UBLK_S_DEV_QUIESCED,
+  UBLK_MIN_SEGMENT_SIZE, UBLK_PARAM_TYPE_BASIC, UBLK_PARAM_TYPE_DISCARD, UBLK_PARAM_TYPE_DMA_ALIGN, UBLK_PARAM_TYPE_SEGMENT,
+  UBLK_S_DEV_DEAD, UBLK_S_DEV_FAIL_IO, UBLK_S_DEV_QUIESCED,
 } from '../abi/ublk-cmd.js'
 import { describeFeatureMask } from '../abi/feature-names.js'
 import { ublksrvIoDesc, type Params } from '../abi/structs.js'
@@ -126,7 +127,12 @@ export interface BackingClaim {
   id: number | null
 }
 
-export function paramsFromGeometry(geometry: DeviceGeometry, maxIoBufBytes: number): Params {
+// The DMA alignment mask must stay below the page size (ublk_drv.c, ublk_validate_params).
+const kPageBytes = 4096
+// The block layer's default segment boundary: none below 4 GiB.
+const kNoSegmentBoundary = 0xffffffffn
+
+export function paramsFromGeometry(geometry: DeviceGeometry, maxIoBufBytes: number, ioMode: IoMode): Params {
   const shift = (bytes: number) => Math.log2(bytes)
   let attrs = 0
   if (geometry.readOnly) attrs |= UBLK_ATTR_READ_ONLY
@@ -154,6 +160,19 @@ export function paramsFromGeometry(geometry: DeviceGeometry, maxIoBufBytes: numb
       maxDiscardSectors: geometry.discard.maxDiscardSectors,
       maxWriteZeroesSectors: geometry.discard.maxWriteZeroesSectors,
       maxDiscardSegments: 1,
+    }
+  }
+  const limits = ioMode === 'zero-copy' ? geometry.zeroCopyLimits : undefined
+  if (limits) {
+    params.types |= UBLK_PARAM_TYPE_DMA_ALIGN
+    params.dma = { alignment: Math.min(limits.dmaAlignmentBytes, kPageBytes) - 1 }
+    if (limits.segments) {
+      params.types |= UBLK_PARAM_TYPE_SEGMENT
+      params.seg = {
+        segBoundaryMask: kNoSegmentBoundary,
+        maxSegmentSize: Math.max(UBLK_MIN_SEGMENT_SIZE, limits.segments.maxSegmentBytes),
+        maxSegments: Math.min(0xffff, limits.segments.maxSegments),
+      }
     }
   }
   return params
@@ -268,7 +287,7 @@ export class Device {
         throw new UblkdError('UBLKD_ERR_KERNEL',
           `kernel gave ${info.nrHwQueues} queues of depth ${info.queueDepth}, asked for ${request.queues} x ${request.depth}`)
       }
-      await deps.control.setParams(device.id, paramsFromGeometry(setup.geometry, info.maxIoBufBytes))
+      await deps.control.setParams(device.id, paramsFromGeometry(setup.geometry, info.maxIoBufBytes, ioMode))
       await device.startQueues()
       await Promise.race([deps.control.startDev(device.id, process.pid), device.pool!.firstExit()])
       // These sysfs writes freeze the disk's queue, waiting for its requests: with a queue dead

@@ -61,8 +61,9 @@ export interface NativeAddon {
   pinThread(cpus: readonly number[]): void
   /** PR_SET_IO_FLUSHER for the calling thread (needs CAP_SYS_RESOURCE). */
   setIoFlusher(): void
-  /** The offset/length alignment of O_DIRECT I/O on the file (statx STATX_DIOALIGN); 0: not reported. */
-  directIoAlignment(path: string): number
+  /** [offset, memory]: the file offset/length and the buffer address alignment O_DIRECT I/O on
+   *  the file needs (statx STATX_DIOALIGN); 0: not reported. */
+  directIoAlignment(path: string): [number, number]
   threadAffinity(): number[]
   gettid(): number
   eventFd(): number

@@ -39,7 +39,7 @@ import { kUserDataTarget } from '../common/user-data.js'
 import { native } from '../native/addon.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import {
-  kIoPending, requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target,
+  kIoPending, requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target, type ZeroCopyLimits,
 } from './target.js'
 
 const kEagain = -11
@@ -61,6 +61,12 @@ interface Backing {
   allocationBytes: number
   /** A regular file: the alignment O_DIRECT needs there (statx), 0 when its filesystem does not say. */
   directIoAlignment: number
+  /** The buffer address alignment O_DIRECT needs (sysfs dma_alignment of a block device, statx
+   *  of a file), 0 when unknown. */
+  directIoMemoryAlignment: number
+  /** The block queue serving the backing's I/O (the disk's, for a partition or a file on one);
+   *  null for a filesystem without one (tmpfs, btrfs, overlay, 9p). */
+  queueDir: string | null
 }
 
 interface LoopOptions {
@@ -150,6 +156,20 @@ function readSysfsNumber(file: string): number {
   return Number(fs.readFileSync(file, 'utf8').trim())
 }
 
+/** /sys/dev/block/MAJ:MIN of a dev_t as glibc encodes it: 12 bits of major above 8 low bits of
+ *  minor (majors < 4096 here). */
+function sysfsBlockDir(dev: number): string {
+  const major = Math.floor(dev / 256) & 0xfff
+  const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00)
+  return `/sys/dev/block/${major}:${minor}`
+}
+
+/** A disk's queue directory, or for a partition its disk's (`..` resolves past the symlink). */
+function blockQueueDir(dev: number): string | null {
+  const dir = sysfsBlockDir(dev)
+  return [`${dir}/queue`, `${dir}/../queue`].find((queue) => fs.existsSync(queue)) ?? null
+}
+
 function inspectBacking(file: string): Backing {
   const resolved = path.resolve(file)
   let stat: fs.Stats
@@ -162,22 +182,23 @@ function inspectBacking(file: string): Backing {
   }
   if (stat.isDirectory()) throw new UsageError(`backing file ${resolved} is a directory`)
   if (stat.isBlockDevice()) {
-    // dev_t as glibc encodes it: 12 bits of major above 8 low bits of minor (majors < 4096 here).
-    const major = Math.floor(stat.rdev / 256) & 0xfff
-    const minor = (stat.rdev & 0xff) | (Math.floor(stat.rdev / 4096) & 0xfff00)
-    const sys = `/sys/dev/block/${major}:${minor}`
+    const queue = blockQueueDir(stat.rdev)
+    if (queue === null) throw new UsageError(`block device ${resolved} has no queue in ${sysfsBlockDir(stat.rdev)}`)
     return {
       path: resolved,
       isBlockDevice: true,
-      sizeBytes: readSysfsNumber(`${sys}/size`) * 512,
-      logicalBlockSize: readSysfsNumber(`${sys}/queue/logical_block_size`),
-      physicalBlockSize: readSysfsNumber(`${sys}/queue/physical_block_size`),
-      writeZeroes: readSysfsNumber(`${sys}/queue/write_zeroes_max_bytes`) > 0,
-      allocationBytes: readSysfsNumber(`${sys}/queue/logical_block_size`),
+      sizeBytes: readSysfsNumber(`${sysfsBlockDir(stat.rdev)}/size`) * 512,
+      logicalBlockSize: readSysfsNumber(`${queue}/logical_block_size`),
+      physicalBlockSize: readSysfsNumber(`${queue}/physical_block_size`),
+      writeZeroes: readSysfsNumber(`${queue}/write_zeroes_max_bytes`) > 0,
+      allocationBytes: readSysfsNumber(`${queue}/logical_block_size`),
       directIoAlignment: 0,
+      directIoMemoryAlignment: readSysfsNumber(`${queue}/dma_alignment`) + 1,
+      queueDir: queue,
     }
   }
   if (!stat.isFile()) throw new UsageError(`backing file ${resolved} is neither a regular file nor a block device`)
+  const [directIoAlignment, directIoMemoryAlignment] = native.directIoAlignment(resolved)
   return {
     path: resolved,
     isBlockDevice: false,
@@ -186,7 +207,23 @@ function inspectBacking(file: string): Backing {
     physicalBlockSize: kDefaultLogicalBlockSize,
     writeZeroes: false,
     allocationBytes: stat.blksize > 0 ? stat.blksize : 4096,
-    directIoAlignment: native.directIoAlignment(resolved),
+    directIoAlignment,
+    directIoMemoryAlignment,
+    queueDir: blockQueueDir(stat.dev),
+  }
+}
+
+/** What the backing's direct I/O asks of a request's pages (see ZeroCopyLimits); none for
+ *  buffered I/O, which copies through the page cache, or when the filesystem does not say. */
+function zeroCopyLimits(backing: Backing, directIo: boolean): ZeroCopyLimits | undefined {
+  if (!directIo || backing.directIoMemoryAlignment === 0) return undefined
+  const queue = backing.queueDir
+  return {
+    dmaAlignmentBytes: backing.directIoMemoryAlignment,
+    segments: queue === null ? undefined : {
+      maxSegments: readSysfsNumber(`${queue}/max_segments`),
+      maxSegmentBytes: readSysfsNumber(`${queue}/max_segment_size`),
+    },
   }
 }
 
@@ -529,6 +566,7 @@ export const loopTarget: Target<LoopOptions, LoopSpec> = {
           maxDiscardSectors: zeroing.discard !== 0 ? kMaxZeroingSectors : 0,
           maxWriteZeroesSectors: zeroing.zeroes !== 0 ? kMaxZeroingSectors : 0,
         },
+        zeroCopyLimits: zeroCopyLimits(backing, directIo),
       },
       spec: { fd, path: backing.path, readOnly: options.readOnly, blockDevice: backing.isBlockDevice, directIo, inlineIo, zeroing },
       describe: { file: backing.path, directIo, inlineIo, readOnly: options.readOnly },

@@ -22,6 +22,19 @@ export interface DiscardGeometry {
   maxWriteZeroesSectors: number
 }
 
+/**
+ * Zero copy hands a request's own pages to the backing (the loop target's O_DIRECT file I/O), so
+ * the device must not take a buffer the backing would refuse (its DMA alignment: 7.x ublk takes
+ * any 4-byte-aligned one) nor build segments it would split. In the other modes the daemon's
+ * buffers or the char device sit between, and the kernel's defaults stand.
+ */
+export interface ZeroCopyLimits {
+  /** The buffer address alignment the backing's direct I/O needs, in bytes (a power of 2). */
+  dmaAlignmentBytes: number
+  /** The backing queue's segment limits, when it has a block queue to read them from. */
+  segments?: { maxSegments: number, maxSegmentBytes: number } | undefined
+}
+
 /** What the device looks like to the block layer (becomes struct ublk_params). */
 export interface DeviceGeometry {
   sizeBytes: number
@@ -35,6 +48,8 @@ export interface DeviceGeometry {
   discard?: DiscardGeometry
   /** The largest READ/WRITE the block layer may send (default: the device's max_io_buf_bytes). */
   maxIoBytes?: number
+  /** Applied in zero-copy mode only (UBLK_PARAM_TYPE_DMA_ALIGN and _SEGMENT). */
+  zeroCopyLimits?: ZeroCopyLimits | undefined
 }
 
 export interface TargetSetup<Spec> {

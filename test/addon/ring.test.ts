@@ -156,11 +156,12 @@ t.test('pinThread restricts the calling thread', async (t) => {
 })
 
 t.test('directIoAlignment reads statx STATX_DIOALIGN, and fails like fs for a missing file', async (t) => {
-  // A disk filesystem reports its block device's logical block size (the VM tests check a 4 KiB
-  // one); what this checkout sits on may also report nothing.
-  const alignment = native.directIoAlignment(os.tmpdir())
-  t.ok(alignment === 0 || [512, 1024, 2048, 4096].includes(alignment), `${os.tmpdir()}: ${alignment}`)
-  t.equal(native.directIoAlignment('/proc/self/status'), 0, 'procfs: not reported')
+  // A disk filesystem reports its block device's logical block size and DMA alignment (the VM
+  // tests check a 4 KiB one); what this checkout sits on may also report nothing.
+  const [offset, memory] = native.directIoAlignment(os.tmpdir())
+  t.ok(offset === 0 || [512, 1024, 2048, 4096].includes(offset), `${os.tmpdir()}: offset ${offset}`)
+  t.ok(memory === 0 ? offset === 0 : memory > 0 && memory <= 4096 && (memory & (memory - 1)) === 0, `${os.tmpdir()}: memory ${memory}`)
+  t.same(native.directIoAlignment('/proc/self/status'), [0, 0], 'procfs: not reported')
   t.throws(() => native.directIoAlignment('/nonexistent/file'), { code: 'ENOENT', syscall: 'statx' })
-  t.throws(() => (native.directIoAlignment as (path: unknown) => number)(3), TypeError)
+  t.throws(() => (native.directIoAlignment as (path: unknown) => [number, number])(3), TypeError)
 })

@@ -4,7 +4,8 @@
 // target's mode; a mode a target does not serve is refused before anything exists; and a
 // user-copy device's memory does not grow with its depth (there are no per-tag buffers). Zero
 // copy (7.x, UBLK_F_AUTO_BUF_REG) for loop and null: verify, a filesystem, zeros where zeros are
-// due (null reads, a file shorter than the device) and never stale memory; refused on 6.12.
+// due (null reads, a file shorter than the device) and never stale memory; refused on 6.12. A
+// zero-copy loop device takes its backing's DMA alignment and segment limits.
 import t, { type Test } from 'tap'
 
 import type { DeviceSummary } from '../../src/main/device.js'
@@ -118,6 +119,40 @@ t.test('a user-copy device\'s daemon memory does not grow with its depth; a copy
   const copy = await grow('copy', 512)
   t.ok(userCopy < 64 * 1024, `user-copy at depth 4096, 256 requests of 512 KiB in flight: RSS grew ${userCopy} KiB (< 64 MiB)`)
   t.ok(copy > userCopy + 64 * 1024, `copy at depth 512, the same reads: RSS grew ${copy} KiB (its buffers)`)
+})
+
+t.test('loop on a block device: zero copy takes its DMA alignment and segment limits, copy mode keeps the kernel\'s', async (t) => {
+  await vm.run(`${repoRoot}/scripts/vm/load-module.sh loop && rm -f /tmp/zcb.img && truncate -s 64M /tmp/zcb.img`)
+  const backing = (await vm.run('losetup -f --show /tmp/zcb.img')).trim()
+  t.teardown(() => vm.run(`losetup -d ${backing}`))
+  await vm.run(`dd if=/dev/urandom of=${backing} bs=1M count=1 oflag=direct status=none`)
+  const limits = async (device: string): Promise<number[]> =>
+    (await vm.run(`cd /sys/block/${device.replace('/dev/', '')}/queue && cat dma_alignment max_segments max_segment_size`))
+      .trim().split(/\s+/).map(Number)
+  const misalignedRead = (device: string): Promise<string> => vm.run(`python3 ${repoRoot}/test/lib/misaligned-read.py ${device} 8`)
+  const [backingAlignment, ...backingSegments] = await limits(backing)
+  t.ok(backingAlignment! >= 8, `the backing's DMA alignment mask (${backingAlignment}) refuses a buffer 8 bytes past a page`)
+  t.equal((await misalignedRead(backing)).trim(), 'EINVAL', 'the backing refuses it')
+
+  // Copy mode: the daemon's buffers sit between, so the device keeps ublk's own limits (7.x
+  // lowered its DMA alignment to 4 bytes), and on 7.x serves the misaligned buffer.
+  const copy = await addDevice(vm, `-t loop -f ${backing} --io-mode copy`)
+  const [copyAlignment, ...copySegments] = await limits(copy.blockDevice)
+  t.same([copyAlignment, copySegments], vmKernel === '6.12' ? [511, [65535, 4294967295]] : [3, [65535, 4294967295]],
+    `copy mode: ublk's defaults on ${vmKernel}`)
+  t.equal((await misalignedRead(copy.blockDevice)).trim(), vmKernel === '6.12' ? 'EINVAL' : 'read 4096 same',
+    'a buffer 8 bytes past a page: refused by 6.12\'s 512-byte alignment, served by 7.x')
+  t.equal((await ublkd(vm, `del -n ${copy.id}`)).code, 0)
+  if (vmKernel === '6.12') return
+
+  // Zero copy: the request's pages go to the backing's O_DIRECT I/O as they are. Without the
+  // backing's alignment the misaligned read would reach it and fail there, with EIO.
+  const zeroCopy = await addDevice(vm, `-t loop -f ${backing} --io-mode zero-copy`)
+  t.equal(zeroCopy.ioMode, 'zero-copy')
+  t.same(await limits(zeroCopy.blockDevice), [backingAlignment, ...backingSegments],
+    'zero copy: the backing\'s DMA alignment, max_segments and max_segment_size')
+  t.equal((await misalignedRead(zeroCopy.blockDevice)).trim(), 'EINVAL', 'refused at submission, as the backing itself does')
+  await verify(t, zeroCopy, '4k', 32, 8, '--bsrange=512-256k')
 })
 
 if (vmKernel === '6.12') {
