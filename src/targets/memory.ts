@@ -4,8 +4,9 @@
 // Pages are only backed once written (the kernel maps anonymous memory lazily), so the disk is
 // sparse and never-written ranges read as zeros. DISCARD and WRITE_ZEROES release the range: its
 // whole pages go back to the kernel (they read as zeros again and the disk gets smaller), only
-// partial pages at its edges are cleared. A long one does at most kZeroBytesPerTurn per loop
-// turn, so it never stalls the queue. FLUSH has nothing to do.
+// partial pages at its edges are cleared. FLUSH has nothing to do. A queue moves or releases at
+// most kBytesPerTurn of store per loop turn, so that no turn runs for seconds (the stall watch
+// would take the queue for stuck): a long discard, or a deep queue full of large requests.
 //
 // WRITE_ZEROES with NOUNMAP releases too: NOUNMAP asks to keep the range allocated so that later
 // writes find their space, but this disk reserves nothing for any range (a never-written one is
@@ -46,11 +47,11 @@ const kRelease = -2
 /** opTag of an op no request waits on (zeroing: it completes on its own). */
 const kNoTag = -1
 /**
- * The store bytes one queue releases per loop turn, at most: a discard of the whole disk (the
- * kernel sends up to 4 GiB at once; mkfs discards everything first) then takes many short turns,
- * the queue serving its other requests between them instead of going silent for seconds.
+ * The store bytes one queue copies or releases per loop turn, at most: a discard of the whole
+ * disk (the kernel sends up to 4 GiB at once; mkfs discards everything first), or 1024 reads of
+ * 512 KiB in flight, then take several short turns instead of one of seconds.
  */
-const kZeroBytesPerTurn = 64 * 2 ** 20
+export const kBytesPerTurn = 64 * 2 ** 20
 // The Copier's endpoint 0 is the requests' data (QueueContext.data), 1.. the store's chunks.
 const kDataIndex = 0
 
@@ -64,10 +65,10 @@ export type CompleteRequest = (tag: number, result: number) => void
  * that fails (or comes up short) fails its request with its errno (EIO) instead of committing
  * data that is not there. No view is allocated per request (Buffer.copy makes one per call).
  *
- * Zeroing requests (DISCARD, WRITE_ZEROES) share a budget of kZeroBytesPerTurn per turn. One
- * that finds the budget spent (or others waiting before it) is left pending in a FIFO of tags;
- * endTurn() goes on with them as the budget allows, completes those done, and, while some are
- * left, stages a NOP whose completion makes the loop turn again at once.
+ * Requests share a budget of store bytes per turn (kBytesPerTurn). One that finds the budget
+ * spent (or others waiting before it) is deferred to a FIFO of tags; endTurn() goes on with
+ * them as the budget allows, in parts, completes those done, and, while some are left, stages a
+ * NOP whose completion makes the loop turn again at once.
  */
 export class MemoryQueue implements QueueHandler {
   private readonly copier: NativeCopier
@@ -80,74 +81,87 @@ export class MemoryQueue implements QueueHandler {
   private readonly turnTags: Int32Array
   private turnCount = 0
   private readonly tagResult: Int32Array
-  /** Store bytes zeroing may still stage this turn. */
-  private zeroBudget = kZeroBytesPerTurn
-  /** Pending zeroing: tags in arrival order (a ring of depth slots), and each one's rest. */
-  private readonly zeroTags: Int32Array
-  private zeroHead = 0
-  private zeroCount = 0
-  private readonly zeroNext: Float64Array
-  private readonly zeroEnd: Float64Array
+  /** Store bytes this turn may still stage. */
+  private budget: number
+  /** Deferred requests: tags in arrival order (a ring of depth slots), each one's op, the store
+   *  range it started at, and what is left of it [next, end). */
+  private readonly deferredTags: Int32Array
+  private deferredHead = 0
+  private deferredCount = 0
+  private readonly deferredOp: Uint8Array
+  private readonly deferredStart: Float64Array
+  private readonly deferredNext: Float64Array
+  private readonly deferredEnd: Float64Array
   /** A NOP is in flight to bring the next turn. */
   private wakePending = false
 
   constructor(private readonly spec: MemorySpec, private readonly queue: QueueContext,
-    private readonly complete: CompleteRequest = (tag, result) => queue.complete(tag, result)) {
+    private readonly complete: CompleteRequest = (tag, result) => queue.complete(tag, result),
+    private readonly bytesPerTurn = kBytesPerTurn) {
+    this.budget = bytesPerTurn
     this.copier = new native.Copier([queue.data.endpoint, ...spec.chunks.map((chunk) => new Uint8Array(chunk))])
-    // A READ or WRITE touches at most two chunks; zeroing stages as many ops as it needs,
-    // performing the batch whenever it is full.
+    // A request's part touches at most two chunks (a part is at most kBytesPerTurn); a batch
+    // that is full is performed at once.
     this.ops = new Int32Array(2 * queue.depth * kOpWords)
     this.opTag = new Int32Array(2 * queue.depth)
     this.opResults = new Int32Array(2 * queue.depth)
     this.turnTags = new Int32Array(queue.depth)
     this.tagResult = new Int32Array(queue.depth)
-    this.zeroTags = new Int32Array(queue.depth)
-    this.zeroNext = new Float64Array(queue.depth)
-    this.zeroEnd = new Float64Array(queue.depth)
+    this.deferredTags = new Int32Array(queue.depth)
+    this.deferredOp = new Uint8Array(queue.depth)
+    this.deferredStart = new Float64Array(queue.depth)
+    this.deferredNext = new Float64Array(queue.depth)
+    this.deferredEnd = new Float64Array(queue.depth)
   }
 
   handleIo(request: IoRequest): number {
     const bytes = requestBytes(request)
     const offset = request.startSector * 512
     const tag = request.tag
+    const now = this.deferredCount === 0 && bytes <= this.budget
     switch (request.op) {
       case UBLK_IO_OP_READ:
       case UBLK_IO_OP_WRITE:
         this.tagResult[tag] = bytes
+        if (!now) return this.defer(tag, request.op, offset, bytes)
+        this.budget -= bytes
         this.turnTags[this.turnCount++] = tag
         this.stageSpans(offset, bytes, this.queue.data.tagOffset[tag]!, request.op === UBLK_IO_OP_WRITE, tag)
         return kIoPending
       case UBLK_IO_OP_FLUSH:
         return 0
       case UBLK_IO_OP_DISCARD:
-      case UBLK_IO_OP_WRITE_ZEROES: {
-        if (this.zeroCount === 0 && bytes <= this.zeroBudget) {
-          this.zeroBudget -= bytes
-          this.stageSpans(offset, bytes, kRelease, true, kNoTag)
-          return 0
-        }
-        this.zeroNext[tag] = offset
-        this.zeroEnd[tag] = offset + bytes
-        this.zeroTags[(this.zeroHead + this.zeroCount++) % this.zeroTags.length] = tag
-        return kIoPending
-      }
+      case UBLK_IO_OP_WRITE_ZEROES:
+        if (!now) return this.defer(tag, request.op, offset, bytes)
+        this.budget -= bytes
+        this.stageSpans(offset, bytes, kRelease, true, kNoTag)
+        return 0
       default:
         return kEinval
     }
   }
 
-  /** The NOP staged by endTurn() came back: this turn goes on with the pending zeroing. */
+  private defer(tag: number, op: number, offset: number, bytes: number): number {
+    this.deferredOp[tag] = op
+    this.deferredStart[tag] = offset
+    this.deferredNext[tag] = offset
+    this.deferredEnd[tag] = offset + bytes
+    this.deferredTags[(this.deferredHead + this.deferredCount++) % this.deferredTags.length] = tag
+    return kIoPending
+  }
+
+  /** The NOP staged by endTurn() came back: this turn goes on with the deferred requests. */
   onCompletion(_cookie: number, _res: number): void {
     this.wakePending = false
   }
 
   /**
-   * Stage what the budget allows of the pending zeroing, perform the turn's copies, complete the
-   * turn's READs and WRITEs (their commits are submitted right after) and the zeroing that is
-   * done, and renew the budget.
+   * Stage what the budget allows of the deferred requests, perform the turn's copies, complete
+   * the turn's READs and WRITEs (their commits are submitted right after) and the deferred
+   * requests that are done, and renew the budget.
    */
   endTurn(): void {
-    const done = this.zeroCount > 0 ? this.stageZeroing() : 0
+    const done = this.deferredCount > 0 ? this.stageDeferred() : 0
     this.performStaged()
     for (let i = 0; i < this.turnCount; i++) {
       const tag = this.turnTags[i]!
@@ -155,30 +169,41 @@ export class MemoryQueue implements QueueHandler {
     }
     this.turnCount = 0
     for (let i = 0; i < done; i++) {
-      this.complete(this.zeroTags[this.zeroHead]!, 0)
-      this.zeroHead = (this.zeroHead + 1) % this.zeroTags.length
-      this.zeroCount--
+      const tag = this.deferredTags[this.deferredHead]!
+      this.complete(tag, this.movesData(tag) ? this.tagResult[tag]! : 0)
+      this.deferredHead = (this.deferredHead + 1) % this.deferredTags.length
+      this.deferredCount--
     }
-    this.zeroBudget = kZeroBytesPerTurn
-    if (this.zeroCount > 0 && !this.wakePending) {
-      // Any pending tag may carry the NOP: it has no other SQE in flight.
-      const cookie = this.zeroTags[this.zeroHead]!
+    this.budget = this.bytesPerTurn
+    if (this.deferredCount > 0 && !this.wakePending) {
+      // Any deferred tag may carry the NOP: it has no other SQE in flight.
+      const cookie = this.deferredTags[this.deferredHead]!
       encodeSqeHeader(this.queue.sqes, this.queue.reserveSqe(), IORING_OP_NOP, -1, cookie, kUserDataTarget)
       this.wakePending = true
     }
   }
 
-  /** Stage pending zeroing, oldest first, within the budget; returns how many requests it finishes. */
-  private stageZeroing(): number {
+  private movesData(tag: number): boolean {
+    const op = this.deferredOp[tag]!
+    return op === UBLK_IO_OP_READ || op === UBLK_IO_OP_WRITE
+  }
+
+  /** Stage deferred requests, oldest first, within the budget; returns how many it finishes. */
+  private stageDeferred(): number {
     let done = 0
-    while (done < this.zeroCount && this.zeroBudget > 0) {
-      const tag = this.zeroTags[(this.zeroHead + done) % this.zeroTags.length]!
-      const next = this.zeroNext[tag]!
-      const bytes = Math.min(this.zeroEnd[tag]! - next, this.zeroBudget)
-      this.stageSpans(next, bytes, kRelease, true, kNoTag)
-      this.zeroBudget -= bytes
-      this.zeroNext[tag] = next + bytes
-      if (next + bytes < this.zeroEnd[tag]!) break
+    while (done < this.deferredCount && this.budget > 0) {
+      const tag = this.deferredTags[(this.deferredHead + done) % this.deferredTags.length]!
+      const next = this.deferredNext[tag]!
+      const bytes = Math.min(this.deferredEnd[tag]! - next, this.budget)
+      if (this.movesData(tag)) {
+        const dataOffset = this.queue.data.tagOffset[tag]! + next - this.deferredStart[tag]!
+        this.stageSpans(next, bytes, dataOffset, this.deferredOp[tag] === UBLK_IO_OP_WRITE, tag)
+      } else {
+        this.stageSpans(next, bytes, kRelease, true, kNoTag)
+      }
+      this.budget -= bytes
+      this.deferredNext[tag] = next + bytes
+      if (next + bytes < this.deferredEnd[tag]!) break
       done++
     }
     return done

@@ -8,6 +8,7 @@ import {
   UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE, UBLK_IO_OP_WRITE_ZEROES,
 } from '../../src/abi/ublk-cmd.js'
 import { createLogger } from '../../src/common/log.js'
+import { MemoryQueue, type MemorySpec } from '../../src/targets/memory.js'
 import { findTarget } from '../../src/targets/registry.js'
 import { kIoPending, type IoRequest, type QueueContext } from '../../src/targets/target.js'
 
@@ -131,6 +132,51 @@ t.test('memory: a long discard completes over several turns, each releasing a bo
   t.equal(handler.handleIo(request(UBLK_IO_OP_DISCARD, 0, 8, 0)), 0, 'a short one with none waiting completes at once')
   handler.endTurn!()
   t.equal(nops, 32, 'and needs no NOP')
+})
+
+t.test('memory: a turn copies at most its budget; the rest of a request and those behind it follow in the next turns', async (t) => {
+  const target = findTarget('memory')
+  const setup = await target.setup(target.parseOptions({ size: '1M' }, 512))
+  const completed: [number, number][] = []
+  let nops = 0
+  const recording: QueueContext = {
+    ...queue, sqes: new Uint32Array(32 * 8),
+    reserveSqe: () => {
+      nops++
+      return 0
+    },
+    complete: (tag, result) => completed.push([tag, result]),
+  }
+  const handler = new MemoryQueue(setup.spec as MemorySpec, recording, undefined, 96 * 1024)
+  for (const tag of [0, 1, 2]) {
+    const data = tagBuffer(tag)
+    for (let i = 0; i < data.length; i++) data[i] = (i * (tag + 3)) & 0xff
+  }
+  const written = [0, 1, 2].map((tag) => Buffer.from(tagBuffer(tag)))
+  for (const tag of [0, 1, 2]) t.equal(handler.handleIo(request(UBLK_IO_OP_WRITE, tag * 128, 128, tag)), kIoPending)
+  handler.endTurn!()
+  t.same(completed.splice(0), [[0, 65536]], 'turn 1: the first write, and 32 KiB of the second')
+  t.equal(nops, 1, 'a NOP brings the next turn')
+  handler.onCompletion!(0, 0)
+  handler.endTurn!()
+  t.same(completed.splice(0), [[1, 65536], [2, 65536]], 'turn 2: the rest of the second and the third, in order')
+  t.equal(nops, 1, 'nothing left: no NOP')
+  for (const tag of [0, 1, 2]) {
+    tagBuffer(3).fill(0xaa)
+    handler.handleIo(request(UBLK_IO_OP_READ, tag * 128, 128, 3))
+    handler.endTurn!()
+    t.same(completed.splice(0), [[3, 65536]])
+    t.ok(tagBuffer(3).equals(written[tag]!), `write ${tag} reads back whole`)
+  }
+  // A READ split across turns: each part lands at its place in the tag's data.
+  tagBuffer(2).fill(0)
+  handler.handleIo(request(UBLK_IO_OP_READ, 0, 128, 0))
+  handler.handleIo(request(UBLK_IO_OP_READ, 128, 128, 2))
+  handler.endTurn!()
+  handler.onCompletion!(0, 0)
+  handler.endTurn!()
+  t.same(completed.splice(0), [[0, 65536], [2, 65536]])
+  t.ok(tagBuffer(2).equals(written[1]!), 'a read done in two parts has both')
 })
 
 t.test('null: reads return zeros even after a write used the same tag buffer', async (t) => {
