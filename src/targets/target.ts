@@ -24,8 +24,8 @@ export interface DiscardGeometry {
 
 /**
  * Zero copy hands a request's own pages to the backing (the loop target's O_DIRECT file I/O), so
- * the device must not take a buffer the backing would refuse (its DMA alignment: 7.x ublk takes
- * any 4-byte-aligned one) nor build segments it would split. In the other modes the daemon's
+ * the device must not take a buffer the backing would refuse (its DMA alignment: ublk takes any
+ * 4-byte-aligned one) nor build segments it would split. In the other modes the daemon's
  * buffers or the char device sit between, and the kernel's defaults stand.
  */
 export interface ZeroCopyLimits {
