@@ -21,14 +21,16 @@
 // written from io_uring without blocking, so the kernel hands every such SQE to an io-wq worker
 // thread: one more thread hop per request. On a memory filesystem the I/O is a memory copy that
 // never waits, so the queue thread performs the same SQEs itself, a turn's batch in one call
-// (native.executeSqes) at the end of the turn. --inline-io on|off overrides the choice.
+// (native.executeSqes) at the end of the turn, at most kInlineBytesPerTurn of it (a deep queue
+// of large requests takes several short turns, none long enough for the stall watch to take
+// the queue for stuck). --inline-io on|off overrides the choice.
 import fs from 'node:fs'
 import path from 'node:path'
 
 import {
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
-  IORING_FSYNC_DATASYNC, IORING_OP_READ, IORING_OP_READ_FIXED, IORING_OP_WRITE, IORING_OP_WRITE_FIXED, RWF_DSYNC,
-  encodeFallocate, encodeFixedReadWrite, encodeFsync, encodeReadWrite, kSqeWords,
+  IORING_FSYNC_DATASYNC, IORING_OP_NOP, IORING_OP_READ, IORING_OP_READ_FIXED, IORING_OP_WRITE, IORING_OP_WRITE_FIXED,
+  RWF_DSYNC, encodeFallocate, encodeFixedReadWrite, encodeFsync, encodeReadWrite, encodeSqeHeader, kSqeWords,
 } from '../abi/io-uring.js'
 import {
   UBLK_IO_F_FUA, UBLK_IO_F_NOUNMAP, UBLK_IO_OP_DISCARD, UBLK_IO_OP_FLUSH, UBLK_IO_OP_READ,
@@ -48,6 +50,10 @@ const kEio = -5
 const kEinval = -22
 const kEopnotsupp = -95
 const kMaxZeroingSectors = 0x7fffffff
+/** READ/WRITE bytes a queue performs inline per loop turn, at most (as the memory target). */
+const kInlineBytesPerTurn = 16 * 2 ** 20
+/** The cookie of the NOP that brings the next turn while inline SQEs are left: not a tag. */
+const kWakeCookie = 0xffff
 
 interface Backing {
   path: string
@@ -287,6 +293,8 @@ class LoopQueue implements QueueHandler {
   private readonly zeroFd: number
   /** Per tag: the READ is being zero-filled past the end of the file. */
   private readonly zeroFilling: Uint8Array
+  /** Inline mode: a NOP is in flight to bring the next turn. */
+  private wakePending = false
 
   constructor(private readonly spec: LoopSpec, private readonly queue: QueueContext) {
     this.op = new Uint8Array(queue.depth)
@@ -309,13 +317,22 @@ class LoopQueue implements QueueHandler {
     return this.inline ? this.inline.reserve(tag) : this.queue.reserveSqe()
   }
 
-  /** Inline mode: perform the turn's SQEs, and those their completions stage (partial transfers). */
+  /**
+   * Inline mode: perform the turn's SQEs, and those their completions stage (partial transfers),
+   * within the turn's budget; a NOP on the ring brings the next turn for what is left.
+   */
   endTurn(): void {
     const inline = this.inline
     if (!inline) return
-    while (inline.count > 0) {
-      const count = inline.execute()
+    let budget = kInlineBytesPerTurn
+    while (inline.count > 0 && budget > 0) {
+      const count = inline.execute(budget)
+      budget -= inline.doneBytes
       for (let i = 0; i < count; i++) this.onCompletion(inline.doneTags[i]!, inline.doneResults[i]!)
+    }
+    if (inline.count > 0 && !this.wakePending) {
+      encodeSqeHeader(this.queue.sqes, this.queue.reserveSqe(), IORING_OP_NOP, -1, kWakeCookie, kUserDataTarget)
+      this.wakePending = true
     }
   }
 
@@ -362,6 +379,10 @@ class LoopQueue implements QueueHandler {
   }
 
   onCompletion(tag: number, res: number): void {
+    if (tag === kWakeCookie) {
+      this.wakePending = false
+      return
+    }
     const op = this.op[tag]
     if (op !== UBLK_IO_OP_READ && op !== UBLK_IO_OP_WRITE) {
       if (res === 0 && this.allocateNext[tag] === 1) {
@@ -449,7 +470,7 @@ class LoopQueue implements QueueHandler {
   }
 }
 
-/** SQEs staged for inline execution this turn: at most one per tag. */
+/** SQEs staged for inline execution, in order: at most one per tag. */
 class InlineBatch {
   readonly sqes: Uint32Array
   private readonly tags: Int32Array
@@ -457,6 +478,8 @@ class InlineBatch {
   /** The last executed batch, copied out: completions may stage new SQEs over the batch. */
   readonly doneTags: Int32Array
   readonly doneResults: Int32Array
+  /** The READ/WRITE bytes the last batch asked for. */
+  doneBytes = 0
   count = 0
 
   constructor(depth: number) {
@@ -472,15 +495,31 @@ class InlineBatch {
     return this.count++
   }
 
-  /** Perform the staged SQEs; returns how many, their tags and results in done*. */
-  execute(): number {
-    const count = this.count
-    native.executeSqes(this.sqes.buffer as ArrayBuffer, count, this.results)
+  /**
+   * Perform the staged SQEs from the first, as many as `budgetBytes` of READ/WRITE allows (at
+   * least one); returns how many, their tags and results in done*. The rest move to the front.
+   */
+  execute(budgetBytes: number): number {
+    const sqes = this.sqes
+    let count = 0
+    let bytes = 0
+    for (; count < this.count; count++) {
+      const base = count * kSqeWords
+      const opcode = sqes[base]! & 0xff
+      // The SQE's len (bytes 24-27) is a READ/WRITE's length; other ops carry no data there.
+      const sqeBytes = opcode === IORING_OP_READ || opcode === IORING_OP_WRITE ? sqes[base + 6]! : 0
+      if (count > 0 && bytes + sqeBytes > budgetBytes) break
+      bytes += sqeBytes
+    }
+    native.executeSqes(sqes.buffer as ArrayBuffer, count, this.results)
     for (let i = 0; i < count; i++) {
       this.doneTags[i] = this.tags[i]!
       this.doneResults[i] = this.results[i]!
     }
-    this.count = 0
+    sqes.copyWithin(0, count * kSqeWords, this.count * kSqeWords)
+    this.tags.copyWithin(0, count, this.count)
+    this.count -= count
+    this.doneBytes = bytes
     return count
   }
 }

@@ -1,5 +1,5 @@
 // The loop target with real clients: fio verify at several block sizes and depths with the file
-// I/O on the ring and inline, the backing file checked from the host, a filesystem through mkfs/mount/fsck, discard, sync writes
+// I/O on the ring and inline (a deep queue's inline work spread over turns), the backing file checked from the host, a filesystem through mkfs/mount/fsck, discard, sync writes
 // surviving a killed client, ENOSPC, a block-device backing, and bad input.
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
@@ -8,7 +8,7 @@ import path from 'node:path'
 
 import t from 'tap'
 
-import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
+import { addDevice, commentLogsIfFailed, deleteDevicesLeft, fio, listDevices, ublkd, ublkNodes, waitInVm } from '../lib/ublkd-in-vm.js'
 import { bootVm, repoRoot, vmCacheDir, vmKernel } from '../lib/vm.js'
 
 const shareDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-loop-'))
@@ -64,6 +64,21 @@ for (const mode of verifyCases) {
     t.equal(fileSum, deviceSum, `the backing file read ${mode.onHost ? 'on the host' : 'directly'} equals the device`)
   })
 }
+
+t.test('inline I/O with 512 requests of 512 KiB in flight: done in turns of bounded work; fio verify passes, the queue is never taken for stalled', async (t) => {
+  // 256 MiB of copies would make one turn of seconds under emulation; the stall watch (3 s)
+  // would then stop the queue under fio. The loop target does at most 16 MiB per turn.
+  await vm.run('rm -f /tmp/deep.img && truncate -s 256M /tmp/deep.img')
+  const device = await addDevice(vm, '-t loop -f /tmp/deep.img --depth 1024')
+  t.equal(device.options['inlineIo'], true)
+  const { result, report } = await fio(vm, `--name=deep --filename=${device.blockDevice} --ioengine=io_uring --direct=1 ` +
+    '--rw=write --bs=512k --iodepth=512 --iodepth_batch_submit=512 --size=256M --verify=crc32c --verify_fatal=1')
+  t.ok(result.code === 0 && report?.jobs[0]?.error === 0 && report.jobs[0].read.io_bytes === 256 * 2 ** 20,
+    `written and verified ${report?.jobs[0]?.read.io_bytes ?? 0} bytes ${result.stderr}`)
+  const [after] = await listDevices(vm)
+  t.ok(after?.state === 'LIVE' && after.recoveries === 0, `LIVE, never healed (${after?.state}, recoveries ${after?.recoveries})`)
+  await del(device.id)
+})
 
 t.test('mkfs.ext4, mount, write a tree, umount, fsck clean, remount, same checksums', async (t) => {
   await vm.run(`${repoRoot}/scripts/vm/load-module.sh ext4`)
