@@ -53,7 +53,7 @@ const kNoTag = -1
  * copy into fresh buffers ran at ~40 MiB/s (a 128 MiB turn outlasted the stall watch's 3 s);
  * on hardware 16 MiB is a few milliseconds, and turns cost microseconds.
  */
-export const kBytesPerTurn = 16 * 2 ** 20
+const kBytesPerTurn = 16 * 2 ** 20
 // The Copier's endpoint 0 is the requests' data (QueueContext.data), 1.. the store's chunks.
 const kDataIndex = 0
 
