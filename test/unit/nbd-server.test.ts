@@ -28,6 +28,7 @@ import { NbdQueue, type NbdSpec } from '../../src/targets/nbd/queue.js'
 import { nbdTarget } from '../../src/targets/nbd.js'
 import { parseNbdUri } from '../../src/targets/nbd/uri.js'
 import { kIoPending, type QueueContext } from '../../src/targets/target.js'
+import { until } from '../lib/until.js'
 
 const unhandled: unknown[] = []
 const onUnhandled = (reason: unknown): void => {
@@ -51,15 +52,6 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms)
   })
   return Promise.race([promise, late]).finally(() => clearTimeout(timer))
-}
-
-/** Poll `check` every 10 ms until it holds, at most `ms`. */
-async function until(check: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`)
-    await sleep(10)
-  }
 }
 
 // The scripted server.

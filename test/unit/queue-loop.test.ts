@@ -20,6 +20,7 @@ import { kIoPending, type IoRequest, type QueueHandler } from '../../src/targets
 import { createStartGate, openStartGate, startFaults } from '../../src/common/start-gate.js'
 import { IORING_OP_ASYNC_CANCEL } from '../../src/abi/io-uring.js'
 import { kUserDataCancel } from '../../src/common/user-data.js'
+import { until } from '../lib/until.js'
 
 interface Staged {
   opcode: number; sqeFlags: number; fd: number; cmdOp: number; tag: number; queue: number; result: number
@@ -231,11 +232,8 @@ t.test('event-loop mode: woken by the ring, a request completed from a timer is 
   ring.wake!()
   const commits = () => ring.submitted.flat().filter((s) => s.cmdOp === UBLK_U_IO_COMMIT_AND_FETCH_REQ)
   t.same(commits().map((s) => [s.tag, s.result]), [[0, 512]], 'tag 0 committed in the turn that served it')
-  // Nothing wakes the loop: the timer's completion alone must submit the commit. Poll for it with
-  // a hang guard only (the unit tests run niced beside the VMs, where 5 ms can take seconds).
-  for (const end = Date.now() + 30_000; commits().length < 2 && Date.now() < end;) {
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
+  // Nothing wakes the loop: the timer's completion alone must submit the commit.
+  await until(() => commits().length >= 2, 30_000, 'tag 1\'s commit')
   t.same(commits().map((s) => [s.tag, s.result]), [[0, 512], [1, 1024]], 'tag 1 committed from its timer, without a wake-up')
   ring.batches.push([0, 1].map((tag) => [tag, kUserDataUblk, UBLK_IO_RES_ABORT]))
   ring.wake!()

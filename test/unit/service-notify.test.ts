@@ -10,16 +10,13 @@ import t from 'tap'
 
 import { createLogger, withJournalPriority } from '../../src/common/log.js'
 import { ServiceNotifier } from '../../src/main/service-notify.js'
+import { until } from '../lib/until.js'
 
 const listener = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../lib/notify-listener.py')
 const log = createLogger('silent', {})
 
-/** Polls `check`; the deadline only guards against a hang (niced beside the VMs, python3 can
- *  take many seconds to start). */
-async function waitFor(check: () => boolean, what: string): Promise<void> {
-  for (const end = Date.now() + 60_000; !check() && Date.now() < end;) await new Promise((resolve) => setTimeout(resolve, 25))
-  if (!check()) throw new Error(`timed out waiting for ${what}`)
-}
+// Niced beside the VMs, python3 can take many seconds to start.
+const kPatienceMs = 60_000
 
 t.test('datagrams reach the socket, STATUS= only when it changed, watchdog interval from the environment', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublkd-notify-'))
@@ -30,7 +27,7 @@ t.test('datagrams reach the socket, STATUS= only when it changed, watchdog inter
     child.kill()
     fs.rmSync(dir, { recursive: true, force: true })
   })
-  await waitFor(() => fs.existsSync(socket), 'the listener')
+  await until(() => fs.existsSync(socket), kPatienceMs, 'the listener')
   const notifier = ServiceNotifier.fromEnvironment(log, { NOTIFY_SOCKET: socket, WATCHDOG_USEC: '3000000' })!
   t.equal(notifier.watchdogIntervalMs, 1500, 'half the watchdog timeout')
   notifier.ready('2 devices live (2 declared)')
@@ -41,7 +38,7 @@ t.test('datagrams reach the socket, STATUS= only when it changed, watchdog inter
   notifier.stopping()
   const received = () => (fs.existsSync(out) ? fs.readFileSync(out, 'utf8') : '').split('\n')
     .filter((line) => line.endsWith('}')).map((line) => (JSON.parse(line) as { fields: object }).fields)
-  await waitFor(() => received().length >= 5, 'five datagrams')
+  await until(() => received().length >= 5, kPatienceMs, 'five datagrams')
   t.same(received(), [
     { READY: '1', STATUS: '2 devices live (2 declared)' },
     { STATUS: '1 device live (2 declared)' },
