@@ -21,7 +21,7 @@
 // written from io_uring without blocking, so the kernel hands every such SQE to an io-wq worker
 // thread: one more thread hop per request. On a memory filesystem the I/O is a memory copy that
 // never waits, so the queue thread performs the same SQEs itself, a turn's batch in one call
-// (native.executeSqes) at the end of the turn, at most kInlineBytesPerTurn of it (a deep queue
+// (native.executeSqes) at the end of the turn, at most kTurnDataBytes of it (a deep queue
 // of large requests takes several short turns, none long enough for the stall watch to take
 // the queue for stuck). --inline-io on|off overrides the choice.
 import fs from 'node:fs'
@@ -41,7 +41,7 @@ import { kUserDataTarget } from '../common/user-data.js'
 import { native } from '../native/addon.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import {
-  kIoPending, requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target, type ZeroCopyLimits,
+  kIoPending, kTurnDataBytes, requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target, type ZeroCopyLimits,
 } from './target.js'
 
 const kEagain = -11
@@ -50,8 +50,6 @@ const kEio = -5
 const kEinval = -22
 const kEopnotsupp = -95
 const kMaxZeroingSectors = 0x7fffffff
-/** READ/WRITE bytes a queue performs inline per loop turn, at most (as the memory target). */
-const kInlineBytesPerTurn = 16 * 2 ** 20
 /** The cookie of the NOP that brings the next turn while inline SQEs are left: not a tag. */
 const kWakeCookie = 0xffff
 
@@ -324,7 +322,7 @@ class LoopQueue implements QueueHandler {
   endTurn(): void {
     const inline = this.inline
     if (!inline) return
-    let budget = kInlineBytesPerTurn
+    let budget = kTurnDataBytes
     while (inline.count > 0 && budget > 0) {
       const count = inline.execute(budget)
       budget -= inline.doneBytes

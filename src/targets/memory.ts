@@ -5,7 +5,7 @@
 // sparse and never-written ranges read as zeros. DISCARD and WRITE_ZEROES release the range: its
 // whole pages go back to the kernel (they read as zeros again and the disk gets smaller), only
 // partial pages at its edges are cleared. FLUSH has nothing to do. A queue moves or releases at
-// most kBytesPerTurn of store per loop turn, so that no turn runs for seconds (the stall watch
+// most kTurnDataBytes of store per loop turn, so that no turn runs for seconds (the stall watch
 // would take the queue for stuck): a long discard, or a deep queue full of large requests.
 //
 // WRITE_ZEROES with NOUNMAP releases too: NOUNMAP asks to keep the range allocated so that later
@@ -20,7 +20,7 @@ import { UsageError } from '../common/errors.js'
 import { kDefaultLogicalBlockSize, rejectUnknownOptions, sizeOption } from './options.js'
 import { native, type NativeCopier } from '../native/addon.js'
 import {
-  kIoPending, requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target, type TargetSetup,
+  kIoPending, kTurnDataBytes, requestBytes, type IoRequest, type QueueContext, type QueueHandler, type Target, type TargetSetup,
 } from './target.js'
 
 interface MemoryOptions {
@@ -46,14 +46,6 @@ const kOpWords = 7
 const kRelease = -2
 /** opTag of an op no request waits on (zeroing: it completes on its own). */
 const kNoTag = -1
-/**
- * The store bytes one queue copies or releases per loop turn, at most: a discard of the whole
- * disk (the kernel sends up to 4 GiB at once; mkfs discards everything first), or 512 reads of
- * 512 KiB in flight, then take several short turns instead of one of seconds. Under emulation a
- * copy into fresh buffers ran at ~40 MiB/s (a 128 MiB turn outlasted the stall watch's 3 s);
- * on hardware 16 MiB is a few milliseconds, and turns cost microseconds.
- */
-const kBytesPerTurn = 16 * 2 ** 20
 // The Copier's endpoint 0 is the requests' data (QueueContext.data), 1.. the store's chunks.
 const kDataIndex = 0
 
@@ -67,7 +59,8 @@ export type CompleteRequest = (tag: number, result: number) => void
  * that fails (or comes up short) fails its request with its errno (EIO) instead of committing
  * data that is not there. No view is allocated per request (Buffer.copy makes one per call).
  *
- * Requests share a budget of store bytes per turn (kBytesPerTurn). One that finds the budget
+ * Requests share a budget of store bytes per turn (kTurnDataBytes: a discard of the whole disk,
+ * which the kernel sends up to 4 GiB at once, or 512 reads of 512 KiB take several turns). One that finds the budget
  * spent (or others waiting before it) is deferred to a FIFO of tags; endTurn() goes on with
  * them as the budget allows, in parts, completes those done, and, while some are left, stages a
  * NOP whose completion makes the loop turn again at once.
@@ -99,10 +92,10 @@ export class MemoryQueue implements QueueHandler {
 
   constructor(private readonly spec: MemorySpec, private readonly queue: QueueContext,
     private readonly complete: CompleteRequest = (tag, result) => queue.complete(tag, result),
-    private readonly bytesPerTurn = kBytesPerTurn) {
+    private readonly bytesPerTurn = kTurnDataBytes) {
     this.budget = bytesPerTurn
     this.copier = new native.Copier([queue.data.endpoint, ...spec.chunks.map((chunk) => new Uint8Array(chunk))])
-    // A request's part touches at most two chunks (a part is at most kBytesPerTurn); a batch
+    // A request's part touches at most two chunks (a part is at most kTurnDataBytes); a batch
     // that is full is performed at once.
     this.ops = new Int32Array(2 * queue.depth * kOpWords)
     this.opTag = new Int32Array(2 * queue.depth)

@@ -93,6 +93,15 @@ export interface RequestData {
   tagOffset: Float64Array
 }
 
+/**
+ * The most data a target moves synchronously in one loop turn (the memory target's copies, the
+ * loop target's inline file I/O); what is left waits for the next turns. A turn that runs for
+ * seconds is taken for a stuck queue by the stall watch: under emulation a copy into fresh
+ * buffers ran at ~40 MiB/s (a 128 MiB turn outlasted its 3 s). On hardware 16 MiB is a few
+ * milliseconds, and a turn costs microseconds.
+ */
+export const kTurnDataBytes = 16 * 2 ** 20
+
 /** Returned by handleIo() when the result comes later through QueueContext.complete(). */
 export const kIoPending = 1 << 30
 
