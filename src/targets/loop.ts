@@ -168,9 +168,9 @@ function sysfsBlockDir(dev: number): string {
   return `/sys/dev/block/${major}:${minor}`
 }
 
-/** A disk's queue directory, or for a partition its disk's (`..` resolves past the symlink). */
-function blockQueueDir(dev: number): string | null {
-  const dir = sysfsBlockDir(dev)
+/** The queue directory of a disk's sysfs `dir`, or for a partition its disk's (`..` resolves
+ *  past the symlink); null for a device without one. */
+function blockQueueDir(dir: string): string | null {
   return [`${dir}/queue`, `${dir}/../queue`].find((queue) => fs.existsSync(queue)) ?? null
 }
 
@@ -186,12 +186,13 @@ function inspectBacking(file: string): Backing {
   }
   if (stat.isDirectory()) throw new UsageError(`backing file ${resolved} is a directory`)
   if (stat.isBlockDevice()) {
-    const queue = blockQueueDir(stat.rdev)
-    if (queue === null) throw new UsageError(`block device ${resolved} has no queue in ${sysfsBlockDir(stat.rdev)}`)
+    const sys = sysfsBlockDir(stat.rdev)
+    const queue = blockQueueDir(sys)
+    if (queue === null) throw new UsageError(`block device ${resolved} has no queue in ${sys}`)
     return {
       path: resolved,
       isBlockDevice: true,
-      sizeBytes: readSysfsNumber(`${sysfsBlockDir(stat.rdev)}/size`) * 512,
+      sizeBytes: readSysfsNumber(`${sys}/size`) * 512,
       logicalBlockSize: readSysfsNumber(`${queue}/logical_block_size`),
       physicalBlockSize: readSysfsNumber(`${queue}/physical_block_size`),
       writeZeroes: readSysfsNumber(`${queue}/write_zeroes_max_bytes`) > 0,
@@ -213,7 +214,7 @@ function inspectBacking(file: string): Backing {
     allocationBytes: stat.blksize > 0 ? stat.blksize : 4096,
     directIoAlignment,
     directIoMemoryAlignment,
-    queueDir: blockQueueDir(stat.dev),
+    queueDir: blockQueueDir(sysfsBlockDir(stat.dev)),
   }
 }
 
